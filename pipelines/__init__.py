@@ -1,0 +1,1 @@
+"""detrec.pipelines: the runnable jobs (composition root)."""

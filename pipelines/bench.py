@@ -1,0 +1,24 @@
+"""`detrec bench preprocess|input`: throughput benchmarks, each against baselines measured in
+the same run (ratios, not absolute numbers, are the targets)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+HELP = "throughput benchmarks"
+BENCHES = {
+    "preprocess": "pipelines.bench_preprocess",
+    "input": "pipelines.bench_input",
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    for name, module_name in BENCHES.items():
+        module = importlib.import_module(module_name)
+        module.configure(sub.add_parser(name, help=module.HELP, description=module.HELP))
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    return importlib.import_module(BENCHES[args.bench]).run(args, extra)

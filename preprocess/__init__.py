@@ -1,0 +1,1 @@
+"""detrec.preprocess: everything about turning an image/annotation tree into records."""

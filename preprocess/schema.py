@@ -1,0 +1,308 @@
+"""The one definition of a detrec record: keys, encode/decode, parse spec, file names.
+
+The writer (Beam job), the reader (train/) and the inspector all import this module and
+nothing else to know what a record is, so the two directions cannot drift apart
+(the TFDS ExampleSerializer/ExampleParser lesson). Keys follow the TensorFlow Object
+Detection API convention so third-party tools can read our shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from typing import Mapping, Sequence
+
+from tensorflow.core.example import example_pb2, feature_pb2
+
+SCHEMA_VERSION = 1
+BACKGROUND_ID = 0
+BACKGROUND_TEXT = "background"
+IMAGE_FORMAT = "jpeg"
+
+# --- feature keys -----------------------------------------------------------------------
+ENCODED = "image/encoded"
+FORMAT = "image/format"
+HEIGHT = "image/height"
+WIDTH = "image/width"
+CHANNELS = "image/channels"
+FILENAME = "image/filename"
+SOURCE_ID = "image/source_id"
+SHA256 = "image/key/sha256"
+XMIN = "image/object/bbox/xmin"
+YMIN = "image/object/bbox/ymin"
+XMAX = "image/object/bbox/xmax"
+YMAX = "image/object/bbox/ymax"
+OBJECT_LABEL = "image/object/class/label"
+OBJECT_TEXT = "image/object/class/text"
+DIFFICULT = "image/object/difficult"
+TRUNCATED = "image/object/truncated"
+CLASS_LABEL = "image/class/label"
+CLASS_TEXT = "image/class/text"
+# Not in the OD API: what the source image was when detrec had to re-encode it ("" = bytes
+# kept untouched). Lets anyone audit which pixels are not the original file's.
+CONVERTED_FROM = "image/detrec/converted_from"
+
+_BYTES, _INT, _FLOAT = "bytes", "int64", "float"
+# key -> (kind, per-object?)
+KEYS: dict[str, tuple[str, bool]] = {
+    ENCODED: (_BYTES, False),
+    FORMAT: (_BYTES, False),
+    HEIGHT: (_INT, False),
+    WIDTH: (_INT, False),
+    CHANNELS: (_INT, False),
+    FILENAME: (_BYTES, False),
+    SOURCE_ID: (_BYTES, False),
+    SHA256: (_BYTES, False),
+    XMIN: (_FLOAT, True),
+    YMIN: (_FLOAT, True),
+    XMAX: (_FLOAT, True),
+    YMAX: (_FLOAT, True),
+    OBJECT_LABEL: (_INT, True),
+    OBJECT_TEXT: (_BYTES, True),
+    DIFFICULT: (_INT, True),
+    TRUNCATED: (_INT, True),
+    CLASS_LABEL: (_INT, False),
+    CLASS_TEXT: (_BYTES, False),
+    CONVERTED_FROM: (_BYTES, False),
+}
+OBJECT_KEYS = tuple(k for k, (_, per_object) in KEYS.items() if per_object)
+
+
+class SchemaError(ValueError):
+    """A serialized record does not follow this schema (names the key at fault)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """One object: a box normalised to [0, 1] by the annotated image size, and its class."""
+
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    label: int
+    text: str
+    difficult: bool = False
+    truncated: bool = False
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.xmax - self.xmin) * max(0.0, self.ymax - self.ymin)
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """Everything one TFRecord example holds. `encoded` is always a 3-channel-decodable JPEG."""
+
+    encoded: bytes
+    height: int
+    width: int
+    filename: str
+    source_id: str
+    objects: tuple[Box, ...]
+    class_label: int
+    class_text: str
+    converted_from: str = ""
+    channels: int = 3
+    format: str = IMAGE_FORMAT
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.sha256:
+            object.__setattr__(self, "sha256", hashlib.sha256(self.encoded).hexdigest())
+
+
+def _feature(kind: str, values: Sequence) -> feature_pb2.Feature:
+    if kind == _BYTES:
+        return feature_pb2.Feature(
+            bytes_list=feature_pb2.BytesList(
+                value=[v.encode("utf-8") if isinstance(v, str) else v for v in values]
+            )
+        )
+    if kind == _INT:
+        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(v) for v in values]))
+    return feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[float(v) for v in values]))
+
+
+def _values(record: Record) -> dict[str, Sequence]:
+    objs = record.objects
+    return {
+        ENCODED: [record.encoded],
+        FORMAT: [record.format],
+        HEIGHT: [record.height],
+        WIDTH: [record.width],
+        CHANNELS: [record.channels],
+        FILENAME: [record.filename],
+        SOURCE_ID: [record.source_id],
+        SHA256: [record.sha256],
+        XMIN: [o.xmin for o in objs],
+        YMIN: [o.ymin for o in objs],
+        XMAX: [o.xmax for o in objs],
+        YMAX: [o.ymax for o in objs],
+        OBJECT_LABEL: [o.label for o in objs],
+        OBJECT_TEXT: [o.text for o in objs],
+        DIFFICULT: [int(o.difficult) for o in objs],
+        TRUNCATED: [int(o.truncated) for o in objs],
+        CLASS_LABEL: [record.class_label],
+        CLASS_TEXT: [record.class_text],
+        CONVERTED_FROM: [record.converted_from],
+    }
+
+
+def encode(record: Record) -> bytes:
+    """Serializes a Record to tf.train.Example bytes (deterministic field order)."""
+    features = {key: _feature(KEYS[key][0], vals) for key, vals in _values(record).items()}
+    example = example_pb2.Example(features=feature_pb2.Features(feature=features))
+    return example.SerializeToString(deterministic=True)
+
+
+def _read(feature_map: Mapping[str, feature_pb2.Feature], key: str) -> list:
+    if key not in feature_map:
+        raise SchemaError(f"missing feature `{key}`")
+    kind = KEYS[key][0]
+    feature = feature_map[key]
+    which = feature.WhichOneof("kind")
+    expected = {"bytes": "bytes_list", "int64": "int64_list", "float": "float_list"}[kind]
+    if which not in (expected, None):
+        raise SchemaError(f"feature `{key}` is {which}, expected {expected}")
+    return list(getattr(feature, expected).value)
+
+
+def _scalar(feature_map: Mapping[str, feature_pb2.Feature], key: str):
+    values = _read(feature_map, key)
+    if len(values) != 1:
+        raise SchemaError(f"feature `{key}` has {len(values)} values, expected 1")
+    return values[0]
+
+
+def decode(serialized: bytes) -> Record:
+    """Parses tf.train.Example bytes back into a Record; SchemaError names the bad key."""
+    try:
+        example = example_pb2.Example.FromString(serialized)
+    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+        raise SchemaError(f"not a tf.train.Example: {exc}") from None
+    fmap = example.features.feature
+    columns = {key: _read(fmap, key) for key in OBJECT_KEYS}
+    counts = {len(v) for v in columns.values()}
+    if len(counts) > 1:
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in columns.items())
+        raise SchemaError(f"per-object features disagree in length: {sizes}")
+    text = lambda b: b.decode("utf-8")  # noqa: E731
+    objects = tuple(
+        Box(
+            xmin=columns[XMIN][i],
+            ymin=columns[YMIN][i],
+            xmax=columns[XMAX][i],
+            ymax=columns[YMAX][i],
+            label=columns[OBJECT_LABEL][i],
+            text=text(columns[OBJECT_TEXT][i]),
+            difficult=bool(columns[DIFFICULT][i]),
+            truncated=bool(columns[TRUNCATED][i]),
+        )
+        for i in range(counts.pop() if counts else 0)
+    )
+    converted = _read(fmap, CONVERTED_FROM) if CONVERTED_FROM in fmap else [b""]
+    return Record(
+        encoded=_scalar(fmap, ENCODED),
+        format=text(_scalar(fmap, FORMAT)),
+        height=_scalar(fmap, HEIGHT),
+        width=_scalar(fmap, WIDTH),
+        channels=_scalar(fmap, CHANNELS),
+        filename=text(_scalar(fmap, FILENAME)),
+        source_id=text(_scalar(fmap, SOURCE_ID)),
+        sha256=text(_scalar(fmap, SHA256)),
+        objects=objects,
+        class_label=_scalar(fmap, CLASS_LABEL),
+        class_text=text(_scalar(fmap, CLASS_TEXT)),
+        converted_from=text(converted[0]) if converted else "",
+    )
+
+
+def check(record: Record, num_classes: int | None = None) -> None:
+    """Raises SchemaError unless the record is internally consistent.
+
+    Args:
+      record: a decoded record.
+      num_classes: classes including background; when given, label ids must be below it.
+    """
+    if record.format != IMAGE_FORMAT or record.channels != 3:
+        raise SchemaError(f"format {record.format!r}/{record.channels} channels, expected jpeg/3")
+    if record.height <= 0 or record.width <= 0:
+        raise SchemaError(f"image size {record.width}x{record.height} is not positive")
+    if hashlib.sha256(record.encoded).hexdigest() != record.sha256:
+        raise SchemaError(f"`{SHA256}` does not match `{ENCODED}`")
+    for i, box in enumerate(record.objects):
+        coords = (box.xmin, box.ymin, box.xmax, box.ymax)
+        if not all(0.0 <= c <= 1.0 for c in coords):
+            raise SchemaError(f"object {i}: box {coords} outside [0, 1]")
+        if not (box.xmin < box.xmax and box.ymin < box.ymax):
+            raise SchemaError(f"object {i}: box {coords} is empty or inverted")
+        if box.label <= BACKGROUND_ID or (num_classes is not None and box.label >= num_classes):
+            raise SchemaError(f"object {i}: label {box.label} outside 1..{(num_classes or 0) - 1}")
+    expected = largest_box_label(record.objects)
+    if record.class_label != expected[0] or record.class_text != expected[1]:
+        raise SchemaError(
+            f"`{CLASS_LABEL}` {record.class_label}/{record.class_text} is not the largest box's "
+            f"{expected[0]}/{expected[1]}"
+        )
+
+
+def largest_box_label(objects: Sequence[Box]) -> tuple[int, str]:
+    """The image's class: the largest box by area (ties: first in document order)."""
+    if not objects:
+        return BACKGROUND_ID, BACKGROUND_TEXT
+    best = max(range(len(objects)), key=lambda i: (objects[i].area, -i))
+    return objects[best].label, objects[best].text
+
+
+def parse_spec() -> dict:
+    """The `tf.io.parse_example` spec for batched parsing (TensorFlow imported lazily)."""
+    import tensorflow as tf
+
+    dtype = {_BYTES: tf.string, _INT: tf.int64, _FLOAT: tf.float32}
+    spec = {}
+    for key, (kind, per_object) in KEYS.items():
+        if per_object:
+            spec[key] = tf.io.VarLenFeature(dtype[kind])
+        else:
+            default = b"" if key == CONVERTED_FROM else None
+            spec[key] = tf.io.FixedLenFeature([], dtype[kind], default_value=default)
+    return spec
+
+
+# --- file names ---------------------------------------------------------------------------
+DATASET_INFO = "dataset_info.json"
+LABELS_FILE = "labels.txt"
+SHARD_SUFFIX = ".tfrecord"
+INDEX_SUFFIX = ".idx"
+_SHARD_RE = re.compile(r"^(?P<split>[\w.-]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord$")
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    """`{split}-{index:05d}-of-{count:05d}.tfrecord`."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} outside 0..{count - 1}")
+    return f"{split}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
+
+
+def parse_shard_name(name: str) -> tuple[str, int, int] | None:
+    """(split, index, count) of a shard file name, or None when it is not one."""
+    match = _SHARD_RE.match(name)
+    if not match:
+        return None
+    return match["split"], int(match["index"]), int(match["count"])
+
+
+def errors_name(split: str) -> str:
+    return f"errors-{split}.jsonl"
+
+
+def record_span(payload_len: int) -> int:
+    """Bytes one TFRecord occupies: u64 length, u32 length CRC, payload, u32 payload CRC."""
+    return 8 + 4 + payload_len + 4
+
+
+def dali_index_line(offset: int, payload_len: int) -> str:
+    """One line of DALI's `tfrecord2idx` index: record offset and its full framed size."""
+    return f"{offset} {record_span(payload_len)}\n"

@@ -1,0 +1,1 @@
+"""detrec.train: everything about consuming detrec records for training."""
