@@ -26,3 +26,21 @@ def synth_tree(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("synth")
     result = synth.generate(synth.SynthConfig(out=str(out), **TINY))
     return result["root"]
+
+
+def run_preprocess(input_root: str, output: str, *extra: str) -> int:
+    """`detrec preprocess` in-process on the fast single-process DirectRunner."""
+    from pipelines import cli
+
+    return cli.main(["preprocess", "--input", input_root, "--output", output,
+                     "--direct_num_workers=1", "--direct_running_mode=in_memory", *extra])
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(synth_tree, tmp_path_factory) -> str:
+    """A finished dataset made by the real preprocess job from `synth_tree`:
+    train (4 shards) and val (2 shards), 5 classes + background, real synset names."""
+    out = str(tmp_path_factory.mktemp("dataset"))
+    synset_map = os.path.join(synth_tree, "devkit", "data", "map_det.txt")
+    assert run_preprocess(synth_tree, out, "--num-shards", "train=4,val=2", "--labels", synset_map) == 0
+    return out

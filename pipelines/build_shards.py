@@ -1,0 +1,275 @@
+"""`detrec preprocess`: the Beam job that turns an ILSVRC/VOC tree into verified TFRecord shards.
+
+    detrec preprocess --input ROOT --output OUT [--splits train,val] [--layout auto|det|cls-loc|voc]
+        [--labels SYNSET_MAP] [--num-shards train=64,val=8] [--target-shard-mb 128]
+        [--verify-images full|header] [any Apache Beam pipeline option]
+
+Unknown flags go to PipelineOptions (the wordcount.py pattern), so the same command runs on
+the DirectRunner (default here: multi-processing on all cores) or on Dataflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+)
+
+from preprocess import dataset_info, images, schema, sources, vocab as vocab_lib
+from preprocess.errors import UserError
+from preprocess.finalize import finalize
+from preprocess.transforms import (
+    LAYOUT,
+    REJECTED,
+    AssignSlots,
+    CheckVocabulary,
+    ListSplit,
+    PairFiles,
+    ParseAnnotation,
+    WriteShard,
+    shard_hash,
+    slot_items,
+)
+
+HELP = "Beam job: ILSVRC/VOC tree -> verified, sharded TFRecords"
+TRAIN = "train"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="folder holding Annotations/ and Data/ (local or gs://)")
+    parser.add_argument("--output", required=True, help="output folder for shards and metadata (local or gs://)")
+    parser.add_argument("--splits", default="train,val", help="comma-separated splits (default train,val)")
+    parser.add_argument("--layout", default="auto", choices=sources.LAYOUTS, help="source tree layout")
+    parser.add_argument("--labels", help="synset map (map_det.txt, LOC_synset_mapping.txt); "
+                        "default: the sorted synsets seen in the train split")
+    parser.add_argument("--num-shards", default="", metavar="SPLIT=N,...",
+                        help="shards per split, e.g. train=64,val=8 (default: from --target-shard-mb)")
+    parser.add_argument("--target-shard-mb", type=float, default=128.0, help="shard size when --num-shards "
+                        "does not fix the count (default 128)")
+    parser.add_argument("--verify-images", default="full", choices=images.VERIFY_MODES,
+                        help="full: decode every JPEG; header: trust a well-formed header + end marker")
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def parse_num_shards(text: str, splits: list[str]) -> dict[str, int]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        split, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise UserError(f"--num-shards wants SPLIT=N pairs such as train=64,val=8, got {part!r}")
+        if split.strip() not in splits:
+            raise UserError(f"--num-shards names split {split.strip()!r}, which is not in --splits {','.join(splits)}")
+        out[split.strip()] = int(value)
+    return out
+
+
+def pipeline_options(extra: list[str]) -> PipelineOptions:
+    """Beam options from the leftover flags; locally defaults to all cores in separate processes."""
+    unknown = [a for a in extra if a.startswith("-") and a.split("=")[0].lstrip("-") not in _beam_flags()]
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]}; see `detrec preprocess --help` and Beam's pipeline options")
+    options = PipelineOptions(extra)
+    direct = options.view_as(DirectOptions)
+    std = options.view_as(StandardOptions)
+    if std.runner in (None, "DirectRunner") and "--direct_num_workers" not in " ".join(extra):
+        direct.direct_num_workers = 0  # one worker per core
+        direct.direct_running_mode = "multi_processing"
+    options.view_as(SetupOptions).save_main_session = False
+    return options
+
+
+def _beam_flags() -> set[str]:
+    parser = argparse.ArgumentParser(add_help=False)
+    for cls in PipelineOptions.__subclasses__():
+        try:
+            cls._add_argparse_args(parser)
+        except Exception:  # an options class that needs extras we don't have
+            continue
+    return {opt.lstrip("-") for action in parser._actions for opt in action.option_strings}
+
+
+def validate(args: argparse.Namespace, options: PipelineOptions) -> None:
+    """Fails fast, before any worker starts, on mistakes a user can fix."""
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    if "dataflow" in runner.lower():
+        gcp = options.view_as(GoogleCloudOptions)
+        if not gcp.project or not gcp.region:
+            raise UserError("DataflowRunner needs --project and --region")
+        if not gcp.temp_location or not gcp.temp_location.startswith("gs://"):
+            raise UserError("DataflowRunner needs --temp_location gs://BUCKET/tmp (a Cloud Storage path)")
+        for flag, path in (("--input", args.input), ("--output", args.output), ("--labels", args.labels)):
+            if path and not path.startswith("gs://"):
+                raise UserError(f"DataflowRunner reads and writes Cloud Storage: {flag} must be a gs:// path, got {path!r}")
+        setup = options.view_as(SetupOptions)
+        from apache_beam.options.pipeline_options import WorkerOptions
+
+        if not setup.setup_file and not options.view_as(WorkerOptions).sdk_container_image:
+            raise UserError("DataflowRunner workers need detrec: pass --setup_file ./setup.py or "
+                            "--sdk_container_image IMAGE (see pipelines/dataflow/README.md)")
+        return
+    for flag, path in (("--input", args.input), ("--labels", args.labels)):
+        if path and not _is_url(path) and not os.path.exists(path):
+            raise UserError(f"{flag} {path}: no such file or directory")
+    if not _is_url(args.input) and not os.path.isdir(args.input):
+        raise UserError(f"--input {args.input}: not a directory (pass the folder holding Annotations/ and Data/)")
+    if not _is_url(args.input):
+        splits = [s for s in args.splits.split(",") if s]
+        for split in splits:
+            try:
+                sources.resolve_layout(os.path.abspath(args.input), split, args.layout)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+    if not _is_url(args.output):
+        if os.path.isfile(args.output):
+            raise UserError(f"--output {args.output} is a file; pass a directory")
+        os.makedirs(args.output, exist_ok=True)
+        if not os.access(args.output, os.W_OK):
+            raise UserError(f"--output {args.output} is not writable")
+
+
+def build(p: beam.Pipeline, args: argparse.Namespace, num_shards: dict[str, int]):
+    """The Beam graph. Returns the PCollection holding the dataset_info dict."""
+    root = args.input if _is_url(args.input) else os.path.abspath(args.input)
+    output = args.output if _is_url(args.output) else os.path.abspath(args.output)
+    splits = [s for s in args.splits.split(",") if s]
+
+    listed = (
+        p
+        | "Splits" >> beam.Create([(root, split, args.layout) for split in splits])
+        | "ListFiles" >> beam.ParDo(ListSplit()).with_outputs(LAYOUT, main="files")
+    )
+    paired = (
+        listed.files
+        | "KeyByStem" >> beam.Map(lambda e: ((e.split, e.key), e))
+        | "GroupByStem" >> beam.GroupByKey()
+        | "Pair" >> beam.ParDo(PairFiles()).with_outputs(REJECTED, main="pairs")
+    )
+    parsed = paired.pairs | "ParseXml" >> beam.ParDo(ParseAnnotation()).with_outputs(REJECTED, main="items")
+
+    if args.labels:
+        labels_path = args.labels if _is_url(args.labels) else os.path.abspath(args.labels)
+        vocab = (
+            p
+            | "LabelsFile" >> beam.Create([labels_path])
+            | "ReadSynsetMap" >> beam.Map(lambda path: vocab_lib.parse_synset_map(sources.read_bytes(path).decode("utf-8"), path))
+        )
+    else:
+        vocab = (
+            parsed.items
+            | "TrainOnly" >> beam.Filter(lambda item: item.pair.split == TRAIN)
+            | "Synsets" >> beam.FlatMap(lambda item: [o.name for o in item.annotation.objects])
+            | "DistinctSynsets" >> beam.Distinct()
+            | "CollectSynsets" >> beam.combiners.ToList()
+            | "SortedVocabulary" >> beam.Map(vocab_lib.from_synsets)
+        )
+    vocab_side = beam.pvalue.AsSingleton(vocab)
+    labelled = parsed.items | "CheckVocabulary" >> beam.ParDo(CheckVocabulary(), vocab_side).with_outputs(REJECTED, main="items")
+    keyed = labelled.items | "KeyBySourceId" >> beam.Map(lambda item: ((item.pair.split, item.pair.source_id), item))
+    slots = (
+        labelled.items
+        | "HashKeys" >> beam.Map(lambda item: (item.pair.split, (shard_hash(item.pair.split, item.pair.source_id),
+                                                                  item.pair.source_id, item.pair.image_size)))
+        | "GroupBySplit" >> beam.GroupByKey()
+        | "AssignShards" >> beam.ParDo(AssignSlots(num_shards, int(args.target_shard_mb * 1e6)))
+    )
+    written = (
+        {"item": keyed, "slot": slots}
+        | "JoinSlots" >> beam.CoGroupByKey()
+        | "KeyByShard" >> beam.FlatMap(slot_items)
+        | "GroupByShard" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteShard(output, args.verify_images), vocab_side).with_outputs(REJECTED, main="shards")
+    )
+    rejected = (
+        (paired[REJECTED], parsed[REJECTED], labelled[REJECTED], written[REJECTED])
+        | "AllRejected" >> beam.Flatten()
+    )
+    options = {"splits": splits, "layout": args.layout, "labels": args.labels or "",
+               "num_shards": num_shards, "target_shard_mb": args.target_shard_mb,
+               "verify_images": args.verify_images}
+    return (
+        p
+        | "Finish" >> beam.Create([None])
+        | "WriteDatasetInfo" >> beam.Map(
+            finalize, output, root, splits, options, vocab_side,
+            beam.pvalue.AsDict(listed[LAYOUT]), beam.pvalue.AsList(written.shards), beam.pvalue.AsList(rejected))
+    )
+
+
+def _log_progress() -> None:
+    """Shows detrec's per-stage/per-shard log lines (visible progress on long runs)."""
+    logger = logging.getLogger("detrec")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def summary_table(info: dict, seconds: float) -> str:
+    rows = [f"{'split':<8} {'examples':>9} {'errors':>7} {'converted':>9} {'shards':>6} {'MB':>9} {'img/s':>8}  errors by reason"]
+    for split, entry in info["splits"].items():
+        mb = sum(s["num_bytes"] for s in entry["shards"]) / 1e6
+        reasons = ", ".join(f"{k}={v}" for k, v in entry["errors_by_reason"].items()) or "-"
+        rows.append(f"{split:<8} {entry['num_examples']:>9} {entry['num_errors']:>7} {entry['converted_images']:>9} "
+                    f"{len(entry['shards']):>6} {mb:>9.1f} {entry['num_examples'] / max(seconds, 1e-9):>8.0f}  {reasons}")
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    if not splits:
+        raise UserError("--splits is empty; pass e.g. --splits train,val")
+    args.splits = ",".join(splits)
+    num_shards = parse_num_shards(args.num_shards, splits)
+    if args.target_shard_mb <= 0:
+        raise UserError("--target-shard-mb must be positive")
+    options = pipeline_options(extra)
+    validate(args, options)
+    dry_run = bool(options.get_all_options().get("dry_run"))
+    _log_progress()
+    if not dry_run:
+        # dataset_info.json marks a complete dataset: remove it first, rewrite it last.
+        stale = dataset_info.join(args.output, schema.DATASET_INFO)
+        from apache_beam.io.filesystems import FileSystems
+
+        if FileSystems.exists(stale):
+            FileSystems.delete([stale])
+    start = time.perf_counter()
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, args, num_shards)
+    result = pipeline.run()
+    result.wait_until_finish()
+    seconds = time.perf_counter() - start
+    if dry_run:
+        print("dry run: pipeline graph built and validated; nothing was submitted")
+        return 0
+    info = dataset_info.load(args.output)
+    print(summary_table(info, seconds))
+    total = sum(e["num_examples"] for e in info["splits"].values())
+    print(f"{total} examples in {seconds:.1f}s -> {args.output} (details: dataset_info.json, errors-<split>.jsonl)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipelines.build_shards ...` (same as `detrec preprocess ...`)."""
+    from pipelines.cli import main as cli_main
+
+    return cli_main(["preprocess", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

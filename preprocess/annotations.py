@@ -1,0 +1,174 @@
+"""Pure Pascal-VOC / ILSVRC annotation parsing: bytes in, Annotation out (no file access).
+
+Parsing is hardened because annotation trees come from the internet: no DTD, no entity
+expansion, no network, capped size. A document that declares a DOCTYPE or entities is
+rejected before lxml sees it, so XXE and billion-laughs files fail fast with bounded memory
+and nothing a document references can reach the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Sequence
+
+from lxml import etree
+
+from preprocess import schema
+
+MAX_XML_BYTES = 1 << 20  # real ILSVRC/VOC files are < 10 KB
+_DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_PARSER = etree.XMLParser(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    dtd_validation=False,
+    huge_tree=False,
+    remove_comments=True,
+    remove_pis=True,
+)
+_COORDS = ("xmin", "ymin", "xmax", "ymax")
+
+
+class AnnotationError(ValueError):
+    """An annotation that cannot become a record. `code` is a short reason for counters."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass(frozen=True)
+class Object:
+    """One annotated object in pixels of the annotated frame, as written in the file."""
+
+    name: str
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    difficult: bool = False
+    truncated: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotation:
+    """A parsed annotation. width/height are 0 when `<size>` is missing or zero."""
+
+    width: int
+    height: int
+    objects: tuple[Object, ...]
+    filename: str = ""
+
+
+def _number(element, tag: str, where: str) -> float:
+    text = element.findtext(tag)
+    if text is None or not text.strip():
+        raise AnnotationError("missing_coordinate", f"{where}: <{tag}> is missing")
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise AnnotationError("bad_number", f"{where}: <{tag}> {text.strip()!r} is not a number") from None
+
+
+def _flag(element, tag: str) -> bool:
+    text = (element.findtext(tag) or "0").strip()
+    try:
+        return float(text) != 0
+    except ValueError:
+        return text.lower() in ("true", "yes")
+
+
+def _size(root) -> tuple[int, int]:
+    size = root.find("size")
+    if size is None:
+        return 0, 0
+    try:
+        w = int(float((size.findtext("width") or "0").strip() or 0))
+        h = int(float((size.findtext("height") or "0").strip() or 0))
+    except ValueError:
+        return 0, 0
+    return (w, h) if w > 0 and h > 0 else (0, 0)
+
+
+def parse(data: bytes, where: str = "<annotation>") -> Annotation:
+    """Parses annotation XML bytes.
+
+    Args:
+      data: the file's bytes (BOM, CRLF, any child order and extra tags are fine).
+      where: the file's path, used in error messages.
+
+    Raises:
+      AnnotationError: malformed or unsafe XML, no `<annotation>` root, an object without
+        `<name>`, a missing or non-numeric coordinate, or an inverted box.
+    """
+    if len(data) > MAX_XML_BYTES:
+        raise AnnotationError("xml_too_large", f"{where}: {len(data)} bytes > {MAX_XML_BYTES} allowed")
+    if _DECLARATION.search(data):
+        raise AnnotationError("xml_dtd_forbidden", f"{where}: DOCTYPE/ENTITY declarations are not allowed")
+    try:
+        root = etree.fromstring(data, parser=_PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise AnnotationError("malformed_xml", f"{where}: malformed XML ({exc})") from None
+    if root is None or root.tag != "annotation":
+        raise AnnotationError("not_an_annotation", f"{where}: root element is not <annotation>")
+    width, height = _size(root)
+    objects = []
+    for i, obj in enumerate(root.iter("object")):
+        label = f"{where}: object {i}"
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise AnnotationError("missing_name", f"{label}: <name> is missing or empty")
+        box = obj.find("bndbox")
+        if box is None:
+            raise AnnotationError("missing_bndbox", f"{label} ({name}): <bndbox> is missing")
+        xmin, ymin, xmax, ymax = (_number(box, tag, f"{label} ({name})") for tag in _COORDS)
+        if xmin > xmax or ymin > ymax:
+            raise AnnotationError(
+                "inverted_box",
+                f"{label} ({name}): inverted box xmin {xmin:g} xmax {xmax:g} ymin {ymin:g} ymax {ymax:g}",
+            )
+        objects.append(Object(name, xmin, ymin, xmax, ymax, _flag(obj, "difficult"), _flag(obj, "truncated")))
+    return Annotation(width, height, tuple(objects), (root.findtext("filename") or "").strip())
+
+
+def normalise(
+    ann: Annotation,
+    image_width: int,
+    image_height: int,
+    label_of: Callable[[str], int | None],
+    where: str = "<annotation>",
+) -> tuple[schema.Box, ...]:
+    """Boxes normalised to [0, 1] by the annotated frame, clipped, with class ids.
+
+    The frame is the annotation's `<size>` (what the annotator saw); when that is missing
+    or zero, the decoded image size. A box past the border is clipped and kept; one that is
+    empty after clipping is an error (never silently background).
+
+    Args:
+      ann: the parsed annotation.
+      image_width, image_height: the stored image's size (fallback frame).
+      label_of: synset -> class id (1..K), or None when the synset is unknown.
+      where: the annotation's path, for messages.
+    """
+    frame_w, frame_h = (ann.width, ann.height) if ann.width and ann.height else (image_width, image_height)
+    boxes = []
+    for i, obj in enumerate(ann.objects):
+        label = label_of(obj.name)
+        if label is None:
+            raise AnnotationError("unknown_synset", f"{where}: object {i}: synset {obj.name!r} is not in the vocabulary")
+        clip = lambda v, size: min(max(v / size, 0.0), 1.0)  # noqa: E731
+        xmin, xmax = clip(obj.xmin, frame_w), clip(obj.xmax, frame_w)
+        ymin, ymax = clip(obj.ymin, frame_h), clip(obj.ymax, frame_h)
+        if not (xmin < xmax and ymin < ymax):
+            raise AnnotationError(
+                "empty_box",
+                f"{where}: object {i} ({obj.name}): box ({obj.xmin:g},{obj.ymin:g})-({obj.xmax:g},{obj.ymax:g}) "
+                f"is empty inside the {frame_w}x{frame_h} frame",
+            )
+        boxes.append(schema.Box(xmin, ymin, xmax, ymax, label, obj.name, obj.difficult, obj.truncated))
+    return tuple(boxes)
+
+
+def synsets(ann: Annotation) -> Sequence[str]:
+    return [obj.name for obj in ann.objects]

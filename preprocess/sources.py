@@ -1,0 +1,154 @@
+"""Walking a source tree and pairing annotations with images (local paths or gs:// alike).
+
+All file access goes through Beam's FileSystems, so the same code lists a laptop folder and a
+bucket, and it runs inside the pipeline (on Dataflow: on the workers, never the launcher).
+
+Layouts (ROOT is the folder holding Annotations/ and Data/ or JPEGImages/):
+  det      Annotations/DET/<split>/**.xml     + Data/DET/<split>/**.JPEG
+  cls-loc  Annotations/CLS-LOC/<split>/**.xml + Data/CLS-LOC/<split>/**.JPEG
+  voc      Annotations/*.xml + JPEGImages/*.jpg, split ids from ImageSets/Main/<split>.txt
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+from typing import Iterable, Iterator
+
+from apache_beam.io.filesystems import FileSystems
+
+LAYOUTS = ("auto", "det", "cls-loc", "voc")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+ANNOTATION_EXTENSION = ".xml"
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSource:
+    """Where one split's files live."""
+
+    root: str
+    split: str
+    layout: str  # resolved: det | cls-loc | voc
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEntry:
+    """A listed file: `key` is its path relative to the split root, without extension."""
+
+    split: str
+    kind: str  # "annotation" | "image"
+    key: str
+    path: str
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """An annotation with its image; `source_id` is unique within a split."""
+
+    split: str
+    source_id: str
+    annotation: str
+    image: str
+    image_rel: str
+    image_size: int
+
+
+def join(*parts: str) -> str:
+    return FileSystems.join(*parts) if parts else ""
+
+
+def _dirs(root: str, split: str, layout: str) -> tuple[str, str]:
+    if layout == "det":
+        return join(root, "Annotations", "DET", split), join(root, "Data", "DET", split)
+    if layout == "cls-loc":
+        return join(root, "Annotations", "CLS-LOC", split), join(root, "Data", "CLS-LOC", split)
+    return join(root, "Annotations"), join(root, "JPEGImages")
+
+
+def resolve_layout(root: str, split: str, layout: str) -> str:
+    """Picks det / cls-loc / voc for `auto` by which folders exist (ValueError if none)."""
+    if layout != "auto":
+        return layout
+    for candidate in ("det", "cls-loc", "voc"):
+        ann_dir, img_dir = _dirs(root, split, candidate)
+        if FileSystems.exists(ann_dir) and FileSystems.exists(img_dir):
+            return candidate
+    raise ValueError(
+        f"{root}: no Annotations/DET/{split}, Annotations/CLS-LOC/{split} or Annotations + JPEGImages "
+        "found; pass the folder that holds Annotations/ and Data/"
+    )
+
+
+def _relative(path: str, base: str) -> str:
+    rel = path[len(base):].lstrip("/\\")
+    return rel.replace("\\", "/")
+
+
+def _match(pattern: str) -> list:
+    return FileSystems.match([pattern])[0].metadata_list
+
+
+def _voc_ids(root: str, split: str) -> set[str]:
+    path = join(root, "ImageSets", "Main", f"{split}.txt")
+    with FileSystems.open(path) as f:
+        return {line.split()[0] for line in f.read().decode("utf-8").splitlines() if line.strip()}
+
+
+def list_split(source: SplitSource) -> Iterator[FileEntry]:
+    """Every annotation and image file of a split (sorted, so output order is stable)."""
+    ann_dir, img_dir = _dirs(source.root, source.split, source.layout)
+    pattern = "*" if source.layout == "voc" else "**"
+    wanted = _voc_ids(source.root, source.split) if source.layout == "voc" else None
+    for base, kind, extensions in (
+        (ann_dir, "annotation", (ANNOTATION_EXTENSION,)),
+        (img_dir, "image", IMAGE_EXTENSIONS),
+    ):
+        if not FileSystems.exists(base):
+            continue
+        for meta in sorted(_match(join(base, pattern)), key=lambda m: m.path):
+            rel = _relative(meta.path, base)
+            stem, ext = posixpath.splitext(rel)
+            if ext.lower() not in extensions or (wanted is not None and stem not in wanted):
+                continue
+            yield FileEntry(source.split, kind, stem, meta.path, meta.size_in_bytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairProblem:
+    """A file that cannot be paired: reported, never fatal."""
+
+    split: str
+    annotation: str
+    image: str
+    code: str
+    reason: str
+
+
+def pair(split: str, key: str, entries: Iterable[FileEntry]) -> Iterator[Pair | PairProblem]:
+    """Pairs the files sharing one key: exactly one annotation and one image make a Pair.
+
+    Extra files with the same key (x.JPEG beside x.png, x.xml beside x.XML) are duplicate
+    source ids: the first by path is kept, the others are reported.
+    """
+    entries = sorted(entries, key=lambda e: e.path)
+    anns = [e for e in entries if e.kind == "annotation"]
+    imgs = [e for e in entries if e.kind == "image"]
+    for extra in anns[1:] + imgs[1:]:
+        kept = (anns if extra.kind == "annotation" else imgs)[0].path
+        yield PairProblem(split, extra.path if extra.kind == "annotation" else "",
+                          extra.path if extra.kind == "image" else "", "duplicate_source_id",
+                          f"duplicate source id {key!r}: {extra.path} (kept {kept})")
+    if anns and imgs:
+        img = imgs[0]
+        image_rel = key + posixpath.splitext(img.path)[1]
+        yield Pair(split, key, anns[0].path, img.path, image_rel, img.size)
+    elif anns:
+        yield PairProblem(split, anns[0].path, "", "missing_image", f"annotation without image (source id {key!r})")
+    elif imgs:
+        yield PairProblem(split, "", imgs[0].path, "missing_annotation", f"image without annotation (source id {key!r})")
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path) as f:
+        return f.read()
