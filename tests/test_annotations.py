@@ -1,0 +1,132 @@
+"""Pure XML parsing: real-format samples, the variations real files have, and hostile input."""
+
+from __future__ import annotations
+
+import os
+import time
+import tracemalloc
+
+import pytest
+
+from preprocess import annotations, schema
+from preprocess.annotations import AnnotationError
+from tests.conftest import SHARED_SAMPLES
+
+
+def sample(name: str) -> bytes:
+    with open(os.path.join(SHARED_SAMPLES, name), "rb") as f:
+        return f.read()
+
+
+def test_ilsvrc_sample():
+    ann = annotations.parse(sample("ILSVRC2012_val_00000001.xml"))
+    assert (ann.width, ann.height) == (500, 375)
+    assert ann.objects == (annotations.Object("n01751748", 111, 108, 441, 193),)
+
+
+def test_voc_sample_and_flags():
+    ann = annotations.parse(sample("voc_two_objects.xml"))
+    assert (ann.width, ann.height) == (11, 14)
+    assert [o.name for o in ann.objects] == ["tvmonitor", "train"]
+    assert ann.objects[0].truncated and not ann.objects[1].truncated
+    assert annotations.parse(sample("VOC2007_000002.xml")).objects[0].name == "train"
+
+
+DET = b"""\xef\xbb\xbf<annotation>\r
+\t<folder>n02672831</folder>\r
+\t<size><width>200</width><height>100</height></size>\r
+\t<object><name> n1 </name><trackid>0</trackid><occluded>1</occluded><generated>0</generated>
+\t\t<bndbox><xmax> 150.0 </xmax><ymin>10</ymin><xmin>050</xmin><ymax>90.5</ymax></bndbox>
+\t\t<subcategory>x</subcategory><pose>Left</pose><difficult>1</difficult></object>\r
+</annotation>\r
+"""
+
+
+def test_real_world_variations():
+    """BOM, CRLF, any <bndbox> child order, padded/float numbers, extra tags, no <depth>."""
+    ann = annotations.parse(DET)
+    assert ann.objects == (annotations.Object("n1", 50.0, 10.0, 150.0, 90.5, difficult=True),)
+
+
+def test_normalise_clips_and_labels():
+    ann = annotations.Annotation(200, 100, (annotations.Object("n1", -5, 10, 250, 50), annotations.Object("n2", 0, 0, 20, 20)))
+    boxes = annotations.normalise(ann, 999, 999, {"n1": 1, "n2": 2}.get)
+    assert boxes[0] == schema.Box(0.0, 0.1, 1.0, 0.5, 1, "n1")
+    assert boxes[1] == schema.Box(0.0, 0.0, 0.1, 0.2, 2, "n2")
+    assert schema.largest_box_label(boxes) == (1, "n1")
+
+
+def test_normalise_falls_back_to_image_size():
+    ann = annotations.Annotation(0, 0, (annotations.Object("n1", 10, 20, 30, 40),))
+    (box,) = annotations.normalise(ann, 100, 200, {"n1": 1}.get)
+    assert (box.xmin, box.ymin, box.xmax, box.ymax) == pytest.approx((0.1, 0.1, 0.3, 0.2))
+
+
+@pytest.mark.parametrize(
+    "xml, code",
+    [
+        (b"<annotation><object>", "malformed_xml"),
+        (b"<notes/>", "not_an_annotation"),
+        (b"<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>", "missing_name"),
+        (b"<annotation><object><name>n</name><bndbox><xmin>9</xmin><ymin>1</ymin><xmax>2</xmax><ymax>5</ymax></bndbox></object></annotation>", "inverted_box"),
+        (b"<annotation><object><name>n</name><bndbox><xmin>a</xmin><ymin>1</ymin><xmax>2</xmax><ymax>5</ymax></bndbox></object></annotation>", "bad_number"),
+        (b"<annotation><object><name>n</name></object></annotation>", "missing_bndbox"),
+    ],
+)
+def test_bad_annotations_name_the_problem(xml, code):
+    with pytest.raises(AnnotationError) as err:
+        annotations.parse(xml, "dir/x.xml")
+    assert err.value.code == code
+    assert "dir/x.xml" in str(err.value)
+
+
+def test_empty_box_after_clipping_is_an_error():
+    ann = annotations.Annotation(100, 100, (annotations.Object("n1", 120, 10, 150, 50),))
+    with pytest.raises(AnnotationError) as err:
+        annotations.normalise(ann, 100, 100, {"n1": 1}.get, "a.xml")
+    assert err.value.code == "empty_box"
+
+
+def test_unknown_synset_is_an_error_not_background():
+    ann = annotations.Annotation(100, 100, (annotations.Object("n9", 1, 1, 50, 50),))
+    with pytest.raises(AnnotationError) as err:
+        annotations.normalise(ann, 100, 100, {"n1": 1}.get)
+    assert err.value.code == "unknown_synset"
+
+
+XXE = b"""<?xml version="1.0"?>
+<!DOCTYPE annotation [<!ENTITY secret SYSTEM "file:///etc/hostname">]>
+<annotation><object><name>&secret;</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>"""
+
+LAUGHS = b'<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol">' + b"".join(
+    b'<!ENTITY lol%d "%s">' % (i, (b"&lol%d;" % (i - 1) if i > 1 else b"&lol;") * 10) for i in range(1, 10)
+) + b"]>\n<annotation><object><name>&lol9;</name></object></annotation>"
+
+
+@pytest.mark.parametrize("xml", [XXE, LAUGHS, XXE.replace(b"DOCTYPE", b"doctype")])
+def test_hostile_xml_is_rejected_fast_with_bounded_memory(xml):
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(AnnotationError) as err:
+        annotations.parse(xml, "evil.xml")
+    elapsed = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert err.value.code == "xml_dtd_forbidden"
+    assert elapsed < 1.0 and peak < 10 * 1024 * 1024
+
+
+def test_parser_itself_never_resolves_entities():
+    """Even without the DOCTYPE pre-check, lxml is configured not to expand or fetch."""
+    from lxml import etree
+
+    root = etree.fromstring(XXE, parser=annotations._PARSER)
+    with open("/etc/hostname") as f:
+        secret = f.read().strip()
+    assert secret not in etree.tostring(root).decode()
+
+
+def test_size_cap():
+    with pytest.raises(AnnotationError) as err:
+        annotations.parse(b"<annotation>" + b" " * (annotations.MAX_XML_BYTES + 1) + b"</annotation>")
+    assert err.value.code == "xml_too_large"

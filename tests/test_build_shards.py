@@ -1,0 +1,304 @@
+"""The preprocess Beam job end to end: bad inputs, determinism, kill-and-rerun, third-party
+readers, user errors. Every run is a real pipeline on the DirectRunner writing real shards."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from preprocess import dataset_info, schema
+from tests import image_factory as f
+from tests.conftest import run_preprocess
+from tests.test_annotations import LAUGHS, XXE
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYN = "n02672831"  # class 1 of the synth synset map
+TRAIN_DIR = f"ILSVRC2013_train/{SYN}"
+
+
+def read_records(out: str, split: str) -> list[schema.Record]:
+    info = dataset_info.load(out)
+    files = [dataset_info.join(out, s["file"]) for s in info["splits"][split]["shards"]]
+    return [schema.decode(r.numpy()) for r in tf.data.TFRecordDataset(files)]
+
+
+def digests(out: str) -> dict[str, str]:
+    result = {}
+    for path in sorted(glob.glob(os.path.join(out, "*"))):
+        with open(path, "rb") as fh:
+            result[os.path.basename(path)] = hashlib.sha256(fh.read()).hexdigest()
+    return result
+
+
+def xml(name: str = SYN, box=(10, 10, 60, 40), size=(120, 90), extra: str = "") -> bytes:
+    size_xml = f"<size><width>{size[0]}</width><height>{size[1]}</height></size>" if size else ""
+    x0, y0, x1, y1 = box
+    return (f"<annotation>{size_xml}<object><name>{name}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+            f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>{extra}</annotation>").encode()
+
+
+def add(root: str, stem: str, annotation: bytes | None, image: bytes | None, ext: str = ".JPEG") -> None:
+    for kind, data, suffix in (("Annotations", annotation, ".xml"), ("Data", image, ext)):
+        if data is None:
+            continue
+        path = os.path.join(root, kind, "DET", "train", TRAIN_DIR, stem + suffix)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(data)
+
+
+# stem -> (annotation, image, expected error code or None when the record must be kept)
+BAD_INPUTS = {
+    "bad_malformed": (b"<annotation><object>", f.jpeg(120, 90), "malformed_xml"),
+    "bad_xxe": (XXE, f.jpeg(120, 90), "xml_dtd_forbidden"),
+    "bad_laughs": (LAUGHS, f.jpeg(120, 90), "xml_dtd_forbidden"),
+    "bad_noname": (xml(name=""), f.jpeg(120, 90), "missing_name"),
+    "bad_unknown": (xml(name="n00000001"), f.jpeg(120, 90), "unknown_synset"),
+    "bad_inverted": (xml(box=(80, 10, 20, 40)), f.jpeg(120, 90), "inverted_box"),
+    "bad_truncated": (xml(), f.truncated_jpeg(120, 90), "truncated_image"),
+    "bad_empty": (xml(), b"", "empty_file"),
+    "bad_html": (xml(), f.HTML, "not_an_image"),
+    "bad_noimage": (xml(), None, "missing_image"),
+    "bad_orphan": (None, f.jpeg(120, 90), "missing_annotation"),
+    "ok_border": (xml(box=(-5, 50, 200, 120)), f.jpeg(120, 90), None),
+    "ok_nosize": (xml(size=None, box=(30, 30, 90, 60)), f.jpeg(120, 90), None),
+    "ok_zerosize": (xml(size=(0, 0), box=(30, 30, 90, 60)), f.jpeg(120, 90), None),
+    "ok_cmyk": (xml(), f.cmyk_jpeg(120, 90), None),
+    "ok_png": (xml(), f.png(120, 90), None),
+    "ok_gray": (xml(), f.gray_jpeg(120, 90), None),
+    "ok_ñandú_日本": (xml(), f.jpeg(120, 90), None),
+    "bad_unreadable": (xml(), f.jpeg(120, 90), "unreadable_file"),
+}
+
+
+def unprivileged(cmd: list[str]) -> list[str]:
+    """Root reads any file; drop the DAC capabilities so chmod 000 means unreadable."""
+    if os.geteuid() != 0:
+        return cmd
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *cmd]
+
+
+@pytest.fixture(scope="module")
+def bad_tree(synth_tree, tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("bad") / "ILSVRC")
+    shutil.copytree(synth_tree, root)
+    for stem, (ann, img, _) in BAD_INPUTS.items():
+        add(root, stem, ann, img, ".JPEG")
+    add(root, "ok_png", None, f.png(120, 90), ".png")  # same source id twice: duplicate
+    os.chmod(os.path.join(root, "Data", "DET", "train", TRAIN_DIR, "bad_unreadable.JPEG"), 0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bad_run(bad_tree, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("bad_out"))
+    cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--input", bad_tree, "--output", out,
+           "--labels", os.path.join(bad_tree, "devkit", "data", "map_det.txt"), "--num-shards", "train=3,val=1",
+           "--direct_num_workers=1", "--direct_running_mode=in_memory"]
+    proc = subprocess.run(unprivileged(cmd), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_bad_inputs_are_reported_and_good_records_all_kept(bad_run, synth_tree, bad_tree):
+    out, stdout = bad_run
+    with open(os.path.join(out, "errors-train.jsonl"), encoding="utf-8") as fh:
+        errors = [json.loads(line) for line in fh]
+    by_stem = {}
+    for e in errors:
+        path = e["annotation"] or e["image"]
+        by_stem.setdefault(os.path.splitext(os.path.basename(path))[0], []).append(e)
+    for stem, (_, _, code) in BAD_INPUTS.items():
+        if code is None:
+            continue
+        assert stem in by_stem, f"{stem} not reported"
+        (entry,) = by_stem[stem]
+        assert entry["code"] == code and entry["reason"] and entry["split"] == "train"
+        assert stem in entry["annotation"] + entry["image"]
+    (dup,) = by_stem["ok_png"]
+    assert dup["code"] == "duplicate_source_id" and dup["image"].endswith("ok_png.png")
+    bad = {s for s, (_, _, c) in BAD_INPUTS.items() if c}
+    assert set(by_stem) == bad | {"ok_png"}
+
+    records = {r.source_id: r for r in read_records(out, "train")}
+    synth_ids = {os.path.relpath(p, os.path.join(synth_tree, "Annotations/DET/train"))[:-4]
+                 for p in glob.glob(os.path.join(synth_tree, "Annotations/DET/train/**/*.xml"), recursive=True)}
+    kept = {f"{TRAIN_DIR}/{s}" for s, (_, _, c) in BAD_INPUTS.items() if c is None}
+    assert set(records) == synth_ids | kept
+    info = dataset_info.load(out)
+    assert info["splits"]["train"]["num_examples"] == len(records)
+    assert info["splits"]["train"]["num_errors"] == len(errors)
+    assert "unreadable_file=1" in stdout and "missing_image=1" in stdout
+
+
+def test_fixed_and_clipped_records(bad_run):
+    out, _ = bad_run
+    records = {r.source_id.rsplit("/", 1)[1]: r for r in read_records(out, "train")}
+    for r in records.values():
+        schema.check(r, num_classes=6)
+        assert tf.io.decode_jpeg(r.encoded, channels=3).shape == (r.height, r.width, 3)
+    border = records["ok_border"].objects[0]
+    assert (border.xmin, border.xmax, border.ymax) == (0.0, 1.0, 1.0)
+    assert border.ymin == pytest.approx(50 / 90)
+    nosize = records["ok_nosize"].objects[0]
+    assert (nosize.xmin, nosize.xmax) == pytest.approx((30 / 120, 90 / 120))  # decoded size as frame
+    assert records["ok_zerosize"].objects == records["ok_nosize"].objects
+    assert records["ok_cmyk"].converted_from == "jpeg-cmyk"
+    assert records["ok_png"].converted_from == "png"
+    assert records["ok_png"].filename == f"{TRAIN_DIR}/ok_png.JPEG"
+    assert records["ok_gray"].converted_from == "" and records["ok_gray"].encoded == f.gray_jpeg(120, 90)
+    assert records["ok_ñandú_日本"].filename == f"{TRAIN_DIR}/ok_ñandú_日本.JPEG"
+    info = dataset_info.load(out)
+    assert info["splits"]["train"]["converted_images"] == 2
+
+
+def test_labels_and_largest_box_match_the_xml(dataset_dir, synth_tree):
+    from preprocess import annotations
+
+    info = dataset_info.load(dataset_dir)
+    ids = {c["synset"]: c["id"] for c in info["classes"]}
+    assert info["num_classes"] == 6 and ids["background"] == 0
+    for split in ("train", "val"):
+        for r in read_records(dataset_dir, split):
+            with open(os.path.join(synth_tree, "Annotations/DET", split, r.source_id + ".xml"), "rb") as fh:
+                ann = annotations.parse(fh.read())
+            if not ann.objects:
+                assert (r.class_label, r.class_text) == (0, "background")
+                continue
+            big = max(ann.objects, key=lambda o: (o.xmax - o.xmin) * (o.ymax - o.ymin))
+            assert (r.class_text, r.class_label) == (big.name, ids[big.name])
+            assert [o.text for o in r.objects] == [o.name for o in ann.objects]
+    with open(os.path.join(dataset_dir, "labels.txt")) as fh:
+        assert fh.readline() == "0\tbackground\tbackground\n"
+        assert fh.readline() == "1\tn02672831\taccordion\n"
+
+
+def test_shards_are_balanced_mixed_and_complete(dataset_dir):
+    info = dataset_info.load(dataset_dir)
+    for split in ("train", "val"):
+        shards = info["splits"][split]["shards"]
+        counts = [s["num_examples"] for s in shards]
+        assert max(counts) - min(counts) <= max(2, 0.1 * max(counts))
+        for s in shards:
+            path = os.path.join(dataset_dir, s["file"])
+            size, digest = dataset_info.file_digest(path)
+            assert (size, digest) == (s["num_bytes"], s["sha256"])
+            labels = {schema.decode(r.numpy()).class_label for r in tf.data.TFRecordDataset(path)}
+            assert len(labels) >= 3, f"{s['file']} is not class-mixed: {labels}"
+    assert [s["file"] for s in info["splits"]["train"]["shards"]] == [schema.shard_name("train", i, 4) for i in range(4)]
+
+
+def test_dali_reads_every_record_with_our_index(dataset_dir):
+    """A third-party reader: DALI's TFRecord reader (CPU) driven by our .idx files."""
+    from nvidia.dali import fn, pipeline_def, types, tfrecord as tfrec
+
+    info = dataset_info.load(dataset_dir)
+    shards = info["splits"]["train"]["shards"]
+    paths = [os.path.join(dataset_dir, s["file"]) for s in shards]
+    total = sum(s["num_examples"] for s in shards)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def read():
+        out = fn.readers.tfrecord(
+            path=paths, index_path=[p + ".idx" for p in paths], random_shuffle=False,
+            features={schema.SOURCE_ID: tfrec.FixedLenFeature((), tfrec.string, ""),
+                      schema.CLASS_LABEL: tfrec.FixedLenFeature([1], tfrec.int64, -1),
+                      schema.ENCODED: tfrec.FixedLenFeature((), tfrec.string, "")})
+        image = fn.decoders.image(out[schema.ENCODED], device="cpu", output_type=types.RGB)
+        return out[schema.SOURCE_ID], out[schema.CLASS_LABEL], image
+
+    pipe = read()
+    pipe.build()
+    seen = {}
+    for _ in range(total):
+        sid, label, image = pipe.run()
+        seen[bytes(sid.as_array()[0]).decode()] = int(label.as_array()[0][0])
+        assert image.as_array()[0].shape[2] == 3
+    expected = {r.source_id: r.class_label for r in read_records(dataset_dir, "train")}
+    assert seen == expected
+
+
+def test_same_bytes_whatever_the_parallelism(synth_tree, dataset_dir, tmp_path):
+    """dataset_dir ran in-memory on 1 worker; this runs 2 worker processes."""
+    out = str(tmp_path / "mp")
+    synset_map = os.path.join(synth_tree, "devkit", "data", "map_det.txt")
+    cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--input", synth_tree, "--output", out,
+           "--num-shards", "train=4,val=2", "--labels", synset_map,
+           "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert digests(out) == digests(dataset_dir)
+
+
+def test_killed_run_then_rerun_equals_clean_run(synth_tree, dataset_dir, tmp_path):
+    out = str(tmp_path / "killed")
+    os.makedirs(out)
+    # Leftovers of an imaginary earlier crash: a partial shard under a final name of another
+    # shard count, and a temp file. The rerun must leave none of them behind.
+    for junk in ("train-00007-of-00009.tfrecord", "train-00000-of-00004.tfrecord", ".val-00000-of-00002.tfrecord.tmp-dead"):
+        with open(os.path.join(out, junk), "wb") as fh:
+            fh.write(b"partial")
+    synset_map = os.path.join(synth_tree, "devkit", "data", "map_det.txt")
+    cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--input", synth_tree, "--output", out,
+           "--num-shards", "train=4,val=2", "--labels", synset_map,
+           "--direct_num_workers=1", "--direct_running_mode=in_memory"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Kill as soon as the job has finished its first shard (its .idx appears), with the
+    # other shards and the metadata still to come.
+    killed_mid_write = False
+    while not killed_mid_write:
+        try:
+            proc.wait(timeout=0.01)
+            break
+        except subprocess.TimeoutExpired:
+            if any(n.endswith(".idx") for n in os.listdir(out)):
+                proc.send_signal(signal.SIGKILL)
+                killed_mid_write = True
+    proc.wait()
+    assert killed_mid_write, "the job finished before it could be killed"
+    assert not os.path.exists(os.path.join(out, schema.DATASET_INFO))
+    assert run_preprocess(synth_tree, out, "--num-shards", "train=4,val=2", "--labels", synset_map) == 0
+    assert digests(out) == digests(dataset_dir)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--input", "/nonexistent/tree"], "no such file or directory"),
+        (["--num-shards", "train=x"], "--num-shards wants SPLIT=N"),
+        (["--num-shards", "test=3"], "not in --splits"),
+        (["--bogus_flag=1"], "unknown option --bogus_flag"),
+        (["--splits", ","], "--splits is empty"),
+        (["--labels", "/nonexistent/map.txt"], "no such file"),
+    ],
+)
+def test_user_errors_are_one_line(args, message, synth_tree, tmp_path, capsys):
+    from pipelines import cli
+
+    base = {"--input": synth_tree, "--output": str(tmp_path / "o")}
+    argv = ["preprocess"]
+    for key, value in base.items():
+        if key not in args:
+            argv += [key, value]
+    code = cli.main(argv + args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_wrong_layout_is_a_user_error(tmp_path, capsys):
+    from pipelines import cli
+
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["preprocess", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 2
+    assert "pass the folder that holds Annotations/" in capsys.readouterr().err

@@ -1,0 +1,95 @@
+"""Pure image checks: sniffing, header parsing, fixes and rejections."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from preprocess import images
+from preprocess.images import ImageError
+from tests import image_factory as f
+
+
+@pytest.mark.parametrize(
+    "data, kind",
+    [(f.jpeg(), "jpeg"), (f.png(), "png"), (f.encode(f.picture(), "GIF"), "gif"), (f.encode(f.picture(), "BMP"), "bmp"),
+     (f.encode(f.picture(), "WEBP"), "webp"), (f.encode(f.picture(), "TIFF"), "tiff"), (f.HTML, None), (b"", None)],
+)
+def test_sniff_uses_bytes_not_names(data, kind):
+    assert images.sniff(data) == kind
+
+
+def test_jpeg_header():
+    header = images.jpeg_header(f.jpeg(70, 30))
+    assert (header.width, header.height, header.components, header.progressive) == (70, 30, 3, False)
+    assert images.jpeg_header(f.cmyk_jpeg()).components == 4
+    assert images.jpeg_header(f.gray_jpeg()).components == 1
+    assert images.jpeg_header(f.encode(f.picture(), quality=80, progressive=True)).progressive
+
+
+@pytest.mark.parametrize("verify", images.VERIFY_MODES)
+def test_good_jpeg_bytes_are_kept_untouched(verify):
+    data = f.jpeg(80, 60)
+    out = images.prepare(data, verify)
+    assert out.data == data and (out.width, out.height) == (80, 60) and out.converted_from == ""
+
+
+def test_grayscale_jpeg_is_kept_and_decodes_to_three_channels():
+    data = f.gray_jpeg(40, 30)
+    out = images.prepare(data)
+    assert out.data == data
+    assert tf.io.decode_jpeg(out.data, channels=3).shape == (30, 40, 3)
+
+
+@pytest.mark.parametrize(
+    "data, source",
+    [(f.cmyk_jpeg(40, 30), "jpeg-cmyk"), (f.png(40, 30), "png"), (f.encode(f.picture(40, 30), "BMP"), "bmp"),
+     (f.encode(f.picture(40, 30), "PNG", mode="RGBA"), "png")],
+)
+@pytest.mark.parametrize("verify", images.VERIFY_MODES)
+def test_other_pictures_become_rgb_jpeg(data, source, verify):
+    out = images.prepare(data, verify)
+    assert out.converted_from == source
+    assert images.sniff(out.data) == "jpeg" and images.jpeg_header(out.data).components == 3
+    decoded = tf.io.decode_jpeg(out.data, channels=3)
+    assert decoded.shape == (30, 40, 3) and (out.width, out.height) == (40, 30)
+
+
+def test_cmyk_colours_survive_conversion():
+    red = np.zeros((32, 32, 3), np.uint8)
+    red[..., 0] = 220
+    out = images.prepare(f.encode(red, mode="CMYK", quality=95))
+    pixel = np.asarray(Image.open(io.BytesIO(out.data)).convert("RGB"))[16, 16]
+    assert pixel[0] > 180 and pixel[1] < 60 and pixel[2] < 60
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [(b"", "empty_file"), (f.HTML, "not_an_image"), (f.truncated_jpeg(), "truncated_image"),
+     (f.jpeg()[:200], "truncated_image"), (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "undecodable_image")],
+)
+@pytest.mark.parametrize("verify", images.VERIFY_MODES)
+def test_rejections_have_reasons(data, code, verify):
+    with pytest.raises(ImageError) as err:
+        images.prepare(data, verify)
+    assert err.value.code == code and str(err.value)
+
+
+def _undefined_quant_table(data: bytes) -> bytes:
+    """A JPEG whose first component points at quantization table 3, which is never defined:
+    header (sizes, components) and end marker intact, but no decoder can decode it."""
+    sof = data.index(b"\xff\xc0")
+    return data[: sof + 12] + b"\x03" + data[sof + 13 :]
+
+
+def test_full_verification_catches_what_the_header_misses():
+    """Header and end marker intact, stream undecodable: `header` trusts it, `full` rejects it."""
+    data = _undefined_quant_table(f.jpeg(64, 48))
+    assert images.prepare(data, "header").data == data
+    with pytest.raises(ImageError) as err:
+        images.prepare(data, "full")
+    assert err.value.code == "undecodable_image"
