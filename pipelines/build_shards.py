@@ -11,6 +11,8 @@ the DirectRunner (default here: multi-processing on all cores) or on Dataflow.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -78,10 +80,19 @@ def parse_num_shards(text: str, splits: list[str]) -> dict[str, int]:
 
 def pipeline_options(extra: list[str]) -> PipelineOptions:
     """Beam options from the leftover flags; locally defaults to all cores in separate processes."""
+    # Beam's --dry_run takes a value; a bare flag is what people type.
+    extra = ["--dry_run=True" if a == "--dry_run" else a for a in extra]
     unknown = [a for a in extra if a.startswith("-") and a.split("=")[0].lstrip("-") not in _beam_flags()]
     if unknown:
         raise UserError(f"unknown option {unknown[0]}; see `detrec preprocess --help` and Beam's pipeline options")
     options = PipelineOptions(extra)
+    messages = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(messages):
+            options.get_all_options()
+    except SystemExit:
+        last = (messages.getvalue().strip().splitlines() or ["invalid pipeline option"])[-1]
+        raise UserError(last.split("error: ", 1)[-1]) from None
     direct = options.view_as(DirectOptions)
     std = options.view_as(StandardOptions)
     if std.runner in (None, "DirectRunner") and "--direct_num_workers" not in " ".join(extra):
@@ -249,7 +260,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         if FileSystems.exists(stale):
             FileSystems.delete([stale])
     start = time.perf_counter()
-    pipeline = beam.Pipeline(options=options)
+    try:
+        pipeline = beam.Pipeline(options=options)
+    except ValueError as exc:  # Beam's own option validation (project id, locations...)
+        raise UserError(" ".join(str(exc).split())) from None
     build(pipeline, args, num_shards)
     result = pipeline.run()
     result.wait_until_finish()

@@ -1,0 +1,184 @@
+"""`detrec bench preprocess ROOT`: detrec preprocess against its baselines, in one run.
+
+Measures on the same tree: the copy floor (`cp -r` of Annotations/ and Data/), a naive
+one-process converter in the style of the TF Object Detection API's
+create_pascal_tf_record.py (lxml + full decode check + TFRecordWriter), and detrec
+preprocess (DirectRunner, multi-processing, all cores) with --verify-images full and header;
+then peak memory at a 5,000-image subset vs the whole tree. Every contender runs as its own
+process, start-up included, and its peak memory is the RSS of its whole process tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+
+from preprocess.errors import UserError
+from pipelines import benchutil
+
+HELP = "preprocess throughput vs cp -r and a naive converter; peak memory vs dataset size"
+TARGETS = {"full_vs_naive": 1.5, "header_vs_copy": 0.3, "memory_growth_max": 1.3}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", help="tree holding Annotations/ and Data/ (>= 20,000 images for the targets)")
+    parser.add_argument("--split", default="train", help="split to convert (default train)")
+    parser.add_argument("--work", help="scratch folder (default: a temp dir, removed afterwards)")
+    parser.add_argument("--small", type=int, default=5000, help="subset size for the memory comparison")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def naive_convert(root: str, split: str, output: str) -> int:
+    """The baseline: one process, one file at a time, the OD API's create_pascal_tf_record way."""
+    import PIL.Image
+    import tensorflow as tf
+    from lxml import etree
+
+    ann_root = os.path.join(root, "Annotations", "DET", split)
+    img_root = os.path.join(root, "Data", "DET", split)
+    xml_paths = sorted(glob.glob(os.path.join(ann_root, "**", "*.xml"), recursive=True))
+    synsets = sorted({etree.parse(p).findtext("object/name") for p in xml_paths} - {None})
+    label_map = {s: i + 1 for i, s in enumerate(synsets)}
+    feature = tf.train.Feature
+    count = 0
+    with tf.io.TFRecordWriter(os.path.join(output, "naive.tfrecord")) as writer:
+        for xml_path in xml_paths:
+            data = etree.fromstring(open(xml_path, "rb").read())
+            rel = os.path.relpath(xml_path, ann_root)[:-4]
+            with tf.io.gfile.GFile(os.path.join(img_root, rel + ".JPEG"), "rb") as fid:
+                encoded = fid.read()
+            image = PIL.Image.open(io.BytesIO(encoded))
+            image.load()  # the full decode check
+            if image.format != "JPEG":
+                raise ValueError("Image format not JPEG")
+            width, height = int(data.findtext("size/width")), int(data.findtext("size/height"))
+            xmin, ymin, xmax, ymax, texts, labels = [], [], [], [], [], []
+            for obj in data.iter("object"):
+                box = obj.find("bndbox")
+                xmin.append(float(box.findtext("xmin")) / width)
+                ymin.append(float(box.findtext("ymin")) / height)
+                xmax.append(float(box.findtext("xmax")) / width)
+                ymax.append(float(box.findtext("ymax")) / height)
+                texts.append(obj.findtext("name").encode())
+                labels.append(label_map[obj.findtext("name")])
+            example = tf.train.Example(features=tf.train.Features(feature={
+                "image/height": feature(int64_list=tf.train.Int64List(value=[height])),
+                "image/width": feature(int64_list=tf.train.Int64List(value=[width])),
+                "image/filename": feature(bytes_list=tf.train.BytesList(value=[rel.encode()])),
+                "image/source_id": feature(bytes_list=tf.train.BytesList(value=[rel.encode()])),
+                "image/key/sha256": feature(bytes_list=tf.train.BytesList(value=[hashlib.sha256(encoded).hexdigest().encode()])),
+                "image/encoded": feature(bytes_list=tf.train.BytesList(value=[encoded])),
+                "image/format": feature(bytes_list=tf.train.BytesList(value=[b"jpeg"])),
+                "image/object/bbox/xmin": feature(float_list=tf.train.FloatList(value=xmin)),
+                "image/object/bbox/xmax": feature(float_list=tf.train.FloatList(value=xmax)),
+                "image/object/bbox/ymin": feature(float_list=tf.train.FloatList(value=ymin)),
+                "image/object/bbox/ymax": feature(float_list=tf.train.FloatList(value=ymax)),
+                "image/object/class/text": feature(bytes_list=tf.train.BytesList(value=texts)),
+                "image/object/class/label": feature(int64_list=tf.train.Int64List(value=labels)),
+            }))
+            writer.write(example.SerializeToString())
+            count += 1
+    return count
+
+
+def _subset(root: str, split: str, n: int, dest: str) -> str:
+    """A tree of the first n annotated images, hard-linked (no copying)."""
+    ann_root = os.path.join(root, "Annotations", "DET", split)
+    for xml_path in sorted(glob.glob(os.path.join(ann_root, "**", "*.xml"), recursive=True))[:n]:
+        rel = os.path.relpath(xml_path, ann_root)
+        for kind, src_rel in (("Annotations", rel), ("Data", rel[:-4] + ".JPEG")):
+            src = os.path.join(root, kind, "DET", split, src_rel)
+            dst = os.path.join(dest, kind, "DET", split, src_rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.link(src, dst)
+    return dest
+
+
+def _count(root: str, split: str) -> int:
+    return len(glob.glob(os.path.join(root, "Annotations", "DET", split, "**", "*.xml"), recursive=True))
+
+
+def _detrec(root: str, split: str, out: str, verify: str) -> tuple[float, int]:
+    cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--input", root, "--output", out,
+           "--splits", split, "--verify-images", verify]
+    seconds, peak, proc = benchutil.run_measured(cmd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"detrec preprocess failed:\n{proc.stderr[-2000:]}")
+    return seconds, peak
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    root = os.path.abspath(args.root)
+    if not os.path.isdir(os.path.join(root, "Annotations", "DET", args.split)):
+        raise UserError(f"{root}: no Annotations/DET/{args.split} (pass a DET tree, e.g. from `detrec synth`)")
+    n = _count(root, args.split)
+    work = args.work or tempfile.mkdtemp(prefix="detrec-bench-")
+    os.makedirs(work, exist_ok=True)
+    rows = []
+    try:
+        copy_dir = os.path.join(work, "copy")
+        os.makedirs(copy_dir)
+        seconds, peak, proc = benchutil.run_measured(
+            ["cp", "-r", os.path.join(root, "Annotations"), os.path.join(root, "Data"), copy_dir])
+        rows.append({"name": "copy floor (cp -r)", "seconds": seconds, "peak_mb": peak / 1e6})
+        shutil.rmtree(copy_dir)
+
+        naive_dir = os.path.join(work, "naive")
+        os.makedirs(naive_dir)
+        code = f"from pipelines.bench_preprocess import naive_convert; naive_convert({root!r}, {args.split!r}, {naive_dir!r})"
+        seconds, peak, proc = benchutil.run_measured([sys.executable, "-c", code])
+        if proc.returncode != 0:
+            raise RuntimeError(f"naive converter failed:\n{proc.stderr[-2000:]}")
+        rows.append({"name": "naive converter (1 process)", "seconds": seconds, "peak_mb": peak / 1e6})
+        shutil.rmtree(naive_dir)
+
+        for verify in ("full", "header"):
+            out = os.path.join(work, f"detrec-{verify}")
+            seconds, peak = _detrec(root, args.split, out, verify)
+            rows.append({"name": f"detrec preprocess --verify-images {verify}", "seconds": seconds, "peak_mb": peak / 1e6})
+            shutil.rmtree(out)
+
+        small_n = min(args.small, n)
+        small_root = _subset(root, args.split, small_n, os.path.join(work, "subset"))
+        out = os.path.join(work, "detrec-small")
+        seconds, small_peak = _detrec(small_root, args.split, out, "full")
+        rows.append({"name": f"detrec full, {small_n}-image subset", "seconds": seconds, "peak_mb": small_peak / 1e6,
+                     "images": small_n})
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+    for row in rows:
+        row.setdefault("images", n)
+        row["img_per_s"] = row["images"] / row["seconds"]
+    by = {r["name"]: r for r in rows}
+    naive = by["naive converter (1 process)"]["img_per_s"]
+    copy = by["copy floor (cp -r)"]["img_per_s"]
+    full = by["detrec preprocess --verify-images full"]
+    header = by["detrec preprocess --verify-images header"]
+    for row in rows:
+        row["vs_naive"], row["vs_copy"] = row["img_per_s"] / naive, row["img_per_s"] / copy
+    ratios = {
+        "full_vs_naive": full["img_per_s"] / naive,
+        "header_vs_copy": header["img_per_s"] / copy,
+        "memory_growth_max": full["peak_mb"] / rows[-1]["peak_mb"],
+    }
+    report = {"machine": benchutil.machine(), "images": n, "rows": rows, "ratios": ratios, "targets": TARGETS,
+              "met": {k: (v <= TARGETS[k] if k == "memory_growth_max" else v >= TARGETS[k]) for k, v in ratios.items()}}
+    if args.json:
+        print(benchutil.dump_json(report))
+        return 0
+    print(f"machine: {report['machine']}; tree: {n} images ({args.split})")
+    print(benchutil.table(rows, [("name", "contender", ""), ("images", "images", "d"), ("seconds", "seconds", ".1f"),
+                                 ("img_per_s", "img/s", ".0f"), ("vs_naive", "x naive", ".2f"),
+                                 ("vs_copy", "x copy", ".2f"), ("peak_mb", "peak MB", ".0f")]))
+    for key, value in ratios.items():
+        sign = "<=" if key == "memory_growth_max" else ">="
+        print(f"{key}: {value:.2f} (target {sign} {TARGETS[key]}) {'OK' if report['met'][key] else 'MISSED'}")
+    return 0

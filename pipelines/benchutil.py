@@ -1,0 +1,103 @@
+"""Small helpers shared by the benchmarks: a process-tree memory sampler, timing, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import threading
+import time
+from typing import Sequence
+
+
+def machine() -> str:
+    """One line naming the machine a figure was measured on."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores {model or platform.processor()}, {platform.system()} {platform.release()}"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and all its descendants (Beam's worker processes too)."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += _rss_bytes(p)
+        stack.extend(_children(p))
+    return total
+
+
+class PeakMemory:
+    """Samples the RSS of a process tree every `interval` seconds; `.peak` after `stop()`."""
+
+    def __init__(self, pid: int, interval: float = 0.1):
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_measured(cmd: Sequence[str], **kwargs) -> tuple[float, int, subprocess.CompletedProcess]:
+    """Runs a command; returns (wall seconds, peak tree RSS bytes, completed process)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    with PeakMemory(proc.pid) as mem:
+        out, err = proc.communicate()
+    seconds = time.perf_counter() - start
+    return seconds, mem.peak, subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
+
+
+def table(rows: list[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """Plain-text table. columns: (key, header, format spec such as '>10.1f')."""
+    widths = []
+    for key, header, spec in columns:
+        cells = [format(r[key], spec) if r.get(key) is not None else "-" for r in rows]
+        widths.append(max([len(header)] + [len(c) for c in cells]))
+    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, ((_, h, _), w) in enumerate(zip(columns, widths)))]
+    for r in rows:
+        cells = []
+        for i, ((key, _, spec), w) in enumerate(zip(columns, widths)):
+            cell = format(r[key], spec) if r.get(key) is not None else "-"
+            cells.append(cell.rjust(w) if i else cell.ljust(w))
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def dump_json(report: dict) -> str:
+    return json.dumps(report, indent=2, sort_keys=True)
