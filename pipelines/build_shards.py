@@ -30,18 +30,7 @@ from apache_beam.options.pipeline_options import (
 from preprocess import dataset_info, images, schema, sources, vocab as vocab_lib
 from preprocess.errors import UserError
 from preprocess.finalize import finalize
-from preprocess.transforms import (
-    LAYOUT,
-    REJECTED,
-    AssignSlots,
-    CheckVocabulary,
-    ListSplit,
-    PairFiles,
-    ParseAnnotation,
-    WriteShard,
-    shard_hash,
-    slot_items,
-)
+from preprocess.transforms import LAYOUT, REJECTED, ListAndAssign, ParseAnnotation, WriteShard
 
 HELP = "Beam job: ILSVRC/VOC tree -> verified, sharded TFRecords"
 TRAIN = "train"
@@ -160,16 +149,14 @@ def build(p: beam.Pipeline, args: argparse.Namespace, num_shards: dict[str, int]
     listed = (
         p
         | "Splits" >> beam.Create([(root, split, args.layout) for split in splits])
-        | "ListFiles" >> beam.ParDo(ListSplit()).with_outputs(LAYOUT, main="files")
+        | "ListPairAssign" >> beam.ParDo(ListAndAssign(num_shards, int(args.target_shard_mb * 1e6)))
+        .with_outputs(LAYOUT, REJECTED, main="pairs")
     )
-    paired = (
-        listed.files
-        | "KeyByStem" >> beam.Map(lambda e: ((e.split, e.key), e))
-        | "GroupByStem" >> beam.GroupByKey()
-        | "Pair" >> beam.ParDo(PairFiles()).with_outputs(REJECTED, main="pairs")
+    parsed = (
+        listed.pairs
+        | "Distribute" >> beam.Reshuffle()  # one element per split fans out: spread it over workers
+        | "ParseXml" >> beam.ParDo(ParseAnnotation()).with_outputs(REJECTED, main="items")
     )
-    parsed = paired.pairs | "ParseXml" >> beam.ParDo(ParseAnnotation()).with_outputs(REJECTED, main="items")
-
     if args.labels:
         labels_path = args.labels if _is_url(args.labels) else os.path.abspath(args.labels)
         vocab = (
@@ -180,31 +167,20 @@ def build(p: beam.Pipeline, args: argparse.Namespace, num_shards: dict[str, int]
     else:
         vocab = (
             parsed.items
-            | "TrainOnly" >> beam.Filter(lambda item: item.pair.split == TRAIN)
-            | "Synsets" >> beam.FlatMap(lambda item: [o.name for o in item.annotation.objects])
+            | "TrainOnly" >> beam.Filter(lambda keyed: keyed[0][0] == TRAIN)
+            | "Synsets" >> beam.FlatMap(lambda keyed: [o.name for o in keyed[1][1].annotation.objects])
             | "DistinctSynsets" >> beam.Distinct()
             | "CollectSynsets" >> beam.combiners.ToList()
             | "SortedVocabulary" >> beam.Map(vocab_lib.from_synsets)
         )
-    vocab_side = beam.pvalue.AsSingleton(vocab)
-    labelled = parsed.items | "CheckVocabulary" >> beam.ParDo(CheckVocabulary(), vocab_side).with_outputs(REJECTED, main="items")
-    keyed = labelled.items | "KeyBySourceId" >> beam.Map(lambda item: ((item.pair.split, item.pair.source_id), item))
-    slots = (
-        labelled.items
-        | "HashKeys" >> beam.Map(lambda item: (item.pair.split, (shard_hash(item.pair.split, item.pair.source_id),
-                                                                  item.pair.source_id, item.pair.image_size)))
-        | "GroupBySplit" >> beam.GroupByKey()
-        | "AssignShards" >> beam.ParDo(AssignSlots(num_shards, int(args.target_shard_mb * 1e6)))
-    )
     written = (
-        {"item": keyed, "slot": slots}
-        | "JoinSlots" >> beam.CoGroupByKey()
-        | "KeyByShard" >> beam.FlatMap(slot_items)
+        parsed.items
         | "GroupByShard" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShard(output, args.verify_images), vocab_side).with_outputs(REJECTED, main="shards")
+        | "WriteShards" >> beam.ParDo(WriteShard(output, args.verify_images), beam.pvalue.AsSingleton(vocab))
+        .with_outputs(REJECTED, main="shards")
     )
     rejected = (
-        (paired[REJECTED], parsed[REJECTED], labelled[REJECTED], written[REJECTED])
+        (listed[REJECTED], parsed[REJECTED], written[REJECTED])
         | "AllRejected" >> beam.Flatten()
     )
     options = {"splits": splits, "layout": args.layout, "labels": args.labels or "",
@@ -214,7 +190,7 @@ def build(p: beam.Pipeline, args: argparse.Namespace, num_shards: dict[str, int]
         p
         | "Finish" >> beam.Create([None])
         | "WriteDatasetInfo" >> beam.Map(
-            finalize, output, root, splits, options, vocab_side,
+            finalize, output, root, splits, options, beam.pvalue.AsSingleton(vocab),
             beam.pvalue.AsDict(listed[LAYOUT]), beam.pvalue.AsList(written.shards), beam.pvalue.AsList(rejected))
     )
 

@@ -11,6 +11,8 @@ import json
 import logging
 from typing import Iterable
 
+from apache_beam.io.filesystems import FileSystems
+
 from preprocess import dataset_info, schema
 from preprocess.transforms import Rejected, ShardResult
 from preprocess.vocab import Vocabulary
@@ -19,26 +21,22 @@ log = logging.getLogger("detrec.preprocess")
 
 
 def _write_atomic(path: str, text: str) -> None:
-    import tensorflow as tf
-
     tmp = path + ".tmp-finalize"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    with FileSystems.create(tmp) as f:
+        f.write(text.encode("utf-8"))
+    FileSystems.rename([tmp], [path])
 
 
 def _remove_stale(output: str, splits: Iterable[str], keep: set[str]) -> list[str]:
     """Deletes shards/indexes of these splits that this run did not write, and temp files."""
-    import tensorflow as tf
-
     removed = []
-    for name in tf.io.gfile.listdir(output):
-        name = name.rstrip("/")
+    for meta in FileSystems.match([FileSystems.join(output, "*")])[0].metadata_list:
+        name = meta.path.rstrip("/").rsplit("/", 1)[-1]
         base = name[: -len(schema.INDEX_SUFFIX)] if name.endswith(schema.INDEX_SUFFIX) else name
         parsed = schema.parse_shard_name(base)
         stale_shard = parsed is not None and parsed[0] in splits and base not in keep
         if stale_shard or ".tmp-" in name:
-            tf.io.gfile.remove(dataset_info.join(output, name))
+            FileSystems.delete([meta.path])
             removed.append(name)
     return removed
 

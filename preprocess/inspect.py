@@ -25,6 +25,8 @@ Report keys (`detrec inspect --json` prints exactly this dict)::
                        expected_examples, converted_images, num_errors, errors_by_reason
                                                               from dataset_info.json (or null)
                        shards: [{file, num_examples, num_bytes, sha256, complete}]
+                                 complete: the whole file was walked (false after a problem)
+                       -- the rest only in "full" mode --
                        records_read        records behind the statistics below
                        converted_counted   records whose image was re-encoded, by source format
                        labels: [{id, synset, name, images, objects}]  images = image class
@@ -32,10 +34,16 @@ Report keys (`detrec inspect --json` prints exactly this dict)::
                        width, height: {min, max, mean}  pixels
                        box_area: {count, min, p10, p50, p90, max, histogram: [{lo, hi, count}]}
                                  box area as a fraction of its image}}
-    records         [--show: {shard, record, offset, filename, ... objects}]  no image bytes
-    contact_sheet   {file, width, height, cell, cols, rows,
-                     cells: [{shard, record, filename, x, y, scale}]}  (filled in by the CLI)
-                     x, y: the image's top-left corner in the sheet; scale: sheet px per image px
+    records         --show N: [{shard, record, offset, split, filename, source_id, width, height,
+                     channels, format, encoded_bytes, sha256, class_label, class_text, class_name,
+                     converted_from, objects: [{label, text, name, xmin, ymin, xmax, ymax, area,
+                     difficult, truncated}]}]  never the image bytes
+    contact_sheet   --contact-sheet only: {file, width, height, cell, cols, rows,
+                     cells: [{shard, record, filename, x, y, scale}]}
+                     Each image is scaled to fit a cell x cell square and centred in it; x, y is
+                     its top-left corner in the sheet, scale is sheet pixels per image pixel.
+                     The largest box is drawn in LARGEST_BOX_COLOR with its class name, the
+                     others in OTHER_BOX_COLOR.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ import struct
 from typing import Any, Callable, Iterator, Sequence
 
 import google_crc32c
+import numpy as np
 
 from preprocess import dataset_info, images, schema
 from preprocess.errors import UserError
@@ -69,7 +78,11 @@ _HEADER_SIZE, _FOOTER_SIZE = 12, 4
 
 # --- framing ------------------------------------------------------------------------------
 def masked_crc32c(data: bytes) -> int:
-    """TFRecord's CRC: CRC32C rotated right by 15 bits plus a constant (see record_writer.cc)."""
+    """TFRecord's CRC: CRC32C rotated right by 15 bits plus a constant (TensorFlow's crc32c::Mask).
+
+    google-crc32c gives the CRC; the mask is one line (Beam's tfrecordio has it too, but only
+    as private API).
+    """
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -112,6 +125,8 @@ def read_frames(stream, size: int, want: Callable[[int], bool], hasher=None) -> 
     offset = index = 0
     while offset < size:
         left = size - offset
+        if left < _HEADER_SIZE and index == 0:
+            raise FrameError(offset, index, f"not a TFRecord file ({left} bytes, shorter than one record header)")
         if left < _HEADER_SIZE:
             raise FrameError(offset, index, f"truncated: {left} trailing byte(s), a record header needs {_HEADER_SIZE}")
         header = stream.read(_HEADER_SIZE)
@@ -122,7 +137,7 @@ def read_frames(stream, size: int, want: Callable[[int], bool], hasher=None) -> 
             if index == 0:
                 raise FrameError(offset, index, "not a TFRecord file (the first record header fails its CRC)")
             raise FrameError(offset, index, "length CRC mismatch: corrupt record length or length CRC")
-        span = _HEADER_SIZE + length + _FOOTER_SIZE
+        span = schema.record_span(length)
         if span > left:
             raise FrameError(offset, index, f"truncated: record of {length} bytes needs {span} bytes, {left} left")
         payload = None
@@ -147,6 +162,8 @@ def read_frames(stream, size: int, want: Callable[[int], bool], hasher=None) -> 
 # --- what to read -------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Problem:
+    """One defect: the file, the byte offset of the record at fault, its 0-based index in the file."""
+
     file: str
     reason: str
     offset: int | None = None
@@ -224,6 +241,7 @@ class _Resolver:
         self.classes: dict[int, dataset_info.ClassInfo] = {}
         self._seen: set[str] = set()
         self._info_cache: dict[str, dict | None] = {}
+        self._labels_count: dict[str, int] = {}
 
     def add(self, path: str) -> None:
         if _is_glob(path):
@@ -266,28 +284,35 @@ class _Resolver:
                 try:
                     info = dataset_info.load(directory)
                 except UserError as exc:
-                    self.problems.append(Problem(dataset_info.join(directory, schema.DATASET_INFO), str(exc)))
+                    path = dataset_info.join(directory, schema.DATASET_INFO)
+                    reason = str(exc).removeprefix(path + ": ")  # load() names the file; Problem does too
+                    self.problems.append(Problem(path, reason))
                 except Exception as exc:  # unreadable file, odd JSON types
                     self.problems.append(Problem(dataset_info.join(directory, schema.DATASET_INFO), _short(exc)))
+            malformed = _malformed(info) if info is not None else None
+            if malformed:
+                self.problems.append(Problem(dataset_info.join(directory, schema.DATASET_INFO),
+                                             f"{malformed}; not cross-checked"))
+                info = None
             if info is not None:
-                try:
-                    for c in dataset_info.classes(info):
-                        self.classes.setdefault(c.id, c)
-                except (KeyError, TypeError) as exc:
-                    self.problems.append(Problem(dataset_info.join(directory, schema.DATASET_INFO),
-                                                 f"malformed `classes`: {_short(exc)}"))
+                for c in dataset_info.classes(info):
+                    self.classes.setdefault(c.id, c)
             else:
                 self._load_labels(directory)
             self._info_cache[directory] = info
         return self._info_cache[directory]
 
     def _load_labels(self, directory: str) -> None:
+        """Class names (and the class count for --verify) from labels.txt, when there is one."""
         path = dataset_info.join(directory, schema.LABELS_FILE)
         try:
             if self.gfile.exists(path):
                 with self.gfile.GFile(path, "rb") as f:
-                    for c in read_labels_txt(f.read().decode("utf-8", "replace")):
-                        self.classes.setdefault(c.id, c)
+                    found = read_labels_txt(f.read().decode("utf-8", "replace"))
+                for c in found:
+                    self.classes.setdefault(c.id, c)
+                if found:
+                    self._labels_count[directory] = max(c.id for c in found) + 1
         except Exception as exc:
             self.notes.append(f"{path}: unreadable ({_short(exc)}); class names come from the records")
 
@@ -316,15 +341,12 @@ class _Resolver:
                                              f"no {schema.DATASET_INFO} and no *{schema.SHARD_SUFFIX} files: "
                                              "not a detrec dataset"))
             for name in shard_names:
-                target = Target(dataset_info.join(directory, name), _split_of(name))
+                target = Target(dataset_info.join(directory, name), _split_of(name), None,
+                                self._labels_count.get(directory))
                 dataset.shards.append(target)
                 self._target(target)
             return
-        try:
-            listed = self._add_listed(dataset, info)
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            self.problems.append(Problem(info_path, f"malformed `splits`: {type(exc).__name__} {_short(exc)}"))
-            return
+        listed = self._add_listed(dataset, info)
         for name in shard_names:
             if name not in listed:
                 self.problems.append(Problem(dataset_info.join(directory, name),
@@ -338,7 +360,7 @@ class _Resolver:
         num_classes = info.get("num_classes")
         for split, entry in sorted(info["splits"].items()):
             shards = entry.get("shards", [])
-            total = sum(s.get("num_examples", 0) for s in shards)
+            total = sum(s["num_examples"] for s in shards)
             if entry.get("num_examples") is not None and entry["num_examples"] != total:
                 self.problems.append(Problem(info_path, f"split {split}: num_examples {entry['num_examples']} but its "
                                                         f"shards list {total}"))
@@ -359,17 +381,43 @@ class _Resolver:
         directory = _dirname(path)
         info = self._load_info(directory)
         if info is None:
-            self._target(Target(path, _split_of(path)))
+            self._target(Target(path, _split_of(path), None, self._labels_count.get(directory)))
             return
         name = _basename(path)
-        splits = info["splits"] if isinstance(info["splits"], dict) else {}
-        for split, entry in splits.items():
-            for shard in entry.get("shards", []) if isinstance(entry, dict) else []:
-                if isinstance(shard, dict) and shard.get("file") == name:
+        for split, entry in info["splits"].items():
+            for shard in entry.get("shards", []):
+                if shard["file"] == name:
                     self._target(Target(path, split, shard, info.get("num_classes")))
                     return
-        self.problems.append(Problem(path, f"unlisted shard: not in {dataset_info.join(directory, schema.DATASET_INFO)}"))
+        info_path = dataset_info.join(directory, schema.DATASET_INFO)
+        self.problems.append(Problem(path, f"unlisted shard: not in {info_path}"))
         self._target(Target(path, _split_of(path), None, info.get("num_classes")))
+
+
+def _malformed(info: dict[str, Any]) -> str | None:
+    """What is structurally wrong with a loaded dataset_info.json (None: the layout holds)."""
+    splits = info.get("splits")
+    if not isinstance(splits, dict):
+        return "`splits` is not an object"
+    for split, entry in splits.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("shards", []), list):
+            return f"split {split!r}: `shards` is not a list"
+        if not isinstance(entry.get("num_examples", 0), int):
+            return f"split {split!r}: `num_examples` is not a number"
+        for i, shard in enumerate(entry.get("shards", [])):
+            if not isinstance(shard, dict) or not isinstance(shard.get("file"), str):
+                return f"split {split!r}: shard entry {i} has no `file`"
+            for key, kind in (("num_examples", int), ("num_bytes", int), ("sha256", str)):
+                if not isinstance(shard.get(key), kind):
+                    return f"split {split!r}: shard {shard['file']}: `{key}` is missing or of the wrong type"
+    if not isinstance(info.get("num_classes"), int):
+        return "`num_classes` is not a number"
+    classes = info.get("classes")
+    if not isinstance(classes, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("synset"), str)
+            and isinstance(c.get("name"), str) for c in classes):
+        return "`classes` is not a list of {id, synset, name}"
+    return None
 
 
 def _short(exc: BaseException) -> str:
@@ -427,30 +475,19 @@ class SplitStats:
 
 
 def _range(values: Sequence[float]) -> dict[str, Any]:
-    if not values:
+    if not len(values):
         return {"min": None, "max": None, "mean": None}
-    return {"min": min(values), "max": max(values), "mean": round(sum(values) / len(values), 4)}
-
-
-def _quantile(ordered: Sequence[float], q: float) -> float:
-    """Linear-interpolated quantile of sorted values (numpy's default method)."""
-    pos = q * (len(ordered) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    return {"min": min(values), "max": max(values), "mean": round(float(np.mean(values)), 4)}
 
 
 def _area_distribution(areas: list[float]) -> dict[str, Any]:
-    bins = [0] * AREA_BINS
-    for a in areas:
-        bins[min(AREA_BINS - 1, max(0, int(a * AREA_BINS)))] += 1
-    histogram = [{"lo": round(i / AREA_BINS, 4), "hi": round((i + 1) / AREA_BINS, 4), "count": n}
-                 for i, n in enumerate(bins)]
+    counts, edges = np.histogram(areas, bins=AREA_BINS, range=(0.0, 1.0))
+    histogram = [{"lo": round(float(lo), 4), "hi": round(float(hi), 4), "count": int(n)}
+                 for lo, hi, n in zip(edges[:-1], edges[1:], counts)]
     if not areas:
         return {"count": 0, "min": None, "p10": None, "p50": None, "p90": None, "max": None, "histogram": histogram}
-    ordered = sorted(areas)
-    q = {f"p{int(p * 100)}": round(_quantile(ordered, p), 6) for p in (0.1, 0.5, 0.9)}
-    return {"count": len(ordered), "min": round(ordered[0], 6), **q, "max": round(ordered[-1], 6),
+    q = np.quantile(areas, [0.0, 0.1, 0.5, 0.9, 1.0])
+    return {"count": len(areas), **{k: round(float(v), 6) for k, v in zip(("min", "p10", "p50", "p90", "max"), q)},
             "histogram": histogram}
 
 
@@ -545,14 +582,16 @@ class _Inspector:
     def problem(self, *args, **kwargs) -> None:
         self.r.problems.append(Problem(*args, **kwargs))
 
-    def shard(self, target: Target) -> _ShardResult:
+    def shard(self, target: Target, size: int | None) -> _ShardResult:
+        """Walks one file (size None: it could not be stat'ed) and feeds the statistics."""
         gfile = self.r.gfile
         result = _ShardResult(target)
-        try:
-            size = gfile.stat(target.path).length
-        except Exception as exc:
-            self.problem(target.path, f"cannot read: {_short(exc)}")
-            return result
+        if size is None:
+            try:
+                size = gfile.stat(target.path).length
+            except Exception as exc:
+                self.problem(target.path, f"cannot read: {_short(exc)}")
+                return result
         result.num_bytes = size
         expected_empty = target.expected is not None and target.expected.get("num_examples") == 0
         if size == 0:
@@ -616,28 +655,31 @@ class _Inspector:
     def cross_check(self, result: _ShardResult) -> None:
         """Compares a shard with its dataset_info.json entry and its DALI index."""
         exp, path = result.target.expected, result.target.path
-        if exp is None:
-            return
-        if result.num_bytes != exp.get("num_bytes"):
-            self.problem(path, f"size {result.num_bytes} bytes, {schema.DATASET_INFO} says {exp.get('num_bytes')}")
+        if exp is not None and result.num_bytes != exp["num_bytes"]:
+            self.problem(path, f"size {result.num_bytes} bytes, {schema.DATASET_INFO} says {exp['num_bytes']}")
         if not result.complete:
             return
-        if result.num_examples != exp.get("num_examples"):
-            self.problem(path, f"{result.num_examples} records, {schema.DATASET_INFO} says {exp.get('num_examples')}")
-        if result.sha256 is not None and result.sha256 != exp.get("sha256"):
+        if exp is not None and result.num_examples != exp["num_examples"]:
+            self.problem(path, f"{result.num_examples} records, {schema.DATASET_INFO} says {exp['num_examples']}")
+        if exp is not None and result.sha256 is not None and result.sha256 != exp["sha256"]:
             self.problem(path, f"sha256 {result.sha256[:16]}... differs from {schema.DATASET_INFO}'s "
-                               f"{str(exp.get('sha256'))[:16]}...")
+                               f"{exp['sha256'][:16]}...")
         self._check_index(result)
 
     def _check_index(self, result: _ShardResult) -> None:
+        """The DALI .idx beside a shard must list exactly its frames (offset, framed size)."""
         path = result.target.path + schema.INDEX_SUFFIX
         gfile = self.r.gfile
         if not gfile.exists(path):
-            if result.num_examples:
+            if result.num_examples and result.target.expected is not None:
                 self.r.notes.append(f"{path}: missing (the DALI input needs it; make it with tfrecord2idx)")
             return
-        with gfile.GFile(path, "rb") as f:
-            lines = f.read().decode("utf-8", "replace").splitlines()
+        try:
+            with gfile.GFile(path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except Exception as exc:
+            self.problem(path, f"cannot read: {_short(exc)}")
+            return
         expected = [schema.dali_index_line(o, n).strip() for o, n in result.offsets]
         got = [" ".join(line.split()) for line in lines if line.strip()]
         if got != expected:
@@ -661,17 +703,17 @@ def inspect_paths(paths: Sequence[str], options: Options = Options(),
     for path in paths:
         resolver.add(path)
     inspector = _Inspector(resolver, options, progress)
-    sizes = {}
+    sizes: dict[str, int | None] = {}
     for t in resolver.targets:
         try:
             sizes[t.path] = resolver.gfile.stat(t.path).length
         except Exception:
-            sizes[t.path] = 0
+            sizes[t.path] = None  # shard() stats again and reports why
     if on_total:
-        on_total(sum(sizes.values()))
+        on_total(sum(v or 0 for v in sizes.values()))
     results = []
     for target in resolver.targets:
-        result = inspector.shard(target)
+        result = inspector.shard(target, sizes[target.path])
         inspector.cross_check(result)
         results.append(result)
     if options.quick and any(t.expected for t in resolver.targets):

@@ -113,18 +113,6 @@ class Record:
             object.__setattr__(self, "sha256", hashlib.sha256(self.encoded).hexdigest())
 
 
-def _feature(kind: str, values: Sequence) -> feature_pb2.Feature:
-    if kind == _BYTES:
-        return feature_pb2.Feature(
-            bytes_list=feature_pb2.BytesList(
-                value=[v.encode("utf-8") if isinstance(v, str) else v for v in values]
-            )
-        )
-    if kind == _INT:
-        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(v) for v in values]))
-    return feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[float(v) for v in values]))
-
-
 def _values(record: Record) -> dict[str, Sequence]:
     objs = record.objects
     return {
@@ -152,8 +140,17 @@ def _values(record: Record) -> dict[str, Sequence]:
 
 def encode(record: Record) -> bytes:
     """Serializes a Record to tf.train.Example bytes (deterministic field order)."""
-    features = {key: _feature(KEYS[key][0], vals) for key, vals in _values(record).items()}
-    example = example_pb2.Example(features=feature_pb2.Features(feature=features))
+    example = example_pb2.Example()
+    fmap = example.features.feature
+    # Filled in place: building Feature objects first would copy the JPEG bytes again.
+    for key, values in _values(record).items():
+        kind = KEYS[key][0]
+        if kind == _BYTES:
+            fmap[key].bytes_list.value.extend(v.encode("utf-8") if isinstance(v, str) else v for v in values)
+        elif kind == _INT:
+            fmap[key].int64_list.value.extend(int(v) for v in values)
+        else:
+            fmap[key].float_list.value.extend(float(v) for v in values)
     return example.SerializeToString(deterministic=True)
 
 

@@ -2,14 +2,16 @@
 tagged `rejected` output (the user_score.py pattern). No parsing logic lives here.
 
 Shard assignment is deterministic: every example's (shard, position) comes from the rank of
-sha256(split/source_id) among its split, dealt round-robin, so shards mix classes, differ in
-size by at most one planned example, and the bytes written do not depend on parallelism.
+sha256(split/source_id) among its split's pairs, dealt round-robin, so shards mix classes,
+differ in size by at most one planned example (plus the few rejected later), and the bytes
+written do not depend on parallelism.
 Only small metadata (paths, sizes, parsed boxes) crosses the shuffles; JPEG bytes are read
 inside the shard writer and streamed straight to the file.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -19,6 +21,8 @@ import uuid
 from typing import Iterable, Iterator
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
 from preprocess import annotations, images, schema, sources
@@ -79,37 +83,60 @@ def _reject(r: Rejected):
     return beam.pvalue.TaggedOutput(REJECTED, r)
 
 
-class ListSplit(beam.DoFn):
-    """(root, split, layout) -> every annotation/image FileEntry of the split."""
+def shard_hash(split: str, source_id: str) -> str:
+    return hashlib.sha256(f"{split}/{source_id}".encode("utf-8")).hexdigest()
+
+
+def plan_shards(num_examples: int, total_bytes: int, requested: int | None, target_bytes: int) -> int:
+    """Shard count: as requested, else enough for `target_bytes` each; never more than examples."""
+    wanted = requested if requested else math.ceil(total_bytes / max(target_bytes, 1))
+    return max(1, min(wanted, num_examples))
+
+
+def assign_slots(split: str, pairs: list[sources.Pair], requested: int | None, target_bytes: int) -> Iterator[tuple[Slot, sources.Pair]]:
+    """Deals a split's pairs to shards round-robin in the order of their hashed source ids."""
+    ranked = sorted(pairs, key=lambda p: (shard_hash(split, p.source_id), p.source_id))
+    count = plan_shards(len(ranked), sum(p.image_size for p in ranked), requested, target_bytes)
+    log.info("split %s: %d pairs -> %d shards", split, len(ranked), count)
+    for rank, pair in enumerate(ranked):
+        yield Slot(rank % count, count, rank // count), pair
+
+
+class ListAndAssign(beam.DoFn):
+    """(root, split, layout) -> (Slot, Pair) for every paired file; Rejected for the rest.
+
+    Listing, pairing and shard assignment happen together, in one place per split: they need
+    the whole split's file names anyway, and doing them here saves two shuffles.
+    """
+
+    def __init__(self, num_shards: dict[str, int], target_bytes: int):
+        self._num_shards = num_shards
+        self._target = target_bytes
 
     def process(self, element: tuple[str, str, str]) -> Iterator:
         root, split, layout = element
         resolved = sources.resolve_layout(root, split, layout)
         yield beam.pvalue.TaggedOutput(LAYOUT, (split, resolved))
-        n = 0
+        by_key: dict[str, list[sources.FileEntry]] = collections.defaultdict(list)
         for entry in sources.list_split(sources.SplitSource(root, split, resolved)):
-            n += 1
-            yield entry
-        log.info("listed %d files for split %s (%s layout)", n, split, resolved)
-
-
-class PairFiles(beam.DoFn):
-    """((split, key), [FileEntry]) -> Pair, or Rejected for unpaired and duplicate files."""
-
-    def process(self, element) -> Iterator:
-        (split, key), entries = element
-        for out in sources.pair(split, key, entries):
-            if isinstance(out, sources.Pair):
-                Metrics.counter(NAMESPACE, "pairs").inc()
-                yield out
-            else:
-                yield _reject(Rejected(out.split, out.annotation, out.image, "pair", out.code, out.reason))
+            by_key[entry.key].append(entry)
+        log.info("listed %d files for split %s (%s layout)", sum(map(len, by_key.values())), split, resolved)
+        pairs = []
+        for key in sorted(by_key):
+            for out in sources.pair(split, key, by_key[key]):
+                if isinstance(out, sources.Pair):
+                    pairs.append(out)
+                else:
+                    yield _reject(Rejected(out.split, out.annotation, out.image, "pair", out.code, out.reason))
+        Metrics.counter(NAMESPACE, "pairs").inc(len(pairs))
+        yield from assign_slots(split, pairs, self._num_shards.get(split), self._target)
 
 
 class ParseAnnotation(beam.DoFn):
-    """Pair -> Item with the parsed XML (safe lxml parser), or Rejected."""
+    """(Slot, Pair) -> ((split, shard index), (Slot, Item)) with the parsed XML, or Rejected."""
 
-    def process(self, pair: sources.Pair) -> Iterator:
+    def process(self, element: tuple[Slot, sources.Pair]) -> Iterator:
+        slot, pair = element
         try:
             data = sources.read_bytes(pair.annotation)
         except Exception as exc:  # permissions, vanished files, GCS errors: report, go on
@@ -121,45 +148,32 @@ class ParseAnnotation(beam.DoFn):
         except annotations.AnnotationError as exc:
             yield _reject(Rejected(pair.split, pair.annotation, pair.image, "xml", exc.code, str(exc)))
             return
-        yield Item(pair, ann)
+        yield (pair.split, slot.index), (slot, Item(pair, ann))
 
 
-class CheckVocabulary(beam.DoFn):
-    """Item -> Item when every synset is in the vocabulary (side input), else Rejected."""
+class _HashingWriter:
+    """A FileSystems output stream that keeps the size and sha256 of what went through it,
+    so dataset_info.json gets each shard's digest without reading the shard back."""
 
-    def process(self, item: Item, vocab: Vocabulary) -> Iterator:
-        unknown = sorted({o.name for o in item.annotation.objects if vocab.id_of(o.name) is None})
-        if unknown:
-            yield _reject(Rejected(item.pair.split, item.pair.annotation, item.pair.image, "label", "unknown_synset",
-                                   f"{item.pair.annotation}: synset(s) {', '.join(unknown)} not in the vocabulary"))
-        else:
-            yield item
+    def __init__(self, path: str):
+        self._file = FileSystems.create(path)
+        self._digest = hashlib.sha256()
+        self.size = 0
 
+    def write(self, data: bytes) -> None:
+        self._digest.update(data)
+        self.size += len(data)
+        self._file.write(data)
 
-def shard_hash(split: str, source_id: str) -> str:
-    return hashlib.sha256(f"{split}/{source_id}".encode("utf-8")).hexdigest()
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
 
+    def __enter__(self) -> "_HashingWriter":
+        return self
 
-def plan_shards(num_examples: int, total_bytes: int, requested: int | None, target_bytes: int) -> int:
-    """Shard count: as requested, else enough for `target_bytes` each; never more than examples."""
-    wanted = requested if requested else math.ceil(total_bytes / max(target_bytes, 1))
-    return max(1, min(wanted, num_examples))
-
-
-class AssignSlots(beam.DoFn):
-    """(split, [(hash, source_id, size)]) -> ((split, source_id), Slot) for the whole split."""
-
-    def __init__(self, num_shards: dict[str, int], target_bytes: int):
-        self._num_shards = num_shards
-        self._target = target_bytes
-
-    def process(self, element) -> Iterator:
-        split, keys = element
-        ranked = sorted(keys)
-        count = plan_shards(len(ranked), sum(k[2] for k in ranked), self._num_shards.get(split), self._target)
-        log.info("split %s: %d examples -> %d shards", split, len(ranked), count)
-        for rank, (_, source_id, _) in enumerate(ranked):
-            yield (split, source_id), Slot(rank % count, count, rank // count)
+    def __exit__(self, *exc) -> None:
+        self._file.close()
 
 
 def _short(exc: BaseException) -> str:
@@ -178,39 +192,30 @@ class WriteShard(beam.DoFn):
         self._verify = verify
 
     def process(self, element, vocab: Vocabulary) -> Iterator:
-        import tensorflow as tf
-
-        from preprocess import dataset_info
-
         (split, index), slotted = element
         slotted = sorted(slotted, key=lambda si: si[0].position)
         count = slotted[0][0].count
         name = schema.shard_name(split, index, count)
         final = sources.join(self._output, name)
         tmp = sources.join(self._output, f".{name}.tmp-{uuid.uuid4().hex}")
-        offset, converted, index_lines = 0, 0, []
-        with tf.io.TFRecordWriter(tmp) as writer:
+        converted, index_lines = 0, []
+        with _HashingWriter(tmp) as out:
             for _, item in slotted:
                 result = self._record(item, vocab)
                 if isinstance(result, Rejected):
                     yield _reject(result)
                     continue
                 payload = schema.encode(result)
-                writer.write(payload)
-                index_lines.append(schema.dali_index_line(offset, len(payload)))
-                offset += schema.record_span(len(payload))
+                index_lines.append(schema.dali_index_line(out.size, len(payload)))
+                _TFRecordUtil.write_record(out, payload)  # Beam's framing and masked CRC32C
                 converted += bool(result.converted_from)
-        with tf.io.gfile.GFile(tmp + schema.INDEX_SUFFIX, "w") as f:
-            f.write("".join(index_lines))
-        num_bytes, digest = dataset_info.file_digest(tmp)
-        if num_bytes != offset:
-            raise IOError(f"{tmp}: wrote {num_bytes} bytes, expected {offset}")
-        tf.io.gfile.rename(tmp + schema.INDEX_SUFFIX, final + schema.INDEX_SUFFIX, overwrite=True)
-        tf.io.gfile.rename(tmp, final, overwrite=True)
+        with FileSystems.create(tmp + schema.INDEX_SUFFIX) as f:
+            f.write("".join(index_lines).encode("ascii"))
+        FileSystems.rename([tmp + schema.INDEX_SUFFIX, tmp], [final + schema.INDEX_SUFFIX, final])
         Metrics.counter(NAMESPACE, "examples_written").inc(len(index_lines))
         Metrics.counter(NAMESPACE, "converted_images").inc(converted)
-        log.info("wrote %s: %d examples, %.1f MB", name, len(index_lines), num_bytes / 1e6)
-        yield ShardResult(split, index, count, name, len(index_lines), num_bytes, digest, converted)
+        log.info("wrote %s: %d examples, %.1f MB", name, len(index_lines), out.size / 1e6)
+        yield ShardResult(split, index, count, name, len(index_lines), out.size, out.sha256, converted)
 
     def _record(self, item: Item, vocab: Vocabulary) -> schema.Record | Rejected:
         pair = item.pair
@@ -226,18 +231,11 @@ class WriteShard(beam.DoFn):
         try:
             boxes = annotations.normalise(item.annotation, image.width, image.height, vocab.id_of, pair.annotation)
         except annotations.AnnotationError as exc:
-            return Rejected(pair.split, pair.annotation, pair.image, "box", exc.code, str(exc))
+            stage = "label" if exc.code == "unknown_synset" else "box"
+            return Rejected(pair.split, pair.annotation, pair.image, stage, exc.code, str(exc))
         label, text = schema.largest_box_label(boxes)
         return schema.Record(
             encoded=image.data, height=image.height, width=image.width, filename=pair.image_rel,
             source_id=pair.source_id, objects=boxes, class_label=label, class_text=text,
             converted_from=image.converted_from,
         )
-
-
-def slot_items(element) -> Iterable:
-    """CoGroupByKey output -> ((split, shard index), (Slot, Item))."""
-    (split, _), grouped = element
-    for slot in grouped["slot"]:
-        for item in grouped["item"]:
-            yield (split, slot.index), (slot, item)
