@@ -123,6 +123,12 @@ def validate(args: argparse.Namespace, options: PipelineOptions) -> None:
     for flag, path in (("--input", args.input), ("--labels", args.labels)):
         if path and not _is_url(path) and not os.path.exists(path):
             raise UserError(f"{flag} {path}: no such file or directory")
+    if args.labels and not _is_url(args.labels):
+        try:
+            with open(args.labels, encoding="utf-8") as f:
+                vocab_lib.parse_synset_map(f.read(), args.labels)
+        except (vocab_lib.VocabError, UnicodeDecodeError, IsADirectoryError) as exc:
+            raise UserError(f"--labels: {exc}") from None
     if not _is_url(args.input) and not os.path.isdir(args.input):
         raise UserError(f"--input {args.input}: not a directory (pass the folder holding Annotations/ and Data/)")
     if not _is_url(args.input):

@@ -296,9 +296,65 @@ def test_user_errors_are_one_line(args, message, synth_tree, tmp_path, capsys):
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_bad_synset_map_is_a_user_error(synth_tree, tmp_path, capsys):
+    from pipelines import cli
+
+    bad = tmp_path / "map.txt"
+    bad.write_text("n1 1 a\nn1 2 b\n")
+    assert cli.main(["preprocess", "--input", synth_tree, "--output", str(tmp_path / "o"), "--labels", str(bad)]) == 2
+    assert "listed twice" in capsys.readouterr().err
+
+
 def test_wrong_layout_is_a_user_error(tmp_path, capsys):
     from pipelines import cli
 
     (tmp_path / "empty").mkdir()
     assert cli.main(["preprocess", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 2
     assert "pass the folder that holds Annotations/" in capsys.readouterr().err
+
+
+def _sample(name: str) -> bytes:
+    from tests.conftest import SHARED_SAMPLES
+
+    with open(os.path.join(SHARED_SAMPLES, name), "rb") as fh:
+        return fh.read()
+
+
+def test_voc_layout_with_imagesets(tmp_path):
+    root = tmp_path / "VOC2007"
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / d).mkdir(parents=True)
+    (root / "Annotations" / "000002.xml").write_bytes(_sample("VOC2007_000002.xml"))
+    (root / "JPEGImages" / "000002.jpg").write_bytes(f.jpeg(335, 500))
+    (root / "Annotations" / "000009.xml").write_bytes(_sample("voc_two_objects.xml"))
+    (root / "JPEGImages" / "000009.jpg").write_bytes(f.jpeg(11, 14))
+    (root / "Annotations" / "000010.xml").write_bytes(_sample("voc_two_objects.xml"))  # not in train.txt
+    (root / "ImageSets/Main/train.txt").write_text("000002\n000009\n")
+    (tmp_path / "voc_classes.txt").write_text("tvmonitor\ntrain\n")
+    out = str(tmp_path / "out")
+    assert run_preprocess(str(root), out, "--splits", "train", "--labels", str(tmp_path / "voc_classes.txt")) == 0
+    info = dataset_info.load(out)
+    assert info["layout"] == "voc"
+    records = {r.source_id: r for r in read_records(out, "train")}
+    assert set(records) == {"000002", "000009"}
+    assert (records["000002"].class_text, records["000002"].class_label) == ("train", 2)
+    assert records["000002"].filename == "000002.jpg"
+    two = records["000009"]
+    assert [o.text for o in two.objects] == ["tvmonitor", "train"] and two.objects[0].truncated
+    assert (two.class_text, two.class_label) == ("tvmonitor", 1)  # 5x5 beats 4x6
+
+
+def test_cls_loc_layout_with_synset_mapping(tmp_path):
+    root = tmp_path / "ILSVRC"
+    (root / "Annotations/CLS-LOC/val").mkdir(parents=True)
+    (root / "Data/CLS-LOC/val").mkdir(parents=True)
+    (root / "Annotations/CLS-LOC/val/ILSVRC2012_val_00000001.xml").write_bytes(_sample("ILSVRC2012_val_00000001.xml"))
+    (root / "Data/CLS-LOC/val/ILSVRC2012_val_00000001.JPEG").write_bytes(f.jpeg(500, 375))
+    mapping = tmp_path / "LOC_synset_mapping.txt"
+    mapping.write_text("n01440764 tench, Tinca tinca\nn01751748 sea snake\n")
+    out = str(tmp_path / "out")
+    assert run_preprocess(str(root), out, "--splits", "val", "--labels", str(mapping)) == 0
+    (record,) = read_records(out, "val")
+    assert (record.class_label, record.class_text) == (2, "n01751748")
+    assert record.objects[0].xmin == pytest.approx(111 / 500)
+    assert dataset_info.load(out)["classes"][2] == {"id": 2, "synset": "n01751748", "name": "sea snake"}
