@@ -17,7 +17,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
     for name, module_name in BENCHES.items():
         module = importlib.import_module(module_name)
-        module.configure(sub.add_parser(name, help=module.HELP, description=module.HELP))
+        module.configure(sub.add_parser(name, help=module.HELP, description=module.HELP, allow_abbrev=False))
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:

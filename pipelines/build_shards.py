@@ -69,8 +69,7 @@ def parse_num_shards(text: str, splits: list[str]) -> dict[str, int]:
 
 def pipeline_options(extra: list[str]) -> PipelineOptions:
     """Beam options from the leftover flags; locally defaults to all cores in separate processes."""
-    # Beam's --dry_run takes a value; a bare flag is what people type.
-    extra = ["--dry_run=True" if a == "--dry_run" else a for a in extra]
+    extra = [a for a in map(_dry_run_flag, extra) if a is not None]
     unknown = [a for a in extra if a.startswith("-") and a.split("=")[0].lstrip("-") not in _beam_flags()]
     if unknown:
         raise UserError(f"unknown option {unknown[0]}; see `detrec preprocess --help` and Beam's pipeline options")
@@ -89,6 +88,21 @@ def pipeline_options(extra: list[str]) -> PipelineOptions:
         direct.direct_running_mode = "multi_processing"
     options.view_as(SetupOptions).save_main_session = False
     return options
+
+
+def _dry_run_flag(arg: str) -> str | None:
+    """Beam's --dry_run takes a value and treats any string, even "False", as true: accept
+    the bare flag people type and make False mean false."""
+    if arg == "--dry_run":
+        return "--dry_run=True"
+    if arg.startswith("--dry_run="):
+        value = arg.split("=", 1)[1].lower()
+        if value in ("true", "1", "yes"):
+            return "--dry_run=True"
+        if value in ("false", "0", "no", ""):
+            return None
+        raise UserError(f"--dry_run takes no value (or True/False), got {value!r}")
+    return arg
 
 
 def _beam_flags() -> set[str]:
@@ -119,6 +133,11 @@ def validate(args: argparse.Namespace, options: PipelineOptions) -> None:
         if not setup.setup_file and not options.view_as(WorkerOptions).sdk_container_image:
             raise UserError("DataflowRunner workers need detrec: pass --setup_file ./setup.py or "
                             "--sdk_container_image IMAGE (see pipelines/dataflow/README.md)")
+        if setup.setup_file and not setup.requirements_file:
+            raise UserError("with --setup_file also pass --requirements_file pipelines/dataflow/requirements.txt "
+                            "(workers need TensorFlow, an optional extra of detrec)")
+        if setup.requirements_file and setup.requirements_cache is None:
+            setup.requirements_cache = "skip"  # else the launcher pip-downloads TF wheels for nothing
         return
     for flag, path in (("--input", args.input), ("--labels", args.labels)):
         if path and not _is_url(path) and not os.path.exists(path):
@@ -248,11 +267,17 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise UserError(" ".join(str(exc).split())) from None
     build(pipeline, args, num_shards)
     result = pipeline.run()
-    result.wait_until_finish()
-    seconds = time.perf_counter() - start
     if dry_run:
         print("dry run: pipeline graph built and validated; nothing was submitted")
         return 0
+    if options.view_as(GoogleCloudOptions).template_location or options.view_as(StandardOptions).no_wait_until_finish:
+        print(f"submitted; {schema.DATASET_INFO} appears in {args.output} when the job has finished")
+        return 0
+    state = result.wait_until_finish()
+    seconds = time.perf_counter() - start
+    if str(state).split(".")[-1] not in ("DONE", "None"):
+        raise UserError(f"the pipeline ended in state {state}; see the runner's logs "
+                        "(Dataflow: pipelines/dataflow/runbook.md)")
     info = dataset_info.load(args.output)
     print(summary_table(info, seconds))
     total = sum(e["num_examples"] for e in info["splits"].values())

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
-    cmd_parser = argparse.ArgumentParser(prog=f"detrec {name}", description=help_text)
+    # No abbreviations: Beam's --label must never become detrec's --labels.
+    cmd_parser = argparse.ArgumentParser(prog=f"detrec {name}", description=help_text, allow_abbrev=False)
     module.configure(cmd_parser)
     if name in PASS_THROUGH:
         args, extra = cmd_parser.parse_known_args(argv[1:])

@@ -5,7 +5,6 @@ through the `detrec data-service` CLI."""
 from __future__ import annotations
 
 import collections
-import gc
 import os
 import signal
 import subprocess
@@ -35,9 +34,12 @@ def wait_for_workers(dispatcher, count: int, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def service():
-    """(dispatcher address, [worker servers], dispatcher) on loopback, stopped afterwards."""
+    """(dispatcher address, [worker servers], dispatcher) on loopback, stopped afterwards.
+
+    Per test: a worker's stop() can wait out its heartbeat interval when it has been idle, so
+    servers that live only as long as their test stop at once."""
     dispatcher = data_service.start_dispatcher(port=0)
     address = data_service.dispatcher_address(dispatcher)
     workers = [data_service.start_worker(address, port=0, worker_address="localhost:%port%") for _ in range(2)]
@@ -105,7 +107,6 @@ def ready_line(proc: subprocess.Popen) -> str:
 
 
 def one_epoch(address: str) -> list[int]:
-    # In a function so that the service client is released before the servers go away.
     distributed = data_service.distribute(tf.data.Dataset.range(200).batch(8), address)
     return [int(v) for batch in distributed for v in batch.numpy()]
 
@@ -122,7 +123,6 @@ def test_cli_dispatcher_and_workers_serve_an_epoch_and_stop_cleanly():
         for worker in workers:
             ready_line(worker)
         assert sorted(one_epoch(address)) == list(range(200))
-        gc.collect()
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
