@@ -1,0 +1,53 @@
+"""`detrec predict --model-dir DIR IMAGE...`: top-k classes of image files.
+
+Loads DIR/export (written by `detrec train`). Any common image format works (JPEG, PNG,
+GIF, BMP, TIFF, WebP; CMYK and grey too). Exit codes: 0 every image predicted, 1 some
+image could not be read (one line each on stderr), 2 no usable model in DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = "top-k classes of image files with an exported model"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"wants a whole number >= 1, got {text!r}")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", required=True, metavar="DIR", help="a `detrec train` model dir")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--top", type=_positive, default=5, help="classes per image (default 5)")
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from train import predict
+
+    predictor = predict.Predictor(args.model_dir)
+    results = predictor.predict(args.images, top=args.top)
+    for result in results:
+        if result.error:
+            print(f"detrec predict: {result.path}: {result.error}", file=sys.stderr)
+    if args.json:
+        doc = [{"file": r.path, "error": r.error} if r.error else
+               {"file": r.path, "top": [vars(p) for p in r.top]} for r in results]
+        print(json.dumps(doc, indent=2))
+    else:
+        for result in results:
+            if result.error:
+                continue
+            print(result.path)
+            for rank, p in enumerate(result.top, start=1):
+                print(f"  {rank}. {p.probability:7.2%}  {p.id:4d}  {p.synset}  {p.name}")
+    return 1 if any(r.error for r in results) else 0
