@@ -12,13 +12,15 @@ inside the shard writer and streamed straight to the file.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import logging
 import math
+import os
 import uuid
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -28,6 +30,8 @@ from apache_beam.metrics import Metrics
 from preprocess import annotations, images, schema, sources
 from preprocess.vocab import Vocabulary
 
+T = TypeVar("T")
+R = TypeVar("R")
 REJECTED = "rejected"
 LAYOUT = "layout"
 NAMESPACE = "detrec"
@@ -151,6 +155,21 @@ class ParseAnnotation(beam.DoFn):
         yield (pair.split, slot.index), (slot, Item(pair, ann))
 
 
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
+    """fn over items on a thread pool, results in input order, at most 2*threads in flight."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 class _HashingWriter:
     """A FileSystems output stream that keeps the size and sha256 of what went through it,
     so dataset_info.json gets each shard's digest without reading the shard back."""
@@ -187,9 +206,10 @@ class WriteShard(beam.DoFn):
     job never leaves a partial file under a final name and a rerun simply overwrites.
     """
 
-    def __init__(self, output: str, verify: str):
+    def __init__(self, output: str, verify: str, threads: int = 0):
         self._output = output
         self._verify = verify
+        self._threads = threads or min(4, os.cpu_count() or 1)
 
     def process(self, element, vocab: Vocabulary) -> Iterator:
         (split, index), slotted = element
@@ -200,8 +220,11 @@ class WriteShard(beam.DoFn):
         tmp = sources.join(self._output, f".{name}.tmp-{uuid.uuid4().hex}")
         converted, index_lines = 0, []
         with _HashingWriter(tmp) as out:
-            for _, item in slotted:
-                result = self._record(item, vocab)
+            # Reading, checking and encoding run on a few threads (file reads, the JPEG decode
+            # and sha256 release the GIL); records are written in slot order, so the bytes
+            # do not depend on the thread count and memory holds only a small window.
+            records = ordered_map(lambda si: self._record(si[1], vocab), slotted, self._threads)
+            for result in records:
                 if isinstance(result, Rejected):
                     yield _reject(result)
                     continue
