@@ -147,7 +147,7 @@ def render_text(report: dict[str, Any]) -> str:
         for sh in s["shards"]:
             digest = sh["sha256"][:12] if sh["sha256"] else ("-" if sh["complete"] else "(incomplete)")
             out.append(f"  {_name(sh['file']):<{width}}  {sh['num_examples']:>9,}  {sh['num_bytes']:>13,}  {digest}")
-        if "labels" not in s:
+        if not s.get("records_read"):
             continue
         out.append(f"  statistics from {s['records_read']:,} records")
         out.append(f"  labels (image class = its largest box):")
@@ -159,7 +159,8 @@ def render_text(report: dict[str, Any]) -> str:
         hist = "  ".join(f"{k}:{v}" for k, v in opi["histogram"].items())
         out.append(f"  objects per image: {hist or '-'}   (mean {_fmt(opi['mean'])}, max {_fmt(opi['max'])})")
         w, h = s["width"], s["height"]
-        out.append(f"  image size: width {_fmt(w['min'])}..{_fmt(w['max'])} px, height {_fmt(h['min'])}..{_fmt(h['max'])} px")
+        out.append(f"  image size: width {_fmt(w['min'])}..{_fmt(w['max'])} px, "
+                   f"height {_fmt(h['min'])}..{_fmt(h['max'])} px")
         a = s["box_area"]
         out.append(f"  box area (share of image, {a['count']:,} boxes): min {_fmt(a['min'])}  p10 {_fmt(a['p10'])}  "
                    f"median {_fmt(a['p50'])}  p90 {_fmt(a['p90'])}  max {_fmt(a['max'])}")

@@ -3,11 +3,23 @@
 Flags in, `train.loop.Trainer` out. Running the same command again resumes from the latest
 checkpoint in DIR. Exit codes: 0 trained (and exported), 130 stopped by ^C after saving,
 2 a user error (bad path, incomplete dataset, DIR holding another model, corrupt shard).
+
+Scaling out (train/loop.py explains the semantics):
+
+    # every machine, i = 0 (the chief) .. N-1, the same other flags:
+    detrec train ... --worker-hosts 10.0.0.1:2222,10.0.0.2:2222 --worker-index i
+    # input pipeline on a tf.data service (`detrec data-service dispatcher|worker`):
+    detrec train ... --data-service grpc://10.0.0.9:5050
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
+
+from preprocess.errors import UserError
 
 HELP = "train a CNN streaming from the shards"
 # The same as train.models.MODELS (a test checks), spelled out so `--help` needs no Keras.
@@ -16,7 +28,13 @@ EPILOG = """\
 DIR gets: run_config.json (what must match to resume), checkpoints/ (latest few, plus
 checkpoints/best/ by val top-1), logs/ (TensorBoard), metrics.json (per-epoch history) and,
 at the end, export/ (model.keras + labels.json, used by `detrec predict`).
+
+Several machines: start the same command on each with --worker-hosts (all workers' HOST:PORT,
+the chief first) and its own --worker-index, or with TF_CONFIG set by your scheduler. Give
+them one --model-dir on shared storage (gs://...): the chief writes it, the others write
+scratch copies to DIR/.worker-<i>. --batch-size stays the global batch (over all workers).
 """
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 
 def _positive(text: str) -> int:
@@ -79,17 +97,59 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="initial weights and every epoch's input order (default 0)")
     parser.add_argument("--skip-corrupt", action="store_true",
                         help="skip unreadable records (counted and reported) instead of stopping")
+    scale = parser.add_argument_group("scaling out")
+    scale.add_argument("--worker-hosts", metavar="HOST:PORT,...", default=None,
+                       help="multi-worker training (MultiWorkerMirroredStrategy): every worker's "
+                            "HOST:PORT, the chief first; sets TF_CONFIG (default: TF_CONFIG from the "
+                            "environment, if any)")
+    scale.add_argument("--worker-index", type=_count, default=None, metavar="I",
+                       help="this process's position in --worker-hosts (0 = the chief)")
+    scale.add_argument("--data-service", metavar="grpc://HOST:PORT", default=None,
+                       help="run the training input pipeline on this tf.data service dispatcher "
+                            "(`detrec data-service`); tf.data decoder only; a mid-epoch resume is "
+                            "not example-exact (see train/loop.py)")
+    scale.add_argument("--record-keys", action="store_true",
+                       help="write the key of every training example each worker consumed to "
+                            "DIR/keys/epoch-<e>-worker-<i>.txt (audit what an epoch trained on)")
+
+
+def tf_config(worker_hosts: str, worker_index: int | None) -> str:
+    """TF_CONFIG (JSON) for worker `worker_index` of the cluster `HOST:PORT,HOST:PORT,...`.
+
+    Raises:
+      UserError: a malformed or repeated address, or an index outside the list.
+    """
+    hosts = [h.strip() for h in worker_hosts.split(",")]
+    for host in hosts:
+        match = _HOST_PORT.match(host)
+        if not match or not 0 < int(match[2]) < 65536:
+            raise UserError(f"--worker-hosts: {host!r} is not HOST:PORT (e.g. 10.0.0.1:2222)")
+    if len(set(hosts)) != len(hosts):
+        raise UserError(f"--worker-hosts lists an address twice: {worker_hosts}")
+    if worker_index is None:
+        raise UserError("--worker-hosts needs --worker-index (this process's position in the list)")
+    if worker_index >= len(hosts):
+        raise UserError(f"--worker-index {worker_index} outside the {len(hosts)} --worker-hosts")
+    return json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": worker_index}})
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from train import input as input_lib
-    from train import loop, models
+    from train import loop, models  # not train.input yet: importing it runs TF ops (see below)
 
-    strategy = loop.default_strategy()
+    if args.worker_hosts is not None:
+        os.environ["TF_CONFIG"] = tf_config(args.worker_hosts, args.worker_index)
+    elif args.worker_index is not None:
+        raise UserError("--worker-index needs --worker-hosts")
+    # Before any TF op (train.input's import runs some): collective ops are configured at
+    # start-up only.
+    strategy = loop.make_strategy()
+    from train import input as input_lib
+
     data, steps = loop.make_data(strategy, args.data, batch_size=args.batch_size,
                                  image_size=args.image_size, decoder=args.decoder,
                                  preprocess=args.preprocess, seed=args.seed,
-                                 skip_corrupt=args.skip_corrupt)
+                                 skip_corrupt=args.skip_corrupt, data_service=args.data_service,
+                                 with_keys=args.record_keys)
     config = loop.TrainConfig(
         model_dir=args.model_dir,
         model=models.ModelConfig(args.model, len(data.classes), args.image_size, args.weights),
@@ -100,7 +160,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     )
     print(f"training {args.model} on {args.data}: {len(data.classes)} classes, "
           f"{config.steps_per_epoch} steps of {args.batch_size} per epoch, "
-          f"{strategy.num_replicas_in_sync} replica(s), decoder "
-          f"{input_lib.resolve_decoder(args.decoder)}", flush=True)
+          f"{strategy.num_replicas_in_sync} replica(s){_where(strategy)}, decoder "
+          f"{'cpu on ' + args.data_service if args.data_service else input_lib.resolve_decoder(args.decoder)}",
+          flush=True)
     with input_lib.shard_errors():  # a corrupt shard: one line naming the file
         return loop.Trainer(config, data, strategy).run()
+
+
+def _where(strategy) -> str:
+    from train import loop
+
+    workers, index = loop.worker_position(strategy)
+    return f" on {workers} workers (this is worker {index})" if workers > 1 else ""

@@ -30,6 +30,41 @@ names the latest one, so a process killed at any moment leaves the previous chec
 readable and listed. Epoch, step, position, the epoch's running sums and the metrics history
 live *inside* the checkpoint (a `PythonState`), so they can never disagree with the weights;
 `metrics.json` and `run_config.json` are written with write-to-temp + rename.
+
+Several machines (MultiWorkerMirroredStrategy)
+----------------------------------------------
+`make_strategy()` returns a MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of
+several tasks (`detrec train --worker-hosts ... --worker-index i` writes TF_CONFIG). Every
+worker runs this same loop in lockstep: each step's gradients and sums are all-reduced, so
+every worker holds the same weights after every step. Each worker's input pipeline reads its
+own disjoint set of shard files (`input.dataset_fn`); an epoch is the same number of steps
+on every worker (the smallest worker's share decides it, otherwise one worker would wait
+forever in a collective), and validation is split between the workers and summed.
+Checkpoint saves are collective, so every worker saves at the same steps: the chief to
+`DIR/checkpoints`, the others to a scratch `DIR/.worker-<i>` (same contents). On resume
+every worker restores the chief's checkpoint when it can see it (a shared model dir: gs://,
+NFS) and its own scratch copy otherwise (one local disk per machine); the workers then
+check that they all resumed at the same step before training (the same one-line error on
+every worker if not, instead of training diverging copies). Only the chief writes metrics,
+logs and the export. ^C's save-and-stop is for single-process runs (each worker would stop
+at a different step, and saves are collective): stop a multi-worker run by ending all its
+workers (SIGTERM/SIGKILL) and restart them all; they resume from the last checkpoint
+(`--checkpoint-every` bounds the work lost).
+
+tf.data service (`--data-service`)
+----------------------------------
+The training pipeline (read, parse, decode, augment, batch: the tf.data decoder only, a
+DALI pipeline cannot be serialised to other machines) then runs on the service's workers
+(train/data_service.py, "distributed_epoch": the dispatcher hands out shard files). Each
+epoch starts one service epoch (per trainer worker, over its own share of the files),
+whose batches hold every example once; the trainer takes `steps_per_epoch` of them (when
+the service workers' dropped partial batches leave a service epoch short, the rest come
+from the next one). The order in which the service delivers batches depends on worker
+timing and is *not* reproducible, so resume cannot drop "the batches already trained": a
+run resumed mid-epoch trains only the epoch's remaining step count, drawn from a fresh
+service epoch, so in that one epoch some examples are seen twice and others not at all.
+Totals (epochs, optimizer steps) still match an uninterrupted run. Validation still reads
+the val split locally, so trainers need read access to --data too.
 """
 
 from __future__ import annotations
@@ -61,6 +96,7 @@ LOGS = "logs"
 EXPORT = "export"
 EXPORT_MODEL = "model.keras"
 EXPORT_LABELS = "labels.json"
+KEYS = "keys"
 # Fields of run_config.json that must match to resume: they define the weights' layout and
 # meaning (model, classes, size, input scaling, optimizer state layout) or the step and
 # input-position bookkeeping (batch size, steps per epoch, seed).
@@ -96,12 +132,18 @@ class Data:
       val: () -> one pass over the validation split, every example exactly once.
       classes: the K+1 classes by id, background first.
       skipped: () -> records dropped so far by --skip-corrupt (None when not counting).
+      reproducible: whether `train(e)` gives the same batches every time it is rebuilt (the
+        tf.data service's order is not); resume skips trained batches only when it does.
+      with_keys: train batches carry a third element, the examples' keys ([B, 64] uint8),
+        which the trainer records (`keys_path`).
     """
 
     train: Callable[[int], Iterable]
     val: Callable[[], Iterable]
     classes: Sequence[ClassInfo]
     skipped: Callable[[], int] | None = None
+    reproducible: bool = True
+    with_keys: bool = False
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -111,18 +153,38 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: int,
               image_size: int, decoder: str, preprocess: str, seed: int,
-              skip_corrupt: bool = False) -> tuple[Data, int]:
+              skip_corrupt: bool = False, data_service: str | None = None,
+              with_keys: bool = False) -> tuple[Data, int]:
     """`Data` from a detrec dataset through train/input.py, and the train steps per epoch.
 
     Training goes through `strategy.distribute_datasets_from_function` (each input pipeline
     reads its own disjoint part; DALI pipelines sit on their replica's GPU). Validation on
     one replica walks exactly one epoch with `take_epoch` (which trims DALI's padded last
-    batch); on several replicas it uses the tf.data decoder, whose last batch is simply
-    short, through `experimental_distribute_dataset`, which splits it across replicas.
+    batch); on several replicas or workers it uses the tf.data decoder, whose last batch is
+    simply short, through `experimental_distribute_dataset`, which splits it across replicas
+    (and, under MultiWorkerMirroredStrategy, the val files across workers).
+
+    Args:
+      data_service: `grpc://HOST:PORT` of a tf.data service dispatcher: the training
+        pipeline runs there (see the module docstring); validation stays local.
+      with_keys: also deliver each training example's key (see `Data.with_keys`).
+
+    Raises:
+      UserError: a bad dataset or split, a batch that does not divide over the replicas or
+        is larger than a worker's share, or DALI combined with the data service.
     """
     from preprocess import dataset_info
     from train import input as input_lib
 
+    service = None
+    if data_service is not None:
+        from train import data_service as service_lib
+
+        service = service_lib.parse_address(data_service)
+        if decoder == "dali":
+            raise UserError("--decoder dali cannot go through --data-service: the service runs tf.data "
+                            "graphs on CPU workers, DALI decodes on this machine's GPU; use --decoder cpu")
+        decoder = "cpu"  # "auto" included: only the tf.data decoder can be serialised
     info = dataset_info.load(data_dir)
     classes = dataset_info.classes(info)
     decoder = input_lib.resolve_decoder(decoder)
@@ -130,21 +192,31 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
     if batch_size % replicas:
         raise UserError(f"--batch-size {batch_size} is not a multiple of the {replicas} replicas")
     workers, index = worker_position(strategy)
-    plan = input_lib.epoch_plan(data_dir, "train", batch_size=batch_size // workers, training=True,
-                                decoder=decoder, num_workers=workers, worker_index=index,
-                                skip_corrupt=skip_corrupt)
-    if plan.steps < 1:
-        raise UserError(f"the train split of {data_dir} has {plan.num_examples} examples, "
-                        f"fewer than one batch of {batch_size}")
+    # Every worker must run the same number of steps (each step is a collective), so the
+    # smallest share decides; with even shards nothing is left out.
+    plans = [input_lib.epoch_plan(data_dir, "train", batch_size=batch_size // workers, training=True,
+                                  decoder=decoder, num_workers=workers, worker_index=i,
+                                  skip_corrupt=skip_corrupt) for i in range(workers)]
+    steps = min(plan.steps for plan in plans)
+    if steps < 1:
+        smallest = min(plans, key=lambda plan: plan.steps)
+        share = f"worker {plans.index(smallest)}'s share of " if workers > 1 else ""
+        raise UserError(f"{share}the train split of {data_dir} has {smallest.num_examples} examples, "
+                        f"fewer than one batch of {smallest.batch_size}")
     input_lib.shard_entries(data_dir, "val")  # UserError now, not after the first epoch
     counter = input_lib.SkipCounter() if skip_corrupt else None
     common = dict(image_size=image_size, preprocess=preprocess, skip_corrupt=skip_corrupt,
                   counter=counter)
 
     def train(epoch: int) -> Iterable:
+        if service:
+            return strategy.distribute_datasets_from_function(
+                _service_dataset_fn(data_dir, service, global_batch_size=batch_size,
+                                    seed=epoch_seed(seed, epoch), with_keys=with_keys,
+                                    **dict(common, counter=None)))
         fn = input_lib.dataset_fn(data_dir, "train", global_batch_size=batch_size,
                                   decoder=decoder, training=True, repeat=True,
-                                  seed=epoch_seed(seed, epoch), **common)
+                                  seed=epoch_seed(seed, epoch), with_keys=with_keys, **common)
         return strategy.distribute_datasets_from_function(fn, input_lib.input_options(decoder))
 
     def val() -> Iterable:
@@ -159,7 +231,39 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
         return strategy.experimental_distribute_dataset(ds)
 
     skipped = (lambda: counter.result()["records"]) if counter else None
-    return Data(train=train, val=val, classes=classes, skipped=skipped), plan.steps
+    return Data(train=train, val=val, classes=classes, skipped=skipped,
+                reproducible=service is None, with_keys=with_keys), steps
+
+
+def _service_dataset_fn(data_dir: str, service: str, *, global_batch_size: int,
+                        **kwargs) -> Callable:
+    """`input.dataset_fn`'s twin whose pipelines run on the tf.data service at `service`.
+
+    Each trainer worker sends its own disjoint share of the shard files (the same share it
+    would read itself) as its own service job; the dispatcher splits that share's files
+    among the service's workers. Trainer workers sharing one job instead would each take
+    whatever batch is ready first, and near the end of a job one can move on to the next
+    pass while the other still drains the last one - examples seen twice, others missed.
+    A SkipCounter cannot travel with the pipeline (it is a variable of this process):
+    skipped records are only printed, by the service workers.
+    """
+    from train import data_service as service_lib
+    from train import input as input_lib
+
+    def fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        ds = input_lib.make_dataset(data_dir, "train", batch_size=context.get_per_replica_batch_size(global_batch_size),
+                                    decoder="cpu", training=True, repeat=False,
+                                    num_workers=context.num_input_pipelines,
+                                    worker_index=context.input_pipeline_id, **kwargs)
+        # Each pass is one service epoch (a new job); repeating tops an epoch up when the
+        # service workers' dropped partial batches leave it short of steps_per_epoch. The
+        # repeat also makes the stream infinite to tf.distribute: a finite one of unknown
+        # length makes every worker all-reduce "do you still have data?" at each step. The
+        # price: the next service epoch starts as soon as one ends, so at each epoch's end
+        # the service decodes a few batches that are dropped when the trainer moves on.
+        return service_lib.distribute(ds, service).repeat()
+
+    return fn
 
 
 class _JsonState(tf.train.experimental.PythonState):
@@ -203,6 +307,34 @@ def default_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def make_strategy() -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of several tasks, else
+    `default_strategy()`.
+
+    Call it before any other TensorFlow op: the strategy configures the process's collective
+    ops, which TensorFlow only allows at start-up. It starts this worker's gRPC server; the
+    first collective (restoring or initialising the model) waits for the other workers.
+
+    Raises:
+      UserError: TF_CONFIG is not JSON, or names a task type this trainer does not run.
+    """
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return default_strategy()
+    try:
+        config = json.loads(text)
+        cluster, task = config.get("cluster") or {}, config.get("task") or {}
+        tasks = sum(len(cluster.get(kind) or []) for kind in ("chief", "worker"))
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise UserError(f"TF_CONFIG is not a JSON object with 'cluster' and 'task' ({exc})") from None
+    if tasks <= 1:
+        return default_strategy()
+    if task.get("type") not in ("chief", "worker"):
+        raise UserError(f"TF_CONFIG task type {task.get('type')!r}: detrec train runs 'chief' or "
+                        "'worker' tasks of a MultiWorkerMirroredStrategy cluster")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
 def worker_position(strategy: tf.distribute.Strategy) -> tuple[int, int]:
     """(number of worker processes, this one's index), the chief first; (1, 0) on one machine."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -224,6 +356,12 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if "chief" in spec:
         return resolver.task_type == "chief"
     return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def keys_path(model_dir: str, epoch: int, worker_index: int) -> str:
+    """Where `--record-keys` lists the examples worker `worker_index` trained on in `epoch`
+    (1-based): one sha256 key per line, in training order."""
+    return os.path.join(model_dir, KEYS, f"epoch-{epoch:04d}-worker-{worker_index}.txt")
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -312,12 +450,12 @@ class Trainer:
         self.chief = is_chief(self.strategy)
         self.out = out or sys.stdout
         self.dir = config.model_dir
+        self.workers, self.worker_index = worker_position(self.strategy)
         # Every worker of a multi-worker run must save (it is a collective op); only the
-        # chief's copy is the real one, the others write to a scratch dir. All restore from
-        # the chief's.
+        # chief's copy is the real one, the others write to a scratch dir (see `_restore`).
         self.restore_dir = os.path.join(self.dir, CHECKPOINTS)
         self.ckpt_dir = self.restore_dir if self.chief else os.path.join(
-            self.dir, f".worker-{self.strategy.cluster_resolver.task_id}")
+            self.dir, f".worker-{self.worker_index}")
         self.state = _JsonState(**_fresh_state())
         self.best = _JsonState(epoch=0, val_top1=-1.0, val_loss=math.inf)
         self._stop = _StopRequested()
@@ -415,8 +553,43 @@ class Trainer:
             write_atomic(os.path.join(self.dir, RUN_CONFIG), json.dumps(wanted, indent=2) + "\n")
 
     def _restore(self) -> None:
-        """Restores the newest readable checkpoint; falls back to older ones if one is damaged."""
-        state = tf.train.get_checkpoint_state(self.restore_dir)
+        """Restores the newest readable checkpoint; falls back to older ones if one is damaged.
+
+        A non-chief worker reads the chief's checkpoints when its model dir shows them (shared
+        storage), else its own scratch copies: every save is collective, so they hold the
+        same state. All workers then check that they resumed at the same step.
+        """
+        if not self.chief and tf.train.get_checkpoint_state(self.restore_dir) is None:
+            self.restore_dir = self.ckpt_dir
+        self._restore_from(self.restore_dir)
+        if self.workers > 1:
+            self._check_workers_agree()
+
+    def _check_workers_agree(self) -> None:
+        """The same UserError on every worker unless all resumed at the same step.
+
+        Each worker contributes (1, x, x*x) for its step count x; with the sums (n, Sx, Sxx),
+        identical on every worker, n*Sxx == Sx*Sx holds exactly when all x are equal
+        (Cauchy-Schwarz), so every worker reaches the same verdict.
+        """
+        steps = float(self.state.values["total_steps"])
+        mine = tf.constant([1.0, steps, steps * steps], tf.float64)
+        strategy = self.strategy
+
+        @tf.function
+        def all_sums():
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(mine)),
+                                   axis=None)
+
+        n, total, squares = (float(v) for v in all_sums().numpy())
+        if abs(n * squares - total * total) > 0.5:
+            raise UserError(
+                f"the {self.workers} workers resumed from different checkpoints (this one at step "
+                f"{int(steps)}, mean {total / n:g}): give every worker the same --model-dir on shared "
+                "storage, or start them all from empty model dirs")
+
+    def _restore_from(self, directory: str) -> None:
+        state = tf.train.get_checkpoint_state(directory)
         paths = list(state.all_model_checkpoint_paths) if state else []
         for path in reversed(paths):
             try:
@@ -433,10 +606,10 @@ class Trainer:
             break
         else:
             if paths:
-                raise UserError(f"no readable checkpoint in {self.restore_dir}; "
+                raise UserError(f"no readable checkpoint in {directory}; "
                                 "use another --model-dir")
             return
-        best = tf.train.latest_checkpoint(os.path.join(self.restore_dir, BEST))
+        best = tf.train.latest_checkpoint(os.path.join(directory, BEST))
         if best:  # only the record (epoch, val top-1) of the best model so far
             tf.train.Checkpoint(state=self.best).read(best).expect_partial()
         if not math.isclose(self._lr(), self.cfg.lr, rel_tol=1e-6):
@@ -540,13 +713,20 @@ class Trainer:
         cfg, s = self.cfg, self.state.values
         steps = cfg.steps_per_epoch
         iterator = iter(self.data.train(epoch))
-        if s["position"]:
+        keys: list[str] | None = [] if self.data.with_keys else None
+        if s["position"] and self.data.reproducible:
             # The input position: this epoch's order is fixed by its seed, so dropping the
             # batches the interrupted run trained on leaves exactly the ones it had not.
             self._log(f"skipping the {s['position']} batches of epoch {epoch + 1} already trained")
             for _ in tqdm(range(s["position"]), desc="  skip", unit="batch", file=sys.stderr,
                           disable=not self.chief, leave=False):
-                next(iterator)
+                batch = next(iterator)
+                if keys is not None:  # the same batches the interrupted run trained on
+                    keys += self._local_keys(batch[2])
+        elif s["position"]:
+            self._log(f"the input order is not reproducible (tf.data service): the remaining "
+                      f"{steps - s['position']} steps of epoch {epoch + 1} take their batches from a "
+                      "fresh epoch of the input, so this epoch may repeat some examples and miss others")
         pending = tf.zeros([3], tf.float64)  # sums not yet read back from the device
         partial = s["partial"]
         last_shown = 0.0
@@ -569,6 +749,9 @@ class Trainer:
                     raise UserError("the training input ended early: it yielded no batch "
                                     "(every record unreadable?)") from None
                 waited = time.perf_counter() - start
+                if keys is not None:
+                    keys += self._local_keys(batch[2])
+                    batch = batch[:2]
                 pending += self._train_step(batch)
                 s["position"] += 1
                 s["total_steps"] += 1
@@ -587,7 +770,18 @@ class Trainer:
                     return False
         finally:
             bar.close()
+        if keys is not None:
+            path = keys_path(self.dir, epoch + 1, self.worker_index)
+            tf.io.gfile.makedirs(os.path.dirname(path))
+            write_atomic(path, "".join(f"{key}\n" for key in keys))
         return True
+
+    def _local_keys(self, keys) -> list[str]:
+        """The keys of this worker's examples in a (possibly distributed) batch, in order."""
+        from train import input as input_lib
+
+        return [key for part in self.strategy.experimental_local_results(keys)
+                for key in input_lib.key_strings(part)]
 
     def _show(self, bar: tqdm, partial: list) -> None:
         loss_sum, correct, count, seconds, _ = partial

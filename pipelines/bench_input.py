@@ -1,0 +1,257 @@
+"""`detrec bench input --data OUT`: the training input pipeline against its baselines, in one run.
+
+Measured in one process on the same images, the pipelines taking turns (img/s):
+
+* ours (tf.data): `train.input.make_dataset(training=True)` - read, count, parse, shuffle,
+  random crop decoded with decode_and_crop_jpeg, flip, resize, batch, normalise;
+* decode ceiling: the same full decode + resize on JPEG bytes already in memory, batched and
+  normalised as the pipeline does, AUTOTUNE-parallel - what the CPU can do when every pixel
+  is decoded and nothing is read from disk;
+* raw read: TFRecord records read from the shards, no parse, no decode (MB/s too);
+* article (with --source ROOT): the original article's pipeline - `from_generator` over
+  (xml, jpeg) file pairs, a `py_func` label (lxml: the first <name>), `read_file`,
+  `decode_jpeg`, `resize_with_crop_or_pad`, float16, `per_image_standardization`,
+  `map` without parallelism as written there, batch 16, prefetch 2;
+* ours (DALI): `make_dataset(decoder="dali")`, nvJPEG "mixed" decode on a GPU, DALI's CPU
+  decoder elsewhere.
+
+Targets (ratios, measured in turns so that other processes' load falls on all alike): ours >= 1.0x the
+decode ceiling and >= 2.5x the article at 224x224 on a 2-core CPU; on a GPU machine, DALI
+should pass 10,000 img/s on one H100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import statistics
+import sys
+import time
+
+from pipelines import benchutil
+from preprocess.errors import UserError
+
+HELP = "input pipeline img/s vs the decode ceiling, raw reads and the article's pipeline"
+TARGETS = {"ours_vs_ceiling": 1.0, "ours_vs_article": 2.5, "dali_gpu_img_s": 10_000}
+CEILING_IMAGES = 1000  # JPEGs held in memory for the decode ceiling (~100 MB at 500x375)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="the OUT folder of `detrec preprocess`")
+    parser.add_argument("--source", help="the ILSVRC tree the shards came from (adds the article's pipeline)")
+    parser.add_argument("--split", default="train", help="split to read (default train)")
+    parser.add_argument("--decoder", choices=("auto", "cpu", "dali"), default="auto",
+                        help="which pipeline is 'ours' for the targets; auto: DALI on a GPU, else tf.data. "
+                             "cpu skips the DALI row")
+    parser.add_argument("--image-size", type=int, default=224, help="output side (default 224)")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="timed seconds per row, over all its turns (default 15)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="untimed seconds before each turn (default 3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="turns each row takes, interleaved with the others (default 3)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+class Contender:
+    """One pipeline under test, measured in several turns, each on a fresh iterator."""
+
+    def __init__(self, key: str, name: str, dataset, count, unit: str = "img/s", note: str = ""):
+        self.key, self.name, self.unit, self.note = key, name, unit, note
+        self.dataset, self.count = dataset, count
+        self.rates: list[float] = []
+        self.items, self.seconds, self.cpu = 0, 0.0, 0.0
+
+    def turn(self, warmup: float, seconds: float) -> None:
+        iterator = iter(self.dataset)
+        warm_until = time.perf_counter() + warmup
+        while time.perf_counter() < warm_until:
+            self.count(next(iterator))
+        n, start, cpu = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - start < seconds:
+            n += self.count(next(iterator))
+        wall = time.perf_counter() - start
+        self.rates.append(n / wall)
+        self.items += n
+        self.seconds += wall
+        self.cpu += time.process_time() - cpu
+        del iterator  # stops its background threads before the next contender runs
+
+    def row(self) -> dict:
+        return {"key": self.key, "pipeline": self.name, "unit": self.unit, "note": self.note,
+                "rate": statistics.median(self.rates), "rates": [round(r, 1) for r in self.rates],
+                "items": self.items, "seconds": round(self.seconds, 3),
+                "cpu_ms_per_item": 1000 * self.cpu / max(self.items, 1)}
+
+
+def measure(contenders: list[Contender], seconds: float, warmup: float, rounds: int) -> None:
+    """Gives every pipeline `rounds` turns of `seconds / rounds`, in rotation.
+
+    Taking turns spreads the load of other processes over all contenders alike. Each turn
+    starts a fresh iterator and runs `warmup` seconds untimed first, so no pipeline is timed
+    draining batches it prefetched while another one was measured. A row's rate is the
+    median of its turns; its CPU time per item is the process's, during its timed turns.
+    """
+    for r in range(rounds):
+        for c in contenders:
+            print(f"round {r + 1}/{rounds}: {c.name} ...", file=sys.stderr, flush=True)
+            c.turn(warmup, seconds / rounds)
+
+
+def _ours(args, decoder: str):
+    from train import input as input_lib
+
+    return input_lib.make_dataset(args.data, args.split, batch_size=args.batch_size,
+                                  image_size=args.image_size, training=True, decoder=decoder,
+                                  repeat=True, dtype="float32")
+
+
+def _ceiling(args, files: list[str]):
+    import tensorflow as tf
+
+    from preprocess import schema
+    from train import augment
+
+    records = []
+    for record in tf.data.TFRecordDataset(files).take(CEILING_IMAGES):
+        records.append(record.numpy())
+    size = (args.image_size, args.image_size)
+    spec = schema.parse_spec()
+    parsed = tf.io.parse_example(tf.constant(records), {k: spec[k] for k in (schema.ENCODED, schema.CLASS_LABEL)})
+    ds = tf.data.Dataset.from_tensor_slices((parsed[schema.ENCODED], parsed[schema.CLASS_LABEL])).repeat()
+    # Exactly what the pipeline does to an image, minus the shards and the crop: full decode +
+    # resize per image, then batch and normalise per batch.
+    ds = ds.map(lambda e, label: (augment.decode_eval(e, size)[0], label),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.batch(args.batch_size).map(lambda images, labels: (augment.normalize_inception(images, tf.float32), labels),
+                                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    return ds.prefetch(tf.data.AUTOTUNE), len(records)
+
+
+def _raw(files: list[str]):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(files).repeat().interleave(
+        tf.data.TFRecordDataset, cycle_length=min(len(files), 16), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False)
+    return ds.batch(256).prefetch(tf.data.AUTOTUNE)
+
+
+def article_pairs(root: str, split: str) -> list[tuple[str, str]]:
+    """(xml, jpeg) pairs of an ILSVRC DET split, the way the article listed them."""
+    ann = os.path.join(root, "Annotations", "DET", split)
+    data = os.path.join(root, "Data", "DET", split)
+    pairs = []
+    for xml in sorted(glob.glob(os.path.join(ann, "**", "*.xml"), recursive=True)):
+        jpeg = os.path.join(data, os.path.relpath(xml, ann)[:-4] + ".JPEG")
+        if os.path.exists(jpeg):
+            pairs.append((xml, jpeg))
+    if not pairs:
+        raise UserError(f"{root}: no Annotations/DET/{split}/**.xml with a Data/DET/{split} image")
+    return pairs
+
+
+def _article(args, pairs: list[tuple[str, str]]):
+    """The article's input pipeline, reproduced step for step (its flaws are the baseline)."""
+    import numpy as np
+    import tensorflow as tf
+    from lxml import etree
+
+    names = sorted({etree.parse(x).findtext(".//name") for x, _ in pairs} - {None})
+    index = {name: i for i, name in enumerate(names)}
+    background = len(names)  # the article's background slot was the last index
+
+    def label_of(xml_path) -> np.int64:
+        name = etree.parse(xml_path.numpy().decode()).findtext(".//name")
+        return np.int64(index.get(name, background))
+
+    def generator():
+        while True:  # endless, like the other rows (the timing loop decides when to stop)
+            yield from pairs
+
+    ds = tf.data.Dataset.from_generator(generator, output_signature=(
+        tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.string)))
+
+    def load(xml_path, jpeg_path):
+        label = tf.py_function(label_of, [xml_path], tf.int64)
+        image = tf.io.decode_jpeg(tf.io.read_file(jpeg_path), channels=3)
+        image = tf.image.resize_with_crop_or_pad(image, args.image_size, args.image_size)
+        image = tf.image.per_image_standardization(tf.cast(image, tf.float16))
+        return image, label
+
+    return ds.map(load).batch(16).prefetch(2)
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    if extra:
+        raise UserError(f"unknown arguments: {' '.join(extra)}")
+    from preprocess import dataset_info
+    from train import input as input_lib
+
+    files = dataset_info.shard_files(dataset_info.load(args.data), args.data, args.split)
+    ours = input_lib.resolve_decoder(args.decoder)
+    dali_device = None
+    if input_lib.dali_available() and (args.decoder != "cpu"):
+        dali_device = "gpu (mixed: nvJPEG)" if input_lib.gpu_visible() else "cpu (DALI CPU decoder)"
+    count_images = lambda batch: int(batch[1].shape[0])  # noqa: E731  (labels: [B])
+    contenders = []
+    if args.decoder != "dali":
+        contenders.append(Contender("tfdata", "ours: tf.data (crop-decode)", _ours(args, "cpu"), count_images))
+    ceiling, held = _ceiling(args, files)
+    contenders.append(Contender("ceiling", "decode ceiling (full decode, in memory)", ceiling, count_images,
+                                note=f"{held} JPEGs held in memory"))
+    read = {"bytes": 0, "records": 0}
+
+    def count_records(batch):
+        read["bytes"] += int(sum(len(r) for r in batch.numpy()))
+        read["records"] += int(batch.shape[0])
+        return int(batch.shape[0])
+
+    raw = Contender("raw", "raw TFRecord read (no decode)", _raw(files), count_records, unit="rec/s")
+    contenders.append(raw)
+    if args.source:
+        pairs = article_pairs(args.source, args.split)
+        contenders.append(Contender("article", "article (from_generator + py_func)", _article(args, pairs),
+                                    count_images, note=f"{len(pairs)} file pairs"))
+    if dali_device:
+        contenders.append(Contender("dali", f"ours: DALI on {dali_device}", _ours(args, "dali"), count_images))
+    measure(contenders, args.seconds, args.warmup, args.rounds)
+    rows = [c.row() for c in contenders]
+    raw_row = rows[contenders.index(raw)]
+    mean_record = read["bytes"] / max(1, read["records"])
+    raw_row["note"] = f"{raw_row['rate'] * mean_record / 1e6:.0f} MB/s"
+
+    rate = {r["key"]: r["rate"] for r in rows}
+    ours_key = "dali" if ours == "dali" and "dali" in rate else "tfdata"
+    ratios = {}
+    if "dali" in rate and input_lib.gpu_visible():
+        ratios["dali_gpu_img_s"] = rate["dali"]
+    if ours_key in rate:
+        ratios["ours_vs_ceiling"] = rate[ours_key] / rate["ceiling"]
+        if "article" in rate:
+            ratios["ours_vs_article"] = rate[ours_key] / rate["article"]
+    report = {
+        "machine": benchutil.machine(),
+        "gpu": input_lib.gpu_visible(),
+        "data": args.data,
+        "split": args.split,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "ours": ours_key,
+        "rows": rows,
+        "ratios": ratios,
+        "targets": {k: v for k, v in TARGETS.items() if k in ratios},
+    }
+    if args.json:
+        print(benchutil.dump_json(report))
+        return 0
+    print(f"\n{report['machine']}; {args.image_size}x{args.image_size}, batch {args.batch_size}, "
+          f"split {args.split}; {args.seconds:g} s per row in {args.rounds} turns after {args.warmup:g} s "
+          "warm-ups; median of the turns")
+    print(benchutil.table(rows, [("pipeline", "pipeline", ""), ("rate", "rate", ">9.0f"), ("unit", "unit", ""),
+                                 ("cpu_ms_per_item", "CPU ms/item", ">11.3f"), ("note", "note", "")]))
+    for key, value in ratios.items():
+        verdict = "meets" if value >= TARGETS[key] else "MISSES"
+        shown = f"{value:.0f} img/s" if key == "dali_gpu_img_s" else f"{value:.2f}x"
+        print(f"{key}: {shown} ({verdict} the {TARGETS[key]:g} target)")
+    return 0

@@ -1,0 +1,239 @@
+"""The DALI input: the same contract as train/input.py, with JPEG decode on the GPU (nvJPEG).
+
+`nvidia.dali.plugin.tf.DALIDataset` runs a DALI pipeline over the same shards and their
+`.idx` files. One pipeline definition serves both devices: decoders get device="mixed"
+(host parses, GPU decodes; the A100/H100 hardware JPEG decoder where present) when a GPU is
+used and "cpu" otherwise (`device_id=None`, how CI tests this code); every later operator
+follows its input's device. Callers use train.input.make_dataset(decoder="dali"|"auto").
+
+What differs from tf.data, by necessity:
+* A DALIDataset is endless and, on a GPU, must be the last dataset (TensorFlow has no GPU
+  kernels for map/take/...). Evaluation therefore pads each worker's last batch with repeats
+  of its last example (`pad_last_batch`), and `input.take_epoch` cuts them off.
+* Workers split records, not files (`shard_id`/`num_shards`): worker i of k reads records
+  [N*i//k, N*(i+1)//k) of the split in dataset_info order.
+* DALI does not check TFRecord CRCs, so shards are checked against dataset_info.json (size)
+  and their .idx (count, extent) before the pipeline starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from preprocess import dataset_info, schema
+from train import augment
+from train.input import CorruptShardError, SkipCounter, gpu_visible
+
+_DALI_DTYPES = {tf.float32: "FLOAT", tf.float16: "FLOAT16"}
+MAX_THREADS = 8
+
+
+def _index_problem(path: str, expected: int, num_bytes: int) -> str | None:
+    """Why DALI cannot read `path` as dataset_info.json describes it, or None."""
+    gfile = tf.io.gfile
+    if not gfile.exists(path):
+        return "the file is missing"
+    size = gfile.stat(path).length
+    if size != num_bytes:
+        return f"it is {size} bytes, dataset_info.json says {num_bytes} (truncated or replaced)"
+    index = path + schema.INDEX_SUFFIX
+    if not gfile.exists(index):
+        return f"{index} is missing (DALI needs it; `detrec preprocess` writes it)"
+    with gfile.GFile(index, "r") as f:
+        lines = [line.split() for line in f.read().splitlines() if line.strip()]
+    try:
+        spans = [(int(o), int(s)) for o, s in lines]
+    except ValueError:
+        return f"{index} is not a DALI index (lines of 'offset size')"
+    if len(spans) != expected:
+        return f"{index} lists {len(spans)} records, dataset_info.json says {expected}"
+    end = 0
+    for offset, span in spans:
+        if offset != end:
+            return f"{index} has a gap or overlap at offset {offset}"
+        end = offset + span
+    if end != size:
+        return f"{index} covers {end} of its {size} bytes"
+    return None
+
+
+def usable_shards(data_dir: str, split: str, skip_corrupt: bool = False,
+                  counter: SkipCounter | None = None, quiet: bool = False) -> list[tuple[str, int]]:
+    """(path, num_examples) of the split's shards that DALI can read.
+
+    A bad shard raises CorruptShardError, or with skip_corrupt is left out (named on stderr
+    and counted in `counter` unless `quiet`).
+    """
+    info = dataset_info.load(data_dir)
+    entry = dataset_info.split_info(info, split, data_dir)
+    dataset_info.shard_files(info, data_dir, split)  # the UserError for an empty split
+    usable = []
+    for shard in entry["shards"]:
+        if shard["num_examples"] <= 0:
+            continue
+        path = dataset_info.join(data_dir, shard["file"])
+        problem = _index_problem(path, int(shard["num_examples"]), int(shard["num_bytes"]))
+        if problem is None:
+            usable.append((path, int(shard["num_examples"])))
+        elif not skip_corrupt:
+            raise CorruptShardError(path, problem)
+        elif not quiet:
+            print(f"detrec: skipping corrupt shard {path}: {problem}", file=sys.stderr)
+            if counter is not None:
+                counter.add(shard["num_examples"])
+    if not usable:
+        raise CorruptShardError(data_dir, f"no readable shard left in split {split!r}")
+    return usable
+
+
+def worker_sizes(data_dir: str, split: str, num_workers: int, skip_corrupt: bool = False) -> list[int]:
+    """Records each DALI reader shard holds: DALI's split [N*i//k, N*(i+1)//k)."""
+    total = sum(n for _, n in usable_shards(data_dir, split, skip_corrupt, quiet=True))
+    return [total * (i + 1) // num_workers - total * i // num_workers for i in range(num_workers)]
+
+
+def _features(with_boxes: bool, with_keys: bool) -> dict:
+    import nvidia.dali.tfrecord as tfrec
+
+    features = {
+        schema.ENCODED: tfrec.FixedLenFeature((), tfrec.string, ""),
+        schema.CLASS_LABEL: tfrec.FixedLenFeature([1], tfrec.int64, -1),
+    }
+    if with_boxes:
+        for key in (schema.YMIN, schema.XMIN, schema.YMAX, schema.XMAX):
+            features[key] = tfrec.VarLenFeature(tfrec.float32, 0.0)
+        features[schema.OBJECT_LABEL] = tfrec.VarLenFeature(tfrec.int64, 0)
+    if with_keys:
+        features[schema.SHA256] = tfrec.FixedLenFeature((), tfrec.string, "")
+    return features
+
+
+def _graph(paths, *, size, training, preprocess, dtype, with_boxes, with_keys, max_boxes, shard_id,
+           num_shards, order_seed, initial_fill, gpu):
+    """The pipeline body (called inside a DALI Pipeline); returns the output DataNodes."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.math as dmath
+    import nvidia.dali.types as types
+
+    decode_device = "mixed" if gpu else "cpu"
+    height, width = size
+    out_type = getattr(types, _DALI_DTYPES[dtype])
+    shuffle = dict(random_shuffle=True, initial_fill=initial_fill, shuffle_after_epoch=True)
+    if order_seed is not None:
+        shuffle["shuffle_after_epoch_seed"] = order_seed  # the same on every worker: one global order
+    record = fn.readers.tfrecord(
+        path=[p for p, _ in paths],
+        index_path=[p + schema.INDEX_SUFFIX for p, _ in paths],
+        features=_features(with_boxes, with_keys),
+        shard_id=shard_id,
+        num_shards=num_shards,
+        # Evaluation: each worker keeps its records and ends every epoch on a batch boundary.
+        **(shuffle if training else dict(stick_to_shard=True, pad_last_batch=True)),
+        name="reader",
+    )
+    encoded = record[schema.ENCODED]
+    hw = fn.cast(fn.peek_image_shape(encoded)[0:2], dtype=types.INT32)
+    flip = None
+    if preprocess == "seed":
+        images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+        # resize_with_crop_or_pad's window: crop offset floor((h-th)/2), pad floor((th-h)/2).
+        target = types.Constant(np.array([height, width], np.int32))
+        start = dmath.max((hw - target) // 2, 0) - dmath.max((target - hw) // 2, 0)
+        window_hw = hw * 0 + target  # the constant as a per-sample node (boxes use it)
+        images = fn.slice(images, start, window_hw, axes=[0, 1], out_of_bounds_policy="pad",
+                          fill_values=0)
+        pixels = fn.cast(images, dtype=types.FLOAT)
+        mean = fn.reductions.mean(pixels)
+        stddev = dmath.max(fn.reductions.std_dev(pixels, mean), float(1.0 / np.sqrt(height * width * 3)))
+        images = fn.cast((pixels - mean) / stddev, dtype=out_type)
+    else:
+        if training:
+            start, window_hw = fn.random_crop_generator(
+                hw, random_area=list(augment.AREA_RANGE), random_aspect_ratio=list(augment.ASPECT_RATIO_RANGE),
+                num_attempts=augment.MAX_ATTEMPTS)
+            # Decode only the window (nvJPEG ROI decode on a GPU), as tf.data does.
+            images = fn.decoders.image_slice(encoded, start, window_hw, axes=[0, 1], device=decode_device,
+                                             output_type=types.RGB)
+            flip = fn.random.coin_flip(probability=0.5)
+        else:
+            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+            start, window_hw = hw * 0, hw
+        images = fn.resize(images, resize_x=width, resize_y=height, interp_type=types.INTERP_LINEAR,
+                           antialias=False, dtype=types.FLOAT)
+        images = fn.crop_mirror_normalize(
+            images, mirror=flip if flip is not None else 0, dtype=out_type, output_layout="HWC",
+            mean=[augment.INCEPTION_SCALE] * 3, std=[augment.INCEPTION_SCALE] * 3)
+    outputs = [images, fn.reshape(record[schema.CLASS_LABEL], shape=[])]
+    if with_boxes:
+        outputs += _boxes(record, hw, start, window_hw, flip, max_boxes)
+    if with_keys:
+        outputs.append(record[schema.SHA256])
+    if gpu:
+        outputs = [o if o is images else o.gpu() for o in outputs]
+    return tuple(outputs)
+
+
+def _boxes(record, hw, start, window_hw, flip, max_boxes):
+    """augment.transform_boxes + pad_boxes in DALI arithmetic (per-sample scalars broadcast)."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.math as dmath
+    import nvidia.dali.types as types
+
+    hw_f = fn.cast(hw, dtype=types.FLOAT)
+    start_f = fn.cast(start, dtype=types.FLOAT)
+    win_f = fn.cast(window_hw, dtype=types.FLOAT)
+
+    def place(key, axis):
+        value = (record[key] * hw_f[axis] - start_f[axis]) / win_f[axis]
+        return dmath.clamp(value, 0.0, 1.0)
+
+    ymin, xmin = place(schema.YMIN, 0), place(schema.XMIN, 1)
+    ymax, xmax = place(schema.YMAX, 0), place(schema.XMAX, 1)
+    if flip is not None:
+        f = fn.cast(flip, dtype=types.FLOAT)
+        xmin, xmax = f * (1.0 - xmax) + (1.0 - f) * xmin, f * (1.0 - xmin) + (1.0 - f) * xmax
+    boxes = fn.stack(ymin, xmin, ymax, xmax, axis=1)[0:max_boxes]
+    labels = record[schema.OBJECT_LABEL][0:max_boxes]
+    boxes = fn.pad(boxes, axes=[0], shape=[max_boxes], fill_value=0.0)
+    labels = fn.pad(labels, axes=[0], shape=[max_boxes], fill_value=0)
+    return [boxes, labels]
+
+
+def make_dataset(data_dir: str, split: str, *, batch_size: int, size: tuple[int, int], training: bool,
+                 preprocess: str, dtype: tf.DType, seed: int | None, num_workers: int, worker_index: int,
+                 skip_corrupt: bool, counter: SkipCounter | None, with_boxes: bool, with_keys: bool,
+                 max_boxes: int, shuffle_buffer: int, device_id: int | None = None) -> tf.data.Dataset:
+    """A DALIDataset with input.make_dataset's contract (arguments already validated there)."""
+    from nvidia.dali import pipeline_def
+    from nvidia.dali.plugin.tf import DALIDataset
+
+    if dtype not in _DALI_DTYPES:
+        raise ValueError(f"DALI cannot produce {dtype.name} images; use float32 or float16")
+    if device_id is None and gpu_visible():
+        device_id = 0
+    if device_id is not None and not gpu_visible():
+        raise ValueError(f"device_id={device_id} but TensorFlow sees no GPU")
+    paths = usable_shards(data_dir, split, skip_corrupt, counter)
+    threads = max(1, min(os.cpu_count() or 1, MAX_THREADS))
+    pipe_seed = None if seed is None else seed * 1009 + worker_index  # augmentation differs per worker
+    pipe = pipeline_def(_graph, batch_size=batch_size, num_threads=threads, device_id=device_id,
+                        seed=pipe_seed)(
+        paths, size=size, training=training, preprocess=preprocess, dtype=dtype, with_boxes=with_boxes,
+        with_keys=with_keys, max_boxes=max_boxes, shard_id=worker_index, num_shards=num_workers,
+        order_seed=seed, initial_fill=shuffle_buffer, gpu=device_id is not None)
+    shapes = [(batch_size, size[0], size[1], 3), (batch_size,)]
+    dtypes = [dtype, tf.int64]
+    if with_boxes:
+        shapes += [(batch_size, max_boxes, 4), (batch_size, max_boxes)]
+        dtypes += [tf.float32, tf.int64]
+    if with_keys:
+        shapes.append((batch_size, 64))
+        dtypes.append(tf.uint8)
+    device = "/cpu:0" if device_id is None else f"/gpu:{device_id}"
+    with tf.device(device):
+        return DALIDataset(pipeline=pipe, batch_size=batch_size, num_threads=threads, device_id=device_id,
+                           output_shapes=tuple(shapes), output_dtypes=tuple(dtypes))
