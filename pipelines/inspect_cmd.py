@@ -16,6 +16,7 @@ from typing import Any
 
 from preprocess import inspect as shards
 from preprocess.errors import UserError
+from pipelines import argtypes
 
 HELP = "look inside shards: counts, integrity, labels, pictures"
 EPILOG = """\
@@ -33,14 +34,6 @@ def _grid(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"wants a whole number >= 0, got {text!r}")
-    return value
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="headers only: counts and sizes, seeking past payloads (no sha256, no statistics)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
-    parser.add_argument("--show", type=_count, default=0, metavar="N", help="print N records' fields (no image bytes)")
+    parser.add_argument("--show", type=argtypes.count, default=0, metavar="N", help="print N records' fields (no image bytes)")
     parser.add_argument("--contact-sheet", metavar="FILE.png",
                         help="write a grid of sample images with their boxes and class names")
     parser.add_argument("--grid", type=_grid, default=(4, 4), metavar="COLSxROWS",

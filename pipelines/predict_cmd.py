@@ -10,24 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pipelines import argtypes
 
 HELP = "top-k classes of image files with an exported model"
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"wants a whole number >= 1, got {text!r}")
-    return value
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", required=True, metavar="DIR", help="a `detrec train` model dir")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    parser.add_argument("--top", type=_positive, default=5, help="classes per image (default 5)")
+    parser.add_argument("--top", type=argtypes.positive, default=5, help="classes per image (default 5)")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
 

@@ -20,6 +20,7 @@ import os
 import re
 
 from preprocess.errors import UserError
+from pipelines import argtypes
 
 HELP = "train a CNN streaming from the shards"
 # The same as train.models.MODELS (a test checks), spelled out so `--help` needs no Keras.
@@ -37,24 +38,8 @@ scratch copies to DIR/.worker-<i>. --batch-size stays the global batch (over all
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"wants a whole number >= 1, got {text!r}")
-    return value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"wants a whole number >= 0, got {text!r}")
-    return value
 
 
 def _rate(text: str) -> float:
@@ -77,10 +62,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="semi_alexnet is the original article's network (default)")
     parser.add_argument("--weights", default=None, metavar="FILE",
                         help="local weights file for the backbone (default: random init, nothing downloaded)")
-    parser.add_argument("--epochs", type=_positive, default=10, help="default 10")
-    parser.add_argument("--batch-size", type=_positive, default=64,
+    parser.add_argument("--epochs", type=argtypes.positive, default=10, help="default 10")
+    parser.add_argument("--batch-size", type=argtypes.positive, default=64,
                         help="global batch, summed over GPUs (default 64)")
-    parser.add_argument("--image-size", type=_positive, default=224, help="square input side (default 224)")
+    parser.add_argument("--image-size", type=argtypes.positive, default=224, help="square input side (default 224)")
     parser.add_argument("--lr", type=_rate, default=1e-3, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--decoder", choices=("auto", "cpu", "dali"), default="auto",
                         help="JPEG decode: tf.data on CPU, DALI (GPU), auto = DALI where a GPU is (default)")
@@ -89,9 +74,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixed-precision", action="store_true",
                         help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
     parser.add_argument("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
-    parser.add_argument("--steps-per-epoch", type=_positive, default=None,
+    parser.add_argument("--steps-per-epoch", type=argtypes.positive, default=None,
                         help="default: train examples // batch size")
-    parser.add_argument("--checkpoint-every", type=_count, default=500, metavar="N",
+    parser.add_argument("--checkpoint-every", type=argtypes.count, default=500, metavar="N",
                         help="also checkpoint every N steps, not only at epoch ends (0: epoch ends only; default 500)")
     parser.add_argument("--seed", type=int, default=0,
                         help="initial weights and every epoch's input order (default 0)")
@@ -102,7 +87,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="multi-worker training (MultiWorkerMirroredStrategy): every worker's "
                             "HOST:PORT, the chief first; sets TF_CONFIG (default: TF_CONFIG from the "
                             "environment, if any)")
-    scale.add_argument("--worker-index", type=_count, default=None, metavar="I",
+    scale.add_argument("--worker-index", type=argtypes.count, default=None, metavar="I",
                        help="this process's position in --worker-hosts (0 = the chief)")
     scale.add_argument("--data-service", metavar="grpc://HOST:PORT", default=None,
                        help="run the training input pipeline on this tf.data service dispatcher "
