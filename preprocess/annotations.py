@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from lxml import etree
 
+from preprocess.errors import InputError
 from preprocess import schema
 
 MAX_XML_BYTES = 1 << 20  # real ILSVRC/VOC files are < 10 KB
@@ -30,12 +31,8 @@ _PARSER = etree.XMLParser(
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
 
 
-class AnnotationError(ValueError):
-    """An annotation that cannot become a record. `code` is a short reason for counters."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
+class AnnotationError(InputError):
+    """An annotation that cannot become a record."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,8 @@ import struct
 
 from PIL import Image, UnidentifiedImageError
 
+from preprocess.errors import InputError
+
 CONVERT_QUALITY = 95
 VERIFY_MODES = ("full", "header")
 
@@ -30,12 +32,8 @@ _MAGIC = (
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
-class ImageError(ValueError):
-    """An image that cannot become a record. `code` is a short reason for counters."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
+class ImageError(InputError):
+    """An image that cannot become a record."""
 
 
 @dataclasses.dataclass(frozen=True)
