@@ -58,11 +58,7 @@ def load(data_dir: str) -> dict[str, Any]:
             f"{path} not found: {data_dir} is not a finished detrec dataset "
             "(run `detrec preprocess --output` to completion first)"
         )
-    try:
-        with gfile.GFile(path, "rb") as f:
-            info = json.loads(f.read().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    info = read_json(path)
     for key in ("schema_version", "num_classes", "classes", "splits"):
         if key not in info:
             raise UserError(f"{path}: missing key {key!r}; was it written by detrec preprocess?")
@@ -72,6 +68,15 @@ def load(data_dir: str) -> dict[str, Any]:
             f"{schema.SCHEMA_VERSION}; re-run detrec preprocess"
         )
     return info
+
+
+def read_json(path: str) -> Any:
+    """A JSON file (local or URL); UserError names the file when it is not JSON."""
+    try:
+        with _gfile().GFile(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
 
 
 def split_info(info: dict[str, Any], split: str, data_dir: str = "") -> dict[str, Any]:

@@ -85,6 +85,7 @@ from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
 from preprocess.dataset_info import ClassInfo
+from preprocess import dataset_info
 from preprocess.errors import UserError
 from train import models
 
@@ -388,11 +389,7 @@ def check_resumable(model_dir: str, wanted: dict) -> None:
     if not tf.io.gfile.exists(path):
         raise UserError(f"{model_dir} holds checkpoints but no {RUN_CONFIG}: not a detrec model "
                         "dir; use an empty --model-dir")
-    try:
-        with tf.io.gfile.GFile(path) as f:
-            stored = json.load(f)
-    except ValueError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    stored = dataset_info.read_json(path)
     diffs = []
     for key in RESUME_KEYS:
         if stored.get(key) != wanted[key]:
