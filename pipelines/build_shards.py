@@ -30,7 +30,9 @@ from apache_beam.options.pipeline_options import (
 from preprocess import dataset_info, images, schema, sources, vocab as vocab_lib
 from preprocess.errors import UserError
 from preprocess.finalize import finalize
-from preprocess.transforms import LAYOUT, REJECTED, ListAndAssign, ParseAnnotation, WriteShard
+from preprocess.transforms import (
+    LAYOUT, REJECTED, CollectVocabulary, ListAndAssign, ParseShard, WriteShard, shard_synsets,
+)
 
 HELP = "Beam job: ILSVRC/VOC tree -> verified, sharded TFRecords"
 TRAIN = "train"
@@ -175,12 +177,12 @@ def build(p: beam.Pipeline, args: argparse.Namespace, num_shards: dict[str, int]
         p
         | "Splits" >> beam.Create([(root, split, args.layout) for split in splits])
         | "ListPairAssign" >> beam.ParDo(ListAndAssign(num_shards, int(args.target_shard_mb * 1e6)))
-        .with_outputs(LAYOUT, REJECTED, main="pairs")
+        .with_outputs(LAYOUT, REJECTED, main="shards")
     )
     parsed = (
-        listed.pairs
-        | "Distribute" >> beam.Reshuffle()  # one element per split fans out: spread it over workers
-        | "ParseXml" >> beam.ParDo(ParseAnnotation()).with_outputs(REJECTED, main="items")
+        listed.shards
+        | "Distribute" >> beam.Reshuffle()  # one element per split fans out: spread its shards over workers
+        | "ParseXml" >> beam.ParDo(ParseShard()).with_outputs(REJECTED, main="shards")
     )
     if args.labels:
         labels_path = args.labels if _is_url(args.labels) else os.path.abspath(args.labels)
@@ -191,16 +193,13 @@ def build(p: beam.Pipeline, args: argparse.Namespace, num_shards: dict[str, int]
         )
     else:
         vocab = (
-            parsed.items
-            | "TrainOnly" >> beam.Filter(lambda keyed: keyed[0][0] == TRAIN)
-            | "Synsets" >> beam.FlatMap(lambda keyed: [o.name for o in keyed[1][1].annotation.objects])
-            | "DistinctSynsets" >> beam.Distinct()
-            | "CollectSynsets" >> beam.combiners.ToList()
-            | "SortedVocabulary" >> beam.Map(vocab_lib.from_synsets)
+            parsed.shards
+            | "TrainOnly" >> beam.Filter(lambda shard: shard[0].split == TRAIN)
+            | "Synsets" >> beam.Map(shard_synsets)
+            | "SortedVocabulary" >> beam.CombineGlobally(CollectVocabulary())
         )
     written = (
-        parsed.items
-        | "GroupByShard" >> beam.GroupByKey()
+        parsed.shards
         | "WriteShards" >> beam.ParDo(WriteShard(output, args.verify_images), beam.pvalue.AsSingleton(vocab))
         .with_outputs(REJECTED, main="shards")
     )

@@ -34,8 +34,19 @@ class ClassInfo:
     name: str
 
 
-def _gfile():
-    import tensorflow as tf  # lazily: local and gs:// paths alike
+class _LocalFiles:
+    """The slice of tf.io.gfile used here, for local paths: reading a local dataset (the
+    preprocess launcher's summary, `detrec inspect`) then costs no TensorFlow import."""
+
+    exists = staticmethod(os.path.exists)
+    isdir = staticmethod(os.path.isdir)
+    GFile = staticmethod(open)
+
+
+def _gfile(path: str):
+    if "://" not in path:
+        return _LocalFiles
+    import tensorflow as tf  # lazily: gs:// and other remote paths
 
     return tf.io.gfile
 
@@ -47,7 +58,7 @@ def join(directory: str, name: str) -> str:
 
 def load(data_dir: str) -> dict[str, Any]:
     """Reads and sanity-checks `data_dir/dataset_info.json`; UserError says what to do."""
-    gfile = _gfile()
+    gfile = _gfile(data_dir)
     if not gfile.exists(data_dir):
         raise UserError(f"{data_dir}: no such directory (pass the OUT folder of `detrec preprocess`)")
     if not gfile.isdir(data_dir):
@@ -73,7 +84,7 @@ def load(data_dir: str) -> dict[str, Any]:
 def read_json(path: str) -> Any:
     """A JSON file (local or URL); UserError names the file when it is not JSON."""
     try:
-        with _gfile().GFile(path, "rb") as f:
+        with _gfile(path).GFile(path, "rb") as f:
             return json.loads(f.read().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
@@ -103,7 +114,7 @@ def classes(info: dict[str, Any]) -> list[ClassInfo]:
 def file_digest(path: str, chunk: int = 1 << 20) -> tuple[int, str]:
     """(size in bytes, sha256 hex) of a file, streamed."""
     digest, size = hashlib.sha256(), 0
-    with _gfile().GFile(path, "rb") as f:
+    with _gfile(path).GFile(path, "rb") as f:
         while True:
             block = f.read(chunk)
             if not block:

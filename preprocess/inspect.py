@@ -59,7 +59,6 @@ import re
 import struct
 from typing import Any, Callable, Iterator, Sequence
 
-import google_crc32c
 import numpy as np
 
 from preprocess import dataset_info, images, schema
@@ -74,19 +73,10 @@ AREA_BINS = 10  # box-area histogram: equal bins over [0, 1]
 _HEADER = struct.Struct("<QI")  # u64 payload length, u32 masked CRC32C of those 8 bytes
 _FOOTER = struct.Struct("<I")  # u32 masked CRC32C of the payload
 _HEADER_SIZE, _FOOTER_SIZE = 12, 4
+masked_crc32c = schema.masked_crc32c
 
 
 # --- framing ------------------------------------------------------------------------------
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's CRC: CRC32C rotated right by 15 bits plus a constant (TensorFlow's crc32c::Mask).
-
-    google-crc32c gives the CRC; the mask is one line (Beam's tfrecordio has it too, but only
-    as private API).
-    """
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 @dataclasses.dataclass(frozen=True)
 class Frame:
     """One framed record: where it starts, its payload size, the payload when it was read."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import struct
 from typing import Mapping, Sequence
 
-from tensorflow.core.example import example_pb2, feature_pb2
+import google_crc32c
 
 SCHEMA_VERSION = 1
 BACKGROUND_ID = 0
@@ -139,22 +140,59 @@ def _values(record: Record) -> dict[str, Sequence]:
 
 
 def encode(record: Record) -> bytes:
-    """Serializes a Record to tf.train.Example bytes (deterministic field order)."""
-    example = example_pb2.Example()
-    fmap = example.features.feature
-    # Filled in place: building Feature objects first would copy the JPEG bytes again.
-    for key, values in _values(record).items():
+    """Serializes a Record to tf.train.Example bytes.
+
+    Written straight to the protobuf wire format, byte for byte what
+    `Example.SerializeToString(deterministic=True)` gives (tests hold it to that): the Beam
+    workers then never import TensorFlow just to build a message (~2 s per process, and
+    `--verify-images header` needs no TensorFlow at all). Sizes are summed up front so the
+    parts are joined once: the JPEG bytes are copied once, not once per nesting level.
+    """
+    values = _values(record)
+    parts: list[bytes] = []
+    for key in sorted(values):  # deterministic serialization orders map entries by key
         kind = KEYS[key][0]
+        items = values[key]
         if kind == _BYTES:
-            fmap[key].bytes_list.value.extend(v.encode("utf-8") if isinstance(v, str) else v for v in values)
+            blobs = [v.encode("utf-8") if isinstance(v, str) else v for v in items]
+            listed = [b for blob in blobs for b in (_BYTES_VALUE_TAG, _varint(len(blob)), blob)]
         elif kind == _INT:
-            fmap[key].int64_list.value.extend(int(v) for v in values)
+            packed = b"".join(_varint(int(v) & 0xFFFFFFFFFFFFFFFF) for v in items)
+            listed = [_PACKED_VALUE_TAG, _varint(len(packed)), packed] if items else []
         else:
-            fmap[key].float_list.value.extend(float(v) for v in values)
-    return example.SerializeToString(deterministic=True)
+            packed = struct.pack(f"<{len(items)}f", *items)
+            listed = [_PACKED_VALUE_TAG, _varint(len(packed)), packed] if items else []
+        listed_len = sum(map(len, listed))
+        feature_head = _FEATURE_TAG[kind] + _varint(listed_len)  # Feature { <kind>_list { value } }
+        feature_len = len(feature_head) + listed_len
+        entry_head = _ENTRY_KEY[key] + _ENTRY_VALUE_TAG + _varint(feature_len)  # map entry {key, value}
+        entry_len = len(entry_head) + feature_len
+        parts += [_ENTRY_TAG, _varint(entry_len), entry_head, feature_head, *listed]
+    return b"".join([_FEATURES_TAG, _varint(sum(map(len, parts))), *parts])  # Example { features }
 
 
-def _read(feature_map: Mapping[str, feature_pb2.Feature], key: str) -> list:
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
+# Tags of length-delimited fields (field number << 3 | wire type 2), from example.proto and
+# feature.proto: Example.features = 1, Features.feature (map) = 1, map entry key = 1 and
+# value = 2, Feature.bytes_list = 1 / float_list = 2 / int64_list = 3, *List.value = 1.
+_FEATURES_TAG = _ENTRY_TAG = _BYTES_VALUE_TAG = _PACKED_VALUE_TAG = b"\x0a"
+_ENTRY_VALUE_TAG = b"\x12"
+_FEATURE_TAG = {_BYTES: b"\x0a", _FLOAT: b"\x12", _INT: b"\x1a"}
+_ENTRY_KEY = {key: b"\x0a" + _varint(len(key.encode("utf-8"))) + key.encode("utf-8") for key in KEYS}
+
+
+def _read(feature_map: Mapping, key: str) -> list:
     if key not in feature_map:
         raise SchemaError(f"missing feature `{key}`")
     kind = KEYS[key][0]
@@ -166,7 +204,7 @@ def _read(feature_map: Mapping[str, feature_pb2.Feature], key: str) -> list:
     return list(getattr(feature, expected).value)
 
 
-def _scalar(feature_map: Mapping[str, feature_pb2.Feature], key: str):
+def _scalar(feature_map: Mapping, key: str):
     values = _read(feature_map, key)
     if len(values) != 1:
         raise SchemaError(f"feature `{key}` has {len(values)} values, expected 1")
@@ -175,6 +213,8 @@ def _scalar(feature_map: Mapping[str, feature_pb2.Feature], key: str):
 
 def decode(serialized: bytes) -> Record:
     """Parses tf.train.Example bytes back into a Record; SchemaError names the bad key."""
+    from tensorflow.core.example import example_pb2  # lazily: writers and the CLI need no TensorFlow
+
     try:
         example = example_pb2.Example.FromString(serialized)
     except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
@@ -295,9 +335,26 @@ def errors_name(split: str) -> str:
     return f"errors-{split}.jsonl"
 
 
+FRAME_OVERHEAD = 8 + 4 + 4  # a TFRecord's u64 length, u32 length CRC, ..., u32 payload CRC
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's CRC: CRC32C rotated right by 15 bits plus a constant (TensorFlow's crc32c::Mask)."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame(payload: bytes) -> tuple[bytes, bytes]:
+    """The TFRecord framing to write around `payload`: head (u64 length and its masked
+    CRC32C) and tail (the payload's masked CRC32C). Returned apart, not joined, so the
+    payload is never copied just to be framed."""
+    length = struct.pack("<Q", len(payload))
+    return length + struct.pack("<I", masked_crc32c(length)), struct.pack("<I", masked_crc32c(payload))
+
+
 def record_span(payload_len: int) -> int:
     """Bytes one TFRecord occupies: u64 length, u32 length CRC, payload, u32 payload CRC."""
-    return 8 + 4 + payload_len + 4
+    return payload_len + FRAME_OVERHEAD
 
 
 def dali_index_line(offset: int, payload_len: int) -> str:

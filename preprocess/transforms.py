@@ -5,8 +5,10 @@ Shard assignment is deterministic: every example's (shard, position) comes from 
 sha256(split/source_id) among its split's pairs, dealt round-robin, so shards mix classes,
 differ in size by at most one planned example (plus the few rejected later), and the bytes
 written do not depend on parallelism.
-Only small metadata (paths, sizes, parsed boxes) crosses the shuffles; JPEG bytes are read
-inside the shard writer and streamed straight to the file.
+One element per shard flows through the graph (a shard's plan: its paths, sizes and, once
+parsed, boxes), not one per image: Beam's per-element cost would otherwise rival the work.
+Only that small metadata crosses the shuffle; JPEG bytes are read inside the shard writer
+and streamed straight to the file.
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
 from preprocess import annotations, images, schema, sources
-from preprocess.vocab import Vocabulary
+from preprocess.vocab import Vocabulary, from_synsets as vocab_from_synsets
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,6 +37,7 @@ REJECTED = "rejected"
 LAYOUT = "layout"
 NAMESPACE = "detrec"
 log = logging.getLogger("detrec.preprocess")
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +70,19 @@ class Slot:
     index: int
     count: int
     position: int
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class ShardKey:
+    """One shard of a split: `index` of `count`."""
+
+    split: str
+    index: int
+    count: int
+
+    @property
+    def name(self) -> str:
+        return schema.shard_name(self.split, self.index, self.count)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +121,20 @@ def assign_slots(split: str, pairs: list[sources.Pair], requested: int | None, t
         yield Slot(rank % count, count, rank // count), pair
 
 
+def plan_split(split: str, pairs: list[sources.Pair], requested: int | None,
+               target_bytes: int) -> Iterator[tuple[ShardKey, list[tuple[Slot, sources.Pair]]]]:
+    """Every shard of a split with its slotted pairs in position order (the per-shard plan)."""
+    plans: dict[int, list] = collections.defaultdict(list)
+    count = 0
+    for slot, pair in assign_slots(split, pairs, requested, target_bytes):
+        plans[slot.index].append((slot, pair))
+        count = slot.count
+    for index in range(count):
+        yield ShardKey(split, index, count), plans[index]
+
+
 class ListAndAssign(beam.DoFn):
-    """(root, split, layout) -> (Slot, Pair) for every paired file; Rejected for the rest.
+    """(root, split, layout) -> (ShardKey, [(Slot, Pair)]) per shard; Rejected for unpaired files.
 
     Listing, pairing and shard assignment happen together, in one place per split: they need
     the whole split's file names anyway, and doing them here saves two shuffles.
@@ -133,26 +160,57 @@ class ListAndAssign(beam.DoFn):
                 else:
                     yield _reject(Rejected(out.split, out.annotation, out.image, "pair", out.code, out.reason))
         Metrics.counter(NAMESPACE, "pairs").inc(len(pairs))
-        yield from assign_slots(split, pairs, self._num_shards.get(split), self._target)
+        yield from plan_split(split, pairs, self._num_shards.get(split), self._target)
 
 
-class ParseAnnotation(beam.DoFn):
-    """(Slot, Pair) -> ((split, shard index), (Slot, Item)) with the parsed XML, or Rejected."""
+class ParseShard(beam.DoFn):
+    """(ShardKey, [(Slot, Pair)]) -> (ShardKey, [(Slot, Item)]) with every XML parsed; a
+    file that cannot be read or parsed becomes a Rejected and leaves the shard's plan."""
 
-    def process(self, element: tuple[Slot, sources.Pair]) -> Iterator:
-        slot, pair = element
-        try:
-            data = sources.read_bytes(pair.annotation)
-        except Exception as exc:  # permissions, vanished files, GCS errors: report, go on
-            yield _reject(Rejected(pair.split, pair.annotation, pair.image, "read", "unreadable_file",
-                                   f"cannot read annotation: {_short(exc)}"))
-            return
-        try:
-            ann = annotations.parse(data, pair.annotation)
-        except annotations.AnnotationError as exc:
-            yield _reject(Rejected(pair.split, pair.annotation, pair.image, "xml", exc.code, str(exc)))
-            return
-        yield (pair.split, slot.index), (slot, Item(pair, ann))
+    def process(self, element: tuple[ShardKey, list[tuple[Slot, sources.Pair]]]) -> Iterator:
+        key, planned = element
+        items = []
+        for slot, pair in planned:
+            outcome = _parse(pair)
+            if isinstance(outcome, Rejected):
+                yield _reject(outcome)
+            else:
+                items.append((slot, outcome))
+        yield key, items
+
+
+def _parse(pair: sources.Pair) -> Item | Rejected:
+    try:
+        data = sources.read_bytes(pair.annotation)
+    except Exception as exc:  # permissions, vanished files, GCS errors: report, go on
+        return Rejected(pair.split, pair.annotation, pair.image, "read", "unreadable_file",
+                        f"cannot read annotation: {_short(exc)}")
+    try:
+        return Item(pair, annotations.parse(data, pair.annotation))
+    except annotations.AnnotationError as exc:
+        return Rejected(pair.split, pair.annotation, pair.image, "xml", exc.code, str(exc))
+
+
+def shard_synsets(element: tuple[ShardKey, list[tuple[Slot, Item]]]) -> set[str]:
+    """The distinct object names of one parsed shard (the vocabulary's raw material)."""
+    return {obj.name for _, item in element[1] for obj in item.annotation.objects}
+
+
+class CollectVocabulary(beam.CombineFn):
+    """Per-shard synset sets -> the sorted Vocabulary (one combine, lifted before the shuffle)."""
+
+    def create_accumulator(self) -> set[str]:
+        return set()
+
+    def add_input(self, acc: set[str], names: set[str]) -> set[str]:
+        acc |= names
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[set[str]]) -> set[str]:
+        return set().union(*accs)
+
+    def extract_output(self, acc: set[str]) -> Vocabulary:
+        return vocab_from_synsets(acc)
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
@@ -200,7 +258,7 @@ def _short(exc: BaseException) -> str:
 
 
 class WriteShard(beam.DoFn):
-    """((split, index), [(Slot, Item)]) -> ShardResult; bad images/boxes -> Rejected.
+    """(ShardKey, [(Slot, Item)]) -> ShardResult; bad images/boxes -> Rejected.
 
     Writes to a temporary name and renames when complete (with its DALI .idx), so a killed
     job never leaves a partial file under a final name and a rerun simply overwrites.
@@ -211,36 +269,37 @@ class WriteShard(beam.DoFn):
         self._verify = verify
         self._threads = threads or min(4, os.cpu_count() or 1)
 
-    def process(self, element, vocab: Vocabulary) -> Iterator:
-        (split, index), slotted = element
+    def process(self, element: tuple[ShardKey, list[tuple[Slot, Item]]], vocab: Vocabulary) -> Iterator:
+        key, slotted = element
         slotted = sorted(slotted, key=lambda si: si[0].position)
-        count = slotted[0][0].count
-        name = schema.shard_name(split, index, count)
-        final = sources.join(self._output, name)
-        tmp = sources.join(self._output, f".{name}.tmp-{uuid.uuid4().hex}")
+        final = sources.join(self._output, key.name)
+        tmp = sources.join(self._output, f".{key.name}.tmp-{uuid.uuid4().hex}")
         converted, index_lines = 0, []
         with _HashingWriter(tmp) as out:
             # Reading, checking and encoding run on a few threads (file reads, the JPEG decode
-            # and sha256 release the GIL); records are written in slot order, so the bytes
-            # do not depend on the thread count and memory holds only a small window.
+            # and hashing release the GIL); records are written in slot order, so
+            # the bytes do not depend on the thread count and memory holds only a small window.
             records = ordered_map(lambda si: self._record(si[1], vocab), slotted, self._threads)
             for result in records:
                 if isinstance(result, Rejected):
                     yield _reject(result)
                     continue
-                payload = schema.encode(result)
+                record, payload = result
                 index_lines.append(schema.dali_index_line(out.size, len(payload)))
-                _TFRecordUtil.write_record(out, payload)  # Beam's framing and masked CRC32C
-                converted += bool(result.converted_from)
+                head, tail = schema.frame(payload)
+                for chunk in (head, payload, tail):
+                    out.write(chunk)
+                converted += bool(record.converted_from)
         with FileSystems.create(tmp + schema.INDEX_SUFFIX) as f:
             f.write("".join(index_lines).encode("ascii"))
         FileSystems.rename([tmp + schema.INDEX_SUFFIX, tmp], [final + schema.INDEX_SUFFIX, final])
         Metrics.counter(NAMESPACE, "examples_written").inc(len(index_lines))
         Metrics.counter(NAMESPACE, "converted_images").inc(converted)
-        log.info("wrote %s: %d examples, %.1f MB", name, len(index_lines), out.size / 1e6)
-        yield ShardResult(split, index, count, name, len(index_lines), out.size, out.sha256, converted)
+        log.info("wrote %s: %d examples, %.1f MB", key.name, len(index_lines), out.size / 1e6)
+        yield ShardResult(key.split, key.index, key.count, key.name, len(index_lines), out.size, out.sha256, converted)
 
-    def _record(self, item: Item, vocab: Vocabulary) -> schema.Record | Rejected:
+    def _record(self, item: Item, vocab: Vocabulary) -> tuple[schema.Record, bytes] | Rejected:
+        """One example, checked and serialized, or why it cannot be."""
         pair = item.pair
         try:
             data = sources.read_bytes(pair.image)
@@ -257,8 +316,9 @@ class WriteShard(beam.DoFn):
             stage = "label" if exc.code == "unknown_synset" else "box"
             return Rejected(pair.split, pair.annotation, pair.image, stage, exc.code, str(exc))
         label, text = schema.largest_box_label(boxes)
-        return schema.Record(
+        record = schema.Record(
             encoded=image.data, height=image.height, width=image.width, filename=pair.image_rel,
             source_id=pair.source_id, objects=boxes, class_label=label, class_text=text,
             converted_from=image.converted_from,
         )
+        return record, schema.encode(record)
