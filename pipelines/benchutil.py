@@ -23,11 +23,19 @@ def machine() -> str:
 
 
 def _children(pid: int) -> list[int]:
+    """Child pids of every thread of `pid` (Beam starts its worker processes from threads)."""
+    children = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return children
 
 
 def _rss_bytes(pid: int) -> int:
