@@ -195,6 +195,22 @@ def test_training_workers_are_disjoint(dataset_dir):
     assert parts[0] | parts[1] == set(records_by_key(dataset_dir, "train"))
 
 
+def test_training_epochs_do_not_bleed_into_each_other(dataset_dir):
+    """Consecutive epochs of one endless training stream: each holds every example once,
+    whatever order the parallel decode finishes in (its maps are unordered in training)."""
+    ds = input_lib.make_dataset(dataset_dir, "train", batch_size=1, image_size=SIZE, training=True,
+                                decoder="cpu", repeat=True, with_keys=True)
+    plan = input_lib.epoch_plan(dataset_dir, "train", batch_size=1, training=True, decoder="cpu")
+    iterator = iter(ds)
+    everything = sorted(records_by_key(dataset_dir, "train"))
+    orders = []
+    for _ in range(3):
+        keys = keys_of(rows(input_lib.take_epoch(iterator, plan)))
+        assert sorted(keys) == everything
+        orders.append(keys)
+    assert orders[0] != orders[1] != orders[2]  # reshuffled every epoch
+
+
 def test_dataset_fn_gives_each_input_pipeline_its_part(dataset_dir):
     fn = input_lib.dataset_fn(dataset_dir, "val", global_batch_size=8, decoder="cpu", image_size=SIZE,
                               training=False, with_keys=True)

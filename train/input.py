@@ -36,8 +36,9 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
   the last example (a GPU-placed DALIDataset cannot be followed by any tf.data op, so it
   cannot be trimmed there). `take_epoch(iterator, epoch_plan(...))` yields exactly one epoch
   with the padding cut off, for both decoders: use it and evaluation sees every example once.
-* repeat: True gives an endless stream (training: files reshuffled every epoch; evaluation:
-  epochs aligned to batches, so `take_epoch` can be called again on the same iterator).
+* repeat: True gives an endless stream of whole epochs, each ending with its own last batch
+  (training reshuffles files and records every epoch), so `take_epoch` can be called again
+  on the same iterator and each call sees every example of the epoch once.
   False stops after one epoch; this only applies to tf.data - a DALIDataset is always
   endless, so trainers should pass repeat=True and count steps with `epoch_plan`.
 * Workers: `num_workers`/`worker_index` give disjoint parts that together cover the split.
@@ -404,18 +405,18 @@ def _tf_dataset(shards, by_record, *, batch_size, size, training, preprocess, dt
     if training:
         # Parsed records (JPEG bytes, label) are shuffled, not decoded pixels: ~100 KB each.
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            # First shuffle, then repeat: every epoch is whole before the next one starts,
-            # and each repetition reshuffles the files and the buffer.
-            ds = ds.repeat()
     ds = ds.map(_example_fn(size, training, preprocess, dtype, with_boxes, with_keys, max_boxes),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=training)
     if preprocess == "inception":
         ds = ds.map(lambda images, *rest: (augment.normalize_inception(images, dtype), *rest),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if repeat and not training:
-        ds = ds.repeat()  # after batch: every epoch starts a new batch, so take_epoch aligns
+    if repeat:
+        # Last, after batching: an epoch is exactly its own batches (training floor(n / B),
+        # each example at most once; evaluation ceil(n / B)), so take_epoch lines up with it,
+        # and the unordered parallel maps can never let the next epoch's examples overtake
+        # this one's. Each repetition reshuffles the files and the buffer.
+        ds = ds.repeat()
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
