@@ -37,7 +37,10 @@ REJECTED = "rejected"
 LAYOUT = "layout"
 NAMESPACE = "detrec"
 log = logging.getLogger("detrec.preprocess")
-
+# Annotation reads in flight per shard on gs:// and other remote file systems, where each
+# small read is latency-bound; local reads are parsed in line (threads would only add GIL
+# contention there).
+REMOTE_READ_THREADS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,9 +172,10 @@ class ParseShard(beam.DoFn):
 
     def process(self, element: tuple[ShardKey, list[tuple[Slot, sources.Pair]]]) -> Iterator:
         key, planned = element
+        remote = bool(planned) and "://" in planned[0][1].annotation
+        outcomes = ordered_map(lambda sp: _parse(sp[1]), planned, REMOTE_READ_THREADS if remote else 1)
         items = []
-        for slot, pair in planned:
-            outcome = _parse(pair)
+        for (slot, _), outcome in zip(planned, outcomes):
             if isinstance(outcome, Rejected):
                 yield _reject(outcome)
             else:

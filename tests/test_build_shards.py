@@ -358,3 +358,42 @@ def test_cls_loc_layout_with_synset_mapping(tmp_path):
     assert (record.class_label, record.class_text) == (2, "n01751748")
     assert record.objects[0].xmin == pytest.approx(111 / 500)
     assert dataset_info.load(out)["classes"][2] == {"id": 2, "synset": "n01751748", "name": "sea snake"}
+
+
+# --- the per-shard plan -------------------------------------------------------------------
+def _pairs(tmp_path, n: int, bad: set[int] = frozenset()):
+    from preprocess import sources
+
+    pairs = []
+    for i in range(n):
+        xml = tmp_path / f"{i}.xml"
+        xml.write_text("<annotation><size><width>10</width><height>10</height></size></annotation>"
+                       if i not in bad else "<annotation><unclosed>")
+        pairs.append(sources.Pair("train", f"id{i}", str(xml), str(tmp_path / f"{i}.JPEG"), f"{i}.JPEG", 1000))
+    return pairs
+
+
+def test_every_planned_shard_is_an_element_even_when_its_xml_all_fails(tmp_path):
+    """Each shard travels as one element; a shard whose every annotation is rejected still
+    gets written (empty), so a split's n-of-N shard names never have gaps."""
+    from preprocess import transforms
+
+    plans = list(transforms.plan_split("train", _pairs(tmp_path, 7, bad={0, 1, 2, 3, 4, 5, 6}), 3, 1))
+    assert [key.name for key, _ in plans] == [f"train-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert sorted(len(p) for _, p in plans) == [2, 2, 3]
+    for key, planned in plans:
+        assert [slot.position for slot, _ in planned] == list(range(len(planned)))
+        out = list(transforms.ParseShard().process((key, planned)))
+        assert out[-1] == (key, [])  # the shard itself, with nothing parsed
+        assert all(r.value.code == "malformed_xml" for r in out[:-1]) and len(out) == len(planned) + 1
+
+
+def test_parse_shard_keeps_slot_order_and_reports_bad_xml(tmp_path):
+    from preprocess import transforms
+
+    (key, planned), = transforms.plan_split("train", _pairs(tmp_path, 5, bad={2}), 1, 1)
+    out = list(transforms.ParseShard().process((key, planned)))
+    rejected = [o.value for o in out if hasattr(o, "tag")]
+    assert [r.annotation for r in rejected] == [p.annotation for _, p in planned if p.source_id == "id2"]
+    (_, items), = [o for o in out if not hasattr(o, "tag")]
+    assert [slot.position for slot, _ in items] == [s.position for s, p in planned if p.source_id != "id2"]
