@@ -54,6 +54,10 @@ class Rejected:
     code: str
     reason: str
 
+    @classmethod
+    def of(cls, pair: sources.Pair, stage: str, code: str, reason: str) -> "Rejected":
+        return cls(pair.split, pair.annotation, pair.image, stage, code, reason)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False, sort_keys=True)
 
@@ -183,16 +187,22 @@ class ParseShard(beam.DoFn):
         yield key, items
 
 
-def _parse(pair: sources.Pair) -> Item | Rejected:
+def _read(pair: sources.Pair, path: str, what: str) -> bytes | Rejected:
+    """A source file's bytes, or the Rejected saying why they cannot be read."""
     try:
-        data = sources.read_bytes(pair.annotation)
+        return sources.read_bytes(path)
     except Exception as exc:  # permissions, vanished files, GCS errors: report, go on
-        return Rejected(pair.split, pair.annotation, pair.image, "read", "unreadable_file",
-                        f"cannot read annotation: {_short(exc)}")
+        return Rejected.of(pair, "read", "unreadable_file", f"cannot read {what}: {_short(exc)}")
+
+
+def _parse(pair: sources.Pair) -> Item | Rejected:
+    data = _read(pair, pair.annotation, "annotation")
+    if isinstance(data, Rejected):
+        return data
     try:
         return Item(pair, annotations.parse(data, pair.annotation))
     except annotations.AnnotationError as exc:
-        return Rejected(pair.split, pair.annotation, pair.image, "xml", exc.code, str(exc))
+        return Rejected.of(pair, "xml", exc.code, str(exc))
 
 
 def shard_synsets(element: tuple[ShardKey, list[tuple[Slot, Item]]]) -> set[str]:
@@ -305,20 +315,18 @@ class WriteShard(beam.DoFn):
     def _record(self, item: Item, vocab: Vocabulary) -> tuple[schema.Record, bytes] | Rejected:
         """One example, checked and serialized, or why it cannot be."""
         pair = item.pair
-        try:
-            data = sources.read_bytes(pair.image)
-        except Exception as exc:  # permissions, vanished files, GCS errors: report, go on
-            return Rejected(pair.split, pair.annotation, pair.image, "read", "unreadable_file",
-                            f"cannot read image: {_short(exc)}")
+        data = _read(pair, pair.image, "image")
+        if isinstance(data, Rejected):
+            return data
         try:
             image = images.prepare(data, self._verify)
         except images.ImageError as exc:
-            return Rejected(pair.split, pair.annotation, pair.image, "image", exc.code, f"{pair.image}: {exc}")
+            return Rejected.of(pair, "image", exc.code, f"{pair.image}: {exc}")
         try:
             boxes = annotations.normalise(item.annotation, image.width, image.height, vocab.id_of, pair.annotation)
         except annotations.AnnotationError as exc:
             stage = "label" if exc.code == "unknown_synset" else "box"
-            return Rejected(pair.split, pair.annotation, pair.image, stage, exc.code, str(exc))
+            return Rejected.of(pair, stage, exc.code, str(exc))
         label, text = schema.largest_box_label(boxes)
         record = schema.Record(
             encoded=image.data, height=image.height, width=image.width, filename=pair.image_rel,
