@@ -111,17 +111,6 @@ def test_workers_are_disjoint_complete_and_epochs_align(dataset_dir, split, work
     assert sizes == [total * (i + 1) // workers - total * i // workers for i in range(workers)]
 
 
-def test_seeded_training_is_reproducible(dataset_dir):
-    def first_batch():
-        ds = input_lib.make_dataset(dataset_dir, "train", batch_size=8, image_size=SIZE, training=True,
-                                    decoder="dali", seed=11, with_keys=True)
-        return [t.numpy() for t in next(iter(ds))]
-
-    a, b = first_batch(), first_batch()
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
-
-
 def test_bfloat16_is_refused(dataset_dir):
     with pytest.raises(ValueError, match="bfloat16"):
         input_lib.make_dataset(dataset_dir, "val", batch_size=4, image_size=16, training=False, decoder="dali",

@@ -335,10 +335,11 @@ def test_training_boxes_stay_in_the_unit_square(dataset_dir):
         assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
 
 
-def test_seeded_training_is_reproducible(dataset_dir):
+@pytest.mark.parametrize("decoder", ["cpu", "dali"])
+def test_seeded_training_is_reproducible(dataset_dir, decoder):
     def first_batch():
         ds = input_lib.make_dataset(dataset_dir, "train", batch_size=8, image_size=SIZE, training=True,
-                                    decoder="cpu", seed=5, with_keys=True)
+                                    decoder=decoder, seed=5, with_keys=True)
         return [t.numpy() for t in next(iter(ds))]
 
     a, b = first_batch(), first_batch()
