@@ -219,15 +219,47 @@ def build(p: beam.Pipeline, args: argparse.Namespace, num_shards: dict[str, int]
     )
 
 
+class _WorkerProgress(logging.Filter):
+    """Passes the detrec lines (and any error) among the log entries that Beam's
+    multi-processing workers forward to the launcher as text-format LogEntry protos,
+    rewritten as plain messages with the worker's timestamp; drops Beam's own chatter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from apache_beam.portability.api import beam_fn_api_pb2
+        from google.protobuf import text_format
+
+        entry = beam_fn_api_pb2.LogEntry()
+        try:
+            text_format.Parse(str(record.args[0]) if record.args else "", entry)
+        except text_format.ParseError:
+            return False
+        ours = entry.log_location.startswith(_PREPROCESS_DIR)
+        if not entry.message or not (ours or record.levelno >= logging.ERROR):
+            return False
+        record.msg, record.args = entry.message if ours else f"worker: {entry.message}", ()
+        record.created = entry.timestamp.seconds + entry.timestamp.nanos / 1e9
+        return True
+
+
+_PREPROCESS_DIR = os.path.dirname(images.__file__) + os.sep
+# Where Beam's local runner re-logs what its worker processes log.
+_WORKER_LOGS = "apache_beam.runners.portability.local_job_service"
+
+
 def _log_progress() -> None:
-    """Shows detrec's per-stage/per-shard log lines (visible progress on long runs)."""
-    logger = logging.getLogger("detrec")
-    logger.setLevel(logging.INFO)
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.propagate = False
+    """Shows detrec's per-stage/per-shard log lines (visible progress on long runs), from
+    this process (in-memory runner) and from Beam's worker processes (multi-processing)."""
+    formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    own, workers = logging.getLogger("detrec"), logging.getLogger(_WORKER_LOGS)
+    for logger in (own, workers):
+        logger.setLevel(logging.INFO)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(formatter)
+            logger.addHandler(handler)
+            logger.propagate = False
+    if not any(isinstance(f, _WorkerProgress) for f in workers.filters):
+        workers.addFilter(_WorkerProgress())
 
 
 def summary_table(info: dict, seconds: float) -> str:

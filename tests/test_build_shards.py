@@ -238,6 +238,11 @@ def test_same_bytes_whatever_the_parallelism(synth_tree, dataset_dir, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert digests(out) == digests(dataset_dir)
+    # Progress from the worker processes reaches the user, as plain lines (not Beam's protos).
+    wrote = sorted(line.split(" wrote ", 1)[1].split(":")[0] for line in proc.stderr.splitlines() if " wrote " in line)
+    assert wrote == sorted(s["file"] for split in ("train", "val")
+                           for s in dataset_info.load(out)["splits"][split]["shards"])
+    assert "log_location" not in proc.stderr
 
 
 def test_killed_run_then_rerun_equals_clean_run(synth_tree, dataset_dir, tmp_path):
