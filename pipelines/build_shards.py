@@ -92,6 +92,24 @@ def pipeline_options(extra: list[str]) -> PipelineOptions:
     return options
 
 
+def _local_runner(options: PipelineOptions):
+    """For the DirectRunner, the FnApiRunner it would fall back to, chosen up front.
+
+    Beam's DirectRunner first tries Prism, which downloads its binary from GitHub at run
+    time: offline that costs a failed fetch (or a hang until a network timeout), online a
+    runner that ignores --direct_running_mode. Other runners: None (Beam picks from options).
+    """
+    if (options.view_as(StandardOptions).runner or "DirectRunner") != "DirectRunner":
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
 def _dry_run_flag(arg: str) -> str | None:
     """Beam's --dry_run takes a value and treats any string, even "False", as true: accept
     the bare flag people type and make False mean false."""
@@ -293,7 +311,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             FileSystems.delete([stale])
     start = time.perf_counter()
     try:
-        pipeline = beam.Pipeline(options=options)
+        pipeline = beam.Pipeline(runner=_local_runner(options), options=options)
     except ValueError as exc:  # Beam's own option validation (project id, locations...)
         raise UserError(" ".join(str(exc).split())) from None
     build(pipeline, args, num_shards)

@@ -402,3 +402,15 @@ def test_parse_shard_keeps_slot_order_and_reports_bad_xml(tmp_path):
     assert [r.annotation for r in rejected] == [p.annotation for _, p in planned if p.source_id == "id2"]
     (_, items), = [o for o in out if not hasattr(o, "tag")]
     assert [slot.position for slot, _ in items] == [s.position for s, p in planned if p.source_id != "id2"]
+
+
+def test_local_runs_go_straight_to_the_fn_api_runner():
+    """No Prism attempt (it downloads a binary at run time); other runners are Beam's choice."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    from pipelines import build_shards
+
+    assert isinstance(build_shards._local_runner(PipelineOptions([])), fn_runner.FnApiRunner)
+    assert isinstance(build_shards._local_runner(PipelineOptions(["--runner=DirectRunner"])), fn_runner.FnApiRunner)
+    assert build_shards._local_runner(PipelineOptions(["--runner=DataflowRunner"])) is None

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +15,8 @@ from PIL import Image
 from preprocess import images
 from preprocess.images import ImageError
 from tests import image_factory as f
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize(
@@ -93,3 +98,14 @@ def test_full_verification_catches_what_the_header_misses():
     with pytest.raises(ImageError) as err:
         images.prepare(data, "full")
     assert err.value.code == "undecodable_image"
+
+
+def test_decode_check_freezes_tensorflow_out_of_the_gc():
+    """The first full check imports TensorFlow and freezes its objects (fast GC passes and a
+    fast exit for Beam workers); run in a fresh interpreter, where TF is not yet loaded."""
+    code = ("import gc, sys; from preprocess import images; from tests import image_factory as f; "
+            "assert 'tensorflow' not in sys.modules; images.prepare(f.jpeg(), 'full'); "
+            "print(gc.get_freeze_count())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) > 100_000
