@@ -190,17 +190,20 @@ def build(p: beam.Pipeline, args: argparse.Namespace, num_shards: dict[str, int]
     root = args.input if _is_url(args.input) else os.path.abspath(args.input)
     output = args.output if _is_url(args.output) else os.path.abspath(args.output)
     splits = [s for s in args.splits.split(",") if s]
+    # Full verification decodes with TensorFlow: the workers start loading it while they
+    # list and parse, instead of stalling on it at the first image.
+    warm = args.verify_images == "full"
 
     listed = (
         p
         | "Splits" >> beam.Create([(root, split, args.layout) for split in splits])
-        | "ListPairAssign" >> beam.ParDo(ListAndAssign(num_shards, int(args.target_shard_mb * 1e6)))
+        | "ListPairAssign" >> beam.ParDo(ListAndAssign(num_shards, int(args.target_shard_mb * 1e6), warm))
         .with_outputs(LAYOUT, REJECTED, main="shards")
     )
     parsed = (
         listed.shards
         | "Distribute" >> beam.Reshuffle()  # one element per split fans out: spread its shards over workers
-        | "ParseXml" >> beam.ParDo(ParseShard()).with_outputs(REJECTED, main="shards")
+        | "ParseXml" >> beam.ParDo(ParseShard(warm)).with_outputs(REJECTED, main="shards")
     )
     if args.labels:
         labels_path = args.labels if _is_url(args.labels) else os.path.abspath(args.labels)

@@ -120,6 +120,13 @@ def _tensorflow():
     return sys.modules["tensorflow"]
 
 
+def warm_up_decoder() -> None:
+    """Starts loading the decode check's TensorFlow on a background thread, so that the ~1.5 s
+    import overlaps other work (a no-op once it is loaded)."""
+    if "tensorflow" not in sys.modules:
+        threading.Thread(target=_tensorflow, name="detrec-warm-up", daemon=True).start()
+
+
 def _tf_decodes(data: bytes) -> bool:
     """Whether tf.io.decode_jpeg(channels=3) - the trainer's decoder - accepts the bytes.
 

@@ -140,14 +140,27 @@ def plan_split(split: str, pairs: list[sources.Pair], requested: int | None,
         yield ShardKey(split, index, count), plans[index]
 
 
-class ListAndAssign(beam.DoFn):
+class _WarmsDecoder(beam.DoFn):
+    """A DoFn of the stages before the shard writers: with `warm_decoder` (a job that fully
+    verifies images), it starts loading the decode check's TensorFlow on its worker."""
+
+    def __init__(self, warm_decoder: bool = False):
+        self._warm_decoder = warm_decoder
+
+    def setup(self) -> None:
+        if self._warm_decoder:
+            images.warm_up_decoder()
+
+
+class ListAndAssign(_WarmsDecoder):
     """(root, split, layout) -> (ShardKey, [(Slot, Pair)]) per shard; Rejected for unpaired files.
 
     Listing, pairing and shard assignment happen together, in one place per split: they need
     the whole split's file names anyway, and doing them here saves two shuffles.
     """
 
-    def __init__(self, num_shards: dict[str, int], target_bytes: int):
+    def __init__(self, num_shards: dict[str, int], target_bytes: int, warm_decoder: bool = False):
+        super().__init__(warm_decoder)
         self._num_shards = num_shards
         self._target = target_bytes
 
@@ -170,7 +183,7 @@ class ListAndAssign(beam.DoFn):
         yield from plan_split(split, pairs, self._num_shards.get(split), self._target)
 
 
-class ParseShard(beam.DoFn):
+class ParseShard(_WarmsDecoder):
     """(ShardKey, [(Slot, Pair)]) -> (ShardKey, [(Slot, Item)]) with every XML parsed; a
     file that cannot be read or parsed becomes a Rejected and leaves the shard's plan."""
 
