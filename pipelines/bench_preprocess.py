@@ -90,12 +90,19 @@ def naive_convert(root: str, split: str, output: str) -> int:
     return count
 
 
+def _run_measured(cmd: list[str]):
+    """benchutil.run_measured after a sync: the gigabytes the previous contender wrote are
+    flushed on its own time, not on the next one's."""
+    os.sync()
+    return benchutil.run_measured(cmd)
+
+
 def _naive(root: str, split: str, work: str) -> tuple[float, int]:
     """Runs the naive converter in its own process; (seconds, peak RSS bytes)."""
     out = os.path.join(work, "naive")
     os.makedirs(out)
     code = f"from pipelines.bench_preprocess import naive_convert; naive_convert({root!r}, {split!r}, {out!r})"
-    seconds, peak, proc = benchutil.run_measured([sys.executable, "-c", code])
+    seconds, peak, proc = _run_measured([sys.executable, "-c", code])
     shutil.rmtree(out)
     if proc.returncode != 0:
         raise RuntimeError(f"naive converter failed:\n{proc.stderr[-2000:]}")
@@ -128,7 +135,7 @@ RUNNERS = {
 def _detrec(root: str, split: str, out: str, verify: str, runner: str = "multi-processing") -> tuple[float, int]:
     cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--input", root, "--output", out,
            "--splits", split, "--verify-images", verify, *RUNNERS[runner]]
-    seconds, peak, proc = benchutil.run_measured(cmd)
+    seconds, peak, proc = _run_measured(cmd)
     if proc.returncode != 0:
         raise RuntimeError(f"detrec preprocess failed:\n{proc.stderr[-2000:]}")
     return seconds, peak
@@ -145,7 +152,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         copy_dir = os.path.join(work, "copy")
         os.makedirs(copy_dir)
-        seconds, peak, proc = benchutil.run_measured(
+        seconds, peak, proc = _run_measured(
             ["cp", "-r", os.path.join(root, "Annotations"), os.path.join(root, "Data"), copy_dir])
         rows.append({"name": "copy floor (cp -r)", "seconds": seconds, "peak_mb": peak / 1e6})
         shutil.rmtree(copy_dir)
