@@ -192,7 +192,7 @@ class ParseShard(_WarmsDecoder):
 
     def process(self, element: tuple[ShardKey, list[tuple[Slot, sources.Pair]]]) -> Iterator:
         key, planned = element
-        threads = _threads_for(planned[0][1].annotation, local=1) if planned else 1
+        threads = _threads_for(planned[0][1].annotation if planned else "", local=1)
         outcomes = ordered_map(lambda sp: _parse(sp[1]), planned, threads)
         items = []
         for (slot, _), outcome in zip(planned, outcomes):
@@ -312,9 +312,10 @@ class WriteShard(beam.DoFn):
         converted, index_lines = 0, []
         with _HashingWriter(tmp) as out:
             # Reading, checking and encoding run on a few threads (file reads, the JPEG decode
-            # and hashing release the GIL); records are written in slot order, so
-            # the bytes do not depend on the thread count and memory holds only a small window.
-            threads = self._threads or (_threads_for(slotted[0][1].pair.image, LOCAL_WRITER_THREADS) if slotted else 1)
+            # and hashing release the GIL); records are written in slot order, so the bytes
+            # do not depend on the thread count and memory holds only a small window.
+            first = slotted[0][1].pair.image if slotted else ""
+            threads = self._threads or _threads_for(first, LOCAL_WRITER_THREADS)
             records = ordered_map(lambda si: self._record(si[1], vocab), slotted, threads)
             for result in records:
                 if isinstance(result, Rejected):
