@@ -31,7 +31,8 @@ from preprocess import dataset_info, images, schema, sources, vocab as vocab_lib
 from preprocess.errors import UserError
 from preprocess.finalize import finalize
 from preprocess.transforms import (
-    LAYOUT, REJECTED, CollectVocabulary, ListAndAssign, ParseShard, WriteShard, shard_synsets,
+    LAYOUT, NAMESPACE, REJECTED, CollectVocabulary, ListAndAssign, ParseShard, WriteShard, shard_synsets,
+    split_time_metric,
 )
 
 HELP = "Beam job: ILSVRC/VOC tree -> verified, sharded TFRecords"
@@ -283,13 +284,35 @@ def _log_progress() -> None:
         workers.addFilter(_WorkerProgress())
 
 
-def summary_table(info: dict, seconds: float) -> str:
-    rows = [f"{'split':<8} {'examples':>9} {'errors':>7} {'converted':>9} {'shards':>6} {'MB':>9} {'img/s':>8}  errors by reason"]
+def split_seconds(result, splits: list[str]) -> dict[str, float]:
+    """Each split's writing time, first shard start to last shard end, from the job's metrics
+    (splits are written concurrently, so the job's time says nothing per split)."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    def edge(split: str, name: str):
+        query = MetricsFilter().with_namespace(NAMESPACE).with_name(split_time_metric(split, name))
+        found = result.metrics().query(query)["distributions"]
+        return found[0].result if found else None
+
+    out = {}
+    for split in splits:
+        start, end = edge(split, "start"), edge(split, "end")
+        if start is not None and end is not None and start.count and end.count:
+            out[split] = max(end.max - start.min, 1) / 1000
+    return out
+
+
+def summary_table(info: dict, seconds: dict[str, float]) -> str:
+    """Per split: examples, errors, converted, shards, MB, writing seconds and img/s, reasons."""
+    rows = [f"{'split':<8} {'examples':>9} {'errors':>7} {'converted':>9} {'shards':>6} {'MB':>9} "
+            f"{'seconds':>8} {'img/s':>8}  errors by reason"]
     for split, entry in info["splits"].items():
         mb = sum(s["num_bytes"] for s in entry["shards"]) / 1e6
         reasons = ", ".join(f"{k}={v}" for k, v in entry["errors_by_reason"].items()) or "-"
+        took = seconds.get(split)
+        timing = f"{took:>8.1f} {entry['num_examples'] / took:>8.0f}" if took else f"{'-':>8} {'-':>8}"
         rows.append(f"{split:<8} {entry['num_examples']:>9} {entry['num_errors']:>7} {entry['converted_images']:>9} "
-                    f"{len(entry['shards']):>6} {mb:>9.1f} {entry['num_examples'] / max(seconds, 1e-9):>8.0f}  {reasons}")
+                    f"{len(entry['shards']):>6} {mb:>9.1f} {timing}  {reasons}")
     return "\n".join(rows)
 
 
@@ -331,9 +354,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise UserError(f"the pipeline ended in state {state}; see the runner's logs "
                         "(Dataflow: pipelines/dataflow/runbook.md)")
     info = dataset_info.load(args.output)
-    print(summary_table(info, seconds))
+    print(summary_table(info, split_seconds(result, list(info["splits"]))))
     total = sum(e["num_examples"] for e in info["splits"].values())
-    print(f"{total} examples in {seconds:.1f}s -> {args.output} (details: dataset_info.json, errors-<split>.jsonl)")
+    print(f"{total} examples in {seconds:.1f}s ({total / max(seconds, 1e-9):.0f} img/s, start-up included) -> "
+          f"{args.output} (details: dataset_info.json, errors-<split>.jsonl)")
     return 0
 
 

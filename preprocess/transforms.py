@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import time
 import uuid
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -288,6 +289,11 @@ class _HashingWriter:
         self._file.close()
 
 
+def split_time_metric(split: str, edge: str) -> str:
+    """Name of the Beam distribution holding the epoch ms at which a split's shards start or end."""
+    return f"{split}_shard_{edge}_ms"
+
+
 def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
@@ -306,6 +312,8 @@ class WriteShard(beam.DoFn):
 
     def process(self, element: tuple[ShardKey, list[tuple[Slot, Item]]], vocab: Vocabulary) -> Iterator:
         key, slotted = element
+        # The split's writing time for the summary: first shard start to last shard end.
+        Metrics.distribution(NAMESPACE, split_time_metric(key.split, "start")).update(int(time.time() * 1000))
         slotted = sorted(slotted, key=lambda si: si[0].position)
         final = sources.join(self._output, key.name)
         tmp = sources.join(self._output, f".{key.name}.tmp-{uuid.uuid4().hex}")
@@ -331,6 +339,7 @@ class WriteShard(beam.DoFn):
             f.write("".join(index_lines).encode("ascii"))
         FileSystems.rename([tmp + schema.INDEX_SUFFIX, tmp], [final + schema.INDEX_SUFFIX, final])
         Metrics.counter(NAMESPACE, "examples_written").inc(len(index_lines))
+        Metrics.distribution(NAMESPACE, split_time_metric(key.split, "end")).update(int(time.time() * 1000))
         Metrics.counter(NAMESPACE, "converted_images").inc(converted)
         log.info("wrote %s: %d examples, %.1f MB", key.name, len(index_lines), out.size / 1e6)
         yield ShardResult(key.split, key.index, key.count, key.name, len(index_lines), out.size, out.sha256, converted)

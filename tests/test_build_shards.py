@@ -414,3 +414,24 @@ def test_local_runs_go_straight_to_the_fn_api_runner():
     assert isinstance(build_shards._local_runner(PipelineOptions([])), fn_runner.FnApiRunner)
     assert isinstance(build_shards._local_runner(PipelineOptions(["--runner=DirectRunner"])), fn_runner.FnApiRunner)
     assert build_shards._local_runner(PipelineOptions(["--runner=DataflowRunner"])) is None
+
+
+def test_summary_has_each_splits_time_and_rate(synth_tree, tmp_path, capsys):
+    """Splits are written concurrently: each row's seconds come from its own shards' metrics."""
+    assert run_preprocess(synth_tree, str(tmp_path / "out"), "--num-shards", "train=2,val=1",
+                          "--verify-images", "header") == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("split ")))
+    rows = {line.split()[0]: line.split() for line in lines[header + 1:header + 3]}
+    info = dataset_info.load(str(tmp_path / "out"))
+    for split in ("train", "val"):
+        examples, seconds, rate = int(rows[split][1]), float(rows[split][6]), float(rows[split][7])
+        assert examples == info["splits"][split]["num_examples"]
+        assert seconds >= 0 and rate > 0  # measured, not "-" (a tiny split takes milliseconds)
+    # The arithmetic, with known times; a split without metrics shows "-".
+    from pipelines.build_shards import summary_table
+
+    table = summary_table(info, {"train": 2.0}).splitlines()
+    train, val = (next(r.split() for r in table if r.startswith(s)) for s in ("train ", "val "))
+    assert train[6:8] == ["2.0", f"{info['splits']['train']['num_examples'] / 2:.0f}"]
+    assert val[6:8] == ["-", "-"]
