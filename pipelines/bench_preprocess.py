@@ -171,13 +171,14 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         small_n = min(args.small, n)
         small_root = _subset(root, args.split, small_n, os.path.join(work, "subset"))
         seconds, peak = _naive(small_root, args.split, work)
-        rows.append({"name": f"naive, {small_n}-image subset", "seconds": seconds, "peak_mb": peak / 1e6,
-                     "images": small_n})
+        small_naive = {"name": f"naive, {small_n}-image subset", "seconds": seconds, "peak_mb": peak / 1e6,
+                       "images": small_n}
         out = os.path.join(work, "detrec-small")
-        seconds, small_peak = _detrec(small_root, args.split, out, "full")
+        seconds, peak = _detrec(small_root, args.split, out, "full")
         shutil.rmtree(out)
-        rows.append({"name": f"detrec full, {small_n}-image subset", "seconds": seconds, "peak_mb": small_peak / 1e6,
-                     "images": small_n})
+        small_full = {"name": f"detrec full, {small_n}-image subset", "seconds": seconds, "peak_mb": peak / 1e6,
+                      "images": small_n}
+        rows += [small_naive, small_full]
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
@@ -190,7 +191,6 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     copy = by["copy floor (cp -r)"]["img_per_s"]
     full = by["detrec preprocess --verify-images full"]
     header = by["detrec preprocess --verify-images header"]
-    small_naive, small_full = rows[-2], rows[-1]
     for row in rows:
         row["vs_naive"], row["vs_copy"] = row["img_per_s"] / naive, row["img_per_s"] / copy
     ratios = {

@@ -26,6 +26,8 @@ from apache_beam.options.pipeline_options import (
     SetupOptions,
     StandardOptions,
 )
+from apache_beam.portability.api import beam_fn_api_pb2
+from google.protobuf import text_format
 
 from preprocess import dataset_info, images, schema, sources, vocab as vocab_lib
 from preprocess.errors import UserError
@@ -247,9 +249,6 @@ class _WorkerProgress(logging.Filter):
     rewritten as plain messages with the worker's timestamp; drops Beam's own chatter."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from apache_beam.portability.api import beam_fn_api_pb2
-        from google.protobuf import text_format
-
         entry = beam_fn_api_pb2.LogEntry()
         try:
             text_format.Parse(str(record.args[0]) if record.args else "", entry)

@@ -60,17 +60,17 @@ def finalize(
                         key=lambda r: (r.annotation, r.image, r.stage, r.code))
         _write_atomic(dataset_info.join(output, schema.errors_name(split)),
                       "".join(r.to_json() + "\n" for r in errors))
-        mine = sorted((s for s in shards if s.split == split), key=lambda s: s.index)
+        mine = sorted((s for s in shards if s.key.split == split), key=lambda s: s.key.index)
         info_splits[split] = {
             "num_examples": sum(s.num_examples for s in mine),
             "num_errors": len(errors),
             "errors_by_reason": dict(sorted(collections.Counter(r.code for r in errors).items())),
             "converted_images": sum(s.converted for s in mine),
             "errors_file": schema.errors_name(split),
-            "shards": [{"file": s.file, "num_examples": s.num_examples, "num_bytes": s.num_bytes,
+            "shards": [{"file": s.key.name, "num_examples": s.num_examples, "num_bytes": s.num_bytes,
                         "sha256": s.sha256} for s in mine],
         }
-    removed = _remove_stale(output, splits, {s.file for s in shards})
+    removed = _remove_stale(output, splits, {s.key.name for s in shards})
     if removed:
         log.info("removed %d stale files: %s", len(removed), ", ".join(sorted(removed)[:10]))
     info = {

@@ -56,7 +56,6 @@ import math
 import os
 import posixpath
 import re
-import struct
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -70,10 +69,7 @@ LARGEST_BOX_COLOR = (255, 255, 0)  # the box that gives the image its class, wit
 OTHER_BOX_COLOR = (0, 255, 255)
 BOX_LINE = 2
 AREA_BINS = 10  # box-area histogram: equal bins over [0, 1]
-_HEADER = struct.Struct("<QI")  # u64 payload length, u32 masked CRC32C of those 8 bytes
-_FOOTER = struct.Struct("<I")  # u32 masked CRC32C of the payload
-_HEADER_SIZE, _FOOTER_SIZE = 12, 4
-masked_crc32c = schema.masked_crc32c
+_HEADER, _FOOTER = schema.FRAME_HEADER, schema.FRAME_FOOTER
 
 
 # --- framing ------------------------------------------------------------------------------
@@ -115,15 +111,15 @@ def read_frames(stream, size: int, want: Callable[[int], bool], hasher=None) -> 
     offset = index = 0
     while offset < size:
         left = size - offset
-        if left < _HEADER_SIZE and index == 0:
+        if left < _HEADER.size and index == 0:
             raise FrameError(offset, index, f"not a TFRecord file ({left} bytes, shorter than one record header)")
-        if left < _HEADER_SIZE:
-            raise FrameError(offset, index, f"truncated: {left} trailing byte(s), a record header needs {_HEADER_SIZE}")
-        header = stream.read(_HEADER_SIZE)
-        if len(header) != _HEADER_SIZE:
+        if left < _HEADER.size:
+            raise FrameError(offset, index, f"truncated: {left} trailing byte(s), a record header needs {_HEADER.size}")
+        header = stream.read(_HEADER.size)
+        if len(header) != _HEADER.size:
             raise FrameError(offset, index, "file shrank while being read")
         length, length_crc = _HEADER.unpack(header)
-        if masked_crc32c(header[:8]) != length_crc:
+        if schema.masked_crc32c(header[:8]) != length_crc:
             if index == 0:
                 raise FrameError(offset, index, "not a TFRecord file (the first record header fails its CRC)")
             raise FrameError(offset, index, "length CRC mismatch: corrupt record length or length CRC")
@@ -133,14 +129,14 @@ def read_frames(stream, size: int, want: Callable[[int], bool], hasher=None) -> 
         payload = None
         if hasher is not None or want(index):
             payload = stream.read(length)
-            footer = stream.read(_FOOTER_SIZE)
-            if len(payload) != length or len(footer) != _FOOTER_SIZE:
+            footer = stream.read(_FOOTER.size)
+            if len(payload) != length or len(footer) != _FOOTER.size:
                 raise FrameError(offset, index, "file shrank while being read")
             if hasher is not None:
                 hasher.update(header)
                 hasher.update(payload)
                 hasher.update(footer)
-            if masked_crc32c(payload) != _FOOTER.unpack(footer)[0]:
+            if schema.masked_crc32c(payload) != _FOOTER.unpack(footer)[0]:
                 raise FrameError(offset, index, "data CRC mismatch: corrupt payload or payload CRC")
         else:
             stream.seek(offset + span)

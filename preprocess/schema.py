@@ -335,7 +335,11 @@ def errors_name(split: str) -> str:
     return f"errors-{split}.jsonl"
 
 
-FRAME_OVERHEAD = 8 + 4 + 4  # a TFRecord's u64 length, u32 length CRC, ..., u32 payload CRC
+# A TFRecord: u64 payload length and the masked CRC32C of those 8 bytes, the payload, then
+# the payload's masked CRC32C.
+FRAME_HEADER = struct.Struct("<QI")
+FRAME_FOOTER = struct.Struct("<I")
+FRAME_OVERHEAD = FRAME_HEADER.size + FRAME_FOOTER.size
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -348,8 +352,9 @@ def frame(payload: bytes) -> tuple[bytes, bytes]:
     """The TFRecord framing to write around `payload`: head (u64 length and its masked
     CRC32C) and tail (the payload's masked CRC32C). Returned apart, not joined, so the
     payload is never copied just to be framed."""
-    length = struct.pack("<Q", len(payload))
-    return length + struct.pack("<I", masked_crc32c(length)), struct.pack("<I", masked_crc32c(payload))
+    length = len(payload)
+    return (FRAME_HEADER.pack(length, masked_crc32c(struct.pack("<Q", length))),
+            FRAME_FOOTER.pack(masked_crc32c(payload)))
 
 
 def record_span(payload_len: int) -> int:

@@ -74,16 +74,14 @@ class Item:
     annotation: annotations.Annotation
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True)
 class Slot:
-    """Where an example goes: shard `index` of `count`, at `position` inside it."""
+    """Where an example sits inside its shard (the shard is the element's ShardKey)."""
 
-    index: int
-    count: int
     position: int
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True)
 class ShardKey:
     """One shard of a split: `index` of `count`."""
 
@@ -98,10 +96,7 @@ class ShardKey:
 
 @dataclasses.dataclass(frozen=True)
 class ShardResult:
-    split: str
-    index: int
-    count: int
-    file: str
+    key: ShardKey
     num_examples: int
     num_bytes: int
     sha256: str
@@ -123,25 +118,17 @@ def plan_shards(num_examples: int, total_bytes: int, requested: int | None, targ
     return max(1, min(wanted, num_examples))
 
 
-def assign_slots(split: str, pairs: list[sources.Pair], requested: int | None, target_bytes: int) -> Iterator[tuple[Slot, sources.Pair]]:
-    """Deals a split's pairs to shards round-robin in the order of their hashed source ids."""
+def plan_split(split: str, pairs: list[sources.Pair], requested: int | None,
+               target_bytes: int) -> Iterator[tuple[ShardKey, list[tuple[Slot, sources.Pair]]]]:
+    """Every shard of a split with its pairs in position order: the pairs are dealt to shards
+    round-robin in the order of their hashed source ids."""
     ranked = sorted(pairs, key=lambda p: (shard_hash(split, p.source_id), p.source_id))
     count = plan_shards(len(ranked), sum(p.image_size for p in ranked), requested, target_bytes)
     log.info("split %s: %d pairs -> %d shards", split, len(ranked), count)
-    for rank, pair in enumerate(ranked):
-        yield Slot(rank % count, count, rank // count), pair
-
-
-def plan_split(split: str, pairs: list[sources.Pair], requested: int | None,
-               target_bytes: int) -> Iterator[tuple[ShardKey, list[tuple[Slot, sources.Pair]]]]:
-    """Every shard of a split with its slotted pairs in position order (the per-shard plan)."""
-    plans: dict[int, list] = collections.defaultdict(list)
-    count = 0
-    for slot, pair in assign_slots(split, pairs, requested, target_bytes):
-        plans[slot.index].append((slot, pair))
-        count = slot.count
+    if not ranked:
+        return
     for index in range(count):
-        yield ShardKey(split, index, count), plans[index]
+        yield ShardKey(split, index, count), [(Slot(pos), pair) for pos, pair in enumerate(ranked[index::count])]
 
 
 class _WarmsDecoder(beam.DoFn):
@@ -305,10 +292,9 @@ class WriteShard(beam.DoFn):
     job never leaves a partial file under a final name and a rerun simply overwrites.
     """
 
-    def __init__(self, output: str, verify: str, threads: int = 0):
+    def __init__(self, output: str, verify: str):
         self._output = output
         self._verify = verify
-        self._threads = threads
 
     def process(self, element: tuple[ShardKey, list[tuple[Slot, Item]]], vocab: Vocabulary) -> Iterator:
         key, slotted = element
@@ -322,8 +308,7 @@ class WriteShard(beam.DoFn):
             # Reading, checking and encoding run on a few threads (file reads, the JPEG decode
             # and hashing release the GIL); records are written in slot order, so the bytes
             # do not depend on the thread count and memory holds only a small window.
-            first = slotted[0][1].pair.image if slotted else ""
-            threads = self._threads or _threads_for(first, LOCAL_WRITER_THREADS)
+            threads = _threads_for(slotted[0][1].pair.image if slotted else "", LOCAL_WRITER_THREADS)
             records = ordered_map(lambda si: self._record(si[1], vocab), slotted, threads)
             for result in records:
                 if isinstance(result, Rejected):
@@ -342,7 +327,7 @@ class WriteShard(beam.DoFn):
         Metrics.distribution(NAMESPACE, split_time_metric(key.split, "end")).update(int(time.time() * 1000))
         Metrics.counter(NAMESPACE, "converted_images").inc(converted)
         log.info("wrote %s: %d examples, %.1f MB", key.name, len(index_lines), out.size / 1e6)
-        yield ShardResult(key.split, key.index, key.count, key.name, len(index_lines), out.size, out.sha256, converted)
+        yield ShardResult(key, len(index_lines), out.size, out.sha256, converted)
 
     def _record(self, item: Item, vocab: Vocabulary) -> tuple[schema.Record, bytes] | Rejected:
         """One example, checked and serialized, or why it cannot be."""
