@@ -218,7 +218,7 @@ def build(p: beam.Pipeline, args: argparse.Namespace, num_shards: dict[str, int]
     else:
         vocab = (
             parsed.shards
-            | "TrainOnly" >> beam.Filter(lambda shard: shard[0].split == TRAIN)
+            | "TrainOnly" >> beam.Filter(lambda plan: plan.key.split == TRAIN)
             | "Synsets" >> beam.Map(shard_synsets)
             | "SortedVocabulary" >> beam.CombineGlobally(CollectVocabulary())
         )

@@ -2,6 +2,8 @@
 
 All file access goes through Beam's FileSystems, so the same code lists a laptop folder and a
 bucket, and it runs inside the pipeline (on Dataflow: on the workers, never the launcher).
+The one exception is listing a local folder, done with os.scandir: Beam's local match stats
+every file twice, which made listing a large split several times slower.
 
 Layouts (ROOT is the folder holding Annotations/ and Data/ or JPEGImages/):
   det      Annotations/DET/<split>/**.xml     + Data/DET/<split>/**.JPEG
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import posixpath
 from typing import Iterable, Iterator
 
@@ -87,8 +90,29 @@ def _relative(path: str, base: str) -> str:
     return rel.replace("\\", "/")
 
 
-def _match(pattern: str) -> list:
-    return FileSystems.match([pattern])[0].metadata_list
+def list_files(base: str, recursive: bool) -> list[tuple[str, int]]:
+    """(path, size) of every file in `base` (and its subfolders when recursive), by path."""
+    if "://" in base:
+        pattern = join(base, "**" if recursive else "*")
+        return sorted((m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list)
+    return sorted(_scan_local(base, recursive))
+
+
+def _scan_local(base: str, recursive: bool) -> Iterator[tuple[str, int]]:
+    """What Beam's local match lists (os.walk: symlinked folders not followed, a file that
+    vanishes or a dangling link skipped), with one stat per file instead of two."""
+    folders = [base]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    if recursive and not entry.is_symlink():
+                        folders.append(entry.path)
+                    continue
+                try:
+                    yield entry.path, entry.stat().st_size
+                except OSError:
+                    continue
 
 
 def _voc_ids(root: str, split: str) -> set[str]:
@@ -100,7 +124,6 @@ def _voc_ids(root: str, split: str) -> set[str]:
 def list_split(source: SplitSource) -> Iterator[FileEntry]:
     """Every annotation and image file of a split (sorted, so output order is stable)."""
     ann_dir, img_dir = _dirs(source.root, source.split, source.layout)
-    pattern = "*" if source.layout == "voc" else "**"
     wanted = _voc_ids(source.root, source.split) if source.layout == "voc" else None
     for base, kind, extensions in (
         (ann_dir, "annotation", (ANNOTATION_EXTENSION,)),
@@ -108,12 +131,11 @@ def list_split(source: SplitSource) -> Iterator[FileEntry]:
     ):
         if not FileSystems.exists(base):
             continue
-        for meta in sorted(_match(join(base, pattern)), key=lambda m: m.path):
-            rel = _relative(meta.path, base)
-            stem, ext = posixpath.splitext(rel)
+        for path, size in list_files(base, recursive=source.layout != "voc"):
+            stem, ext = posixpath.splitext(_relative(path, base))
             if ext.lower() not in extensions or (wanted is not None and stem not in wanted):
                 continue
-            yield FileEntry(source.split, kind, stem, meta.path, meta.size_in_bytes)
+            yield FileEntry(source.split, kind, stem, path, size)
 
 
 @dataclasses.dataclass(frozen=True)

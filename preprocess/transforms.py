@@ -1,11 +1,11 @@
 """Beam DoFns that wrap the pure functions: they count outcomes and route bad records to a
 tagged `rejected` output (the user_score.py pattern). No parsing logic lives here.
 
-Shard assignment is deterministic: every example's (shard, position) comes from the rank of
-sha256(split/source_id) among its split's pairs, dealt round-robin, so shards mix classes,
-differ in size by at most one planned example (plus the few rejected later), and the bytes
-written do not depend on parallelism.
-One element per shard flows through the graph (a shard's plan: its paths, sizes and, once
+Shard assignment is deterministic: every example's shard and its position there come from
+the rank of sha256(split/source_id) among its split's pairs, dealt round-robin, so shards mix
+classes, differ in size by at most one planned example (plus the few rejected later), and the
+bytes written do not depend on parallelism.
+One element per shard flows through the graph (a ShardPlan: its paths, sizes and, once
 parsed, boxes), not one per image: Beam's per-element cost would otherwise rival the work.
 Only that small metadata crosses the shuffle; JPEG bytes are read inside the shard writer
 and streamed straight to the file.
@@ -75,13 +75,6 @@ class Item:
 
 
 @dataclasses.dataclass(frozen=True)
-class Slot:
-    """Where an example sits inside its shard (the shard is the element's ShardKey)."""
-
-    position: int
-
-
-@dataclasses.dataclass(frozen=True)
 class ShardKey:
     """One shard of a split: `index` of `count`."""
 
@@ -92,6 +85,18 @@ class ShardKey:
     @property
     def name(self) -> str:
         return schema.shard_name(self.split, self.index, self.count)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    """One shard's examples in write order: Pairs as listed, Items once parsed.
+
+    The element every stage passes on. A single object, so Beam's coder pickles it in one
+    call; as a tuple of a list it would pickle each example apart, ~10x slower to decode.
+    """
+
+    key: ShardKey
+    entries: tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +124,8 @@ def plan_shards(num_examples: int, total_bytes: int, requested: int | None, targ
 
 
 def plan_split(split: str, pairs: list[sources.Pair], requested: int | None,
-               target_bytes: int) -> Iterator[tuple[ShardKey, list[tuple[Slot, sources.Pair]]]]:
-    """Every shard of a split with its pairs in position order: the pairs are dealt to shards
+               target_bytes: int) -> Iterator[ShardPlan]:
+    """Every shard of a split with its pairs in write order: the pairs are dealt to shards
     round-robin in the order of their hashed source ids."""
     ranked = sorted(pairs, key=lambda p: (shard_hash(split, p.source_id), p.source_id))
     count = plan_shards(len(ranked), sum(p.image_size for p in ranked), requested, target_bytes)
@@ -128,7 +133,7 @@ def plan_split(split: str, pairs: list[sources.Pair], requested: int | None,
     if not ranked:
         return
     for index in range(count):
-        yield ShardKey(split, index, count), [(Slot(pos), pair) for pos, pair in enumerate(ranked[index::count])]
+        yield ShardPlan(ShardKey(split, index, count), tuple(ranked[index::count]))
 
 
 class _WarmsDecoder(beam.DoFn):
@@ -144,7 +149,7 @@ class _WarmsDecoder(beam.DoFn):
 
 
 class ListAndAssign(_WarmsDecoder):
-    """(root, split, layout) -> (ShardKey, [(Slot, Pair)]) per shard; Rejected for unpaired files.
+    """(root, split, layout) -> a ShardPlan of Pairs per shard; Rejected for unpaired files.
 
     Listing, pairing and shard assignment happen together, in one place per split: they need
     the whole split's file names anyway, and doing them here saves two shuffles.
@@ -175,20 +180,18 @@ class ListAndAssign(_WarmsDecoder):
 
 
 class ParseShard(_WarmsDecoder):
-    """(ShardKey, [(Slot, Pair)]) -> (ShardKey, [(Slot, Item)]) with every XML parsed; a
-    file that cannot be read or parsed becomes a Rejected and leaves the shard's plan."""
+    """ShardPlan of Pairs -> ShardPlan of Items, every XML parsed; a file that cannot be read
+    or parsed becomes a Rejected and leaves the plan (the others keep their order)."""
 
-    def process(self, element: tuple[ShardKey, list[tuple[Slot, sources.Pair]]]) -> Iterator:
-        key, planned = element
-        threads = _threads_for(planned[0][1].annotation if planned else "", local=1)
-        outcomes = ordered_map(lambda sp: _parse(sp[1]), planned, threads)
+    def process(self, plan: ShardPlan) -> Iterator:
+        threads = _threads_for(plan.entries[0].annotation if plan.entries else "", local=1)
         items = []
-        for (slot, _), outcome in zip(planned, outcomes):
+        for outcome in ordered_map(_parse, plan.entries, threads):
             if isinstance(outcome, Rejected):
                 yield _reject(outcome)
             else:
-                items.append((slot, outcome))
-        yield key, items
+                items.append(outcome)
+        yield ShardPlan(plan.key, tuple(items))
 
 
 def _read(pair: sources.Pair, path: str, what: str) -> bytes | Rejected:
@@ -209,9 +212,9 @@ def _parse(pair: sources.Pair) -> Item | Rejected:
         return Rejected.of(pair, "xml", exc.code, str(exc))
 
 
-def shard_synsets(element: tuple[ShardKey, list[tuple[Slot, Item]]]) -> set[str]:
+def shard_synsets(plan: ShardPlan) -> set[str]:
     """The distinct object names of one parsed shard (the vocabulary's raw material)."""
-    return {obj.name for _, item in element[1] for obj in item.annotation.objects}
+    return {obj.name for item in plan.entries for obj in item.annotation.objects}
 
 
 class CollectVocabulary(beam.CombineFn):
@@ -286,7 +289,7 @@ def _short(exc: BaseException) -> str:
 
 
 class WriteShard(beam.DoFn):
-    """(ShardKey, [(Slot, Item)]) -> ShardResult; bad images/boxes -> Rejected.
+    """ShardPlan of Items -> ShardResult; bad images/boxes -> Rejected.
 
     Writes to a temporary name and renames when complete (with its DALI .idx), so a killed
     job never leaves a partial file under a final name and a rerun simply overwrites.
@@ -296,20 +299,19 @@ class WriteShard(beam.DoFn):
         self._output = output
         self._verify = verify
 
-    def process(self, element: tuple[ShardKey, list[tuple[Slot, Item]]], vocab: Vocabulary) -> Iterator:
-        key, slotted = element
+    def process(self, plan: ShardPlan, vocab: Vocabulary) -> Iterator:
+        key = plan.key
         # The split's writing time for the summary: first shard start to last shard end.
         Metrics.distribution(NAMESPACE, split_time_metric(key.split, "start")).update(int(time.time() * 1000))
-        slotted = sorted(slotted, key=lambda si: si[0].position)
         final = sources.join(self._output, key.name)
         tmp = sources.join(self._output, f".{key.name}.tmp-{uuid.uuid4().hex}")
         converted, index_lines = 0, []
         with _HashingWriter(tmp) as out:
             # Reading, checking and encoding run on a few threads (file reads, the JPEG decode
-            # and hashing release the GIL); records are written in slot order, so the bytes
+            # and hashing release the GIL); records are written in plan order, so the bytes
             # do not depend on the thread count and memory holds only a small window.
-            threads = _threads_for(slotted[0][1].pair.image if slotted else "", LOCAL_WRITER_THREADS)
-            records = ordered_map(lambda si: self._record(si[1], vocab), slotted, threads)
+            threads = _threads_for(plan.entries[0].pair.image if plan.entries else "", LOCAL_WRITER_THREADS)
+            records = ordered_map(lambda item: self._record(item, vocab), plan.entries, threads)
             for result in records:
                 if isinstance(result, Rejected):
                     yield _reject(result)

@@ -383,25 +383,64 @@ def test_every_planned_shard_is_an_element_even_when_its_xml_all_fails(tmp_path)
     gets written (empty), so a split's n-of-N shard names never have gaps."""
     from preprocess import transforms
 
-    plans = list(transforms.plan_split("train", _pairs(tmp_path, 7, bad={0, 1, 2, 3, 4, 5, 6}), 3, 1))
-    assert [key.name for key, _ in plans] == [f"train-0000{i}-of-00003.tfrecord" for i in range(3)]
-    assert sorted(len(p) for _, p in plans) == [2, 2, 3]
-    for key, planned in plans:
-        assert [slot.position for slot, _ in planned] == list(range(len(planned)))
-        out = list(transforms.ParseShard().process((key, planned)))
-        assert out[-1] == (key, [])  # the shard itself, with nothing parsed
-        assert all(r.value.code == "malformed_xml" for r in out[:-1]) and len(out) == len(planned) + 1
+    pairs = _pairs(tmp_path, 7, bad={0, 1, 2, 3, 4, 5, 6})
+    plans = list(transforms.plan_split("train", pairs, 3, 1))
+    assert [plan.key.name for plan in plans] == [f"train-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert sorted(len(plan.entries) for plan in plans) == [2, 2, 3]
+    assert sorted(p.source_id for plan in plans for p in plan.entries) == sorted(p.source_id for p in pairs)
+    for plan in plans:
+        out = list(transforms.ParseShard().process(plan))
+        assert out[-1] == transforms.ShardPlan(plan.key, ())  # the shard itself, with nothing parsed
+        assert all(r.value.code == "malformed_xml" for r in out[:-1]) and len(out) == len(plan.entries) + 1
 
 
-def test_parse_shard_keeps_slot_order_and_reports_bad_xml(tmp_path):
+def test_parse_shard_keeps_plan_order_and_reports_bad_xml(tmp_path):
     from preprocess import transforms
 
-    (key, planned), = transforms.plan_split("train", _pairs(tmp_path, 5, bad={2}), 1, 1)
-    out = list(transforms.ParseShard().process((key, planned)))
+    plan, = transforms.plan_split("train", _pairs(tmp_path, 5, bad={2}), 1, 1)
+    out = list(transforms.ParseShard().process(plan))
     rejected = [o.value for o in out if hasattr(o, "tag")]
-    assert [r.annotation for r in rejected] == [p.annotation for _, p in planned if p.source_id == "id2"]
-    (_, items), = [o for o in out if not hasattr(o, "tag")]
-    assert [slot.position for slot, _ in items] == [s.position for s, p in planned if p.source_id != "id2"]
+    assert [r.annotation for r in rejected] == [p.annotation for p in plan.entries if p.source_id == "id2"]
+    (parsed,), = [[o] for o in out if not hasattr(o, "tag")]
+    assert [item.pair for item in parsed.entries] == [p for p in plan.entries if p.source_id != "id2"]
+    assert [p.source_id for p in plan.entries] == sorted(  # write order: by hashed source id
+        (p.source_id for p in plan.entries), key=lambda sid: transforms.shard_hash("train", sid))
+
+
+def test_a_shard_plan_is_pickled_in_one_call(tmp_path):
+    """Beam's coder falls back to pickle once for the whole plan, not once per example."""
+    import pickle
+
+    from apache_beam.coders import coders
+
+    from preprocess import transforms
+
+    plan, = transforms.plan_split("train", _pairs(tmp_path, 5), 1, 1)
+    coder = coders.FastPrimitivesCoder()
+    assert coder.decode(coder.encode(plan)) == plan
+    assert pickle.loads(coder.encode(plan)[1:]) == plan
+
+
+@pytest.mark.parametrize("recursive", [True, False])
+def test_local_listing_lists_what_beams_match_lists(tmp_path, recursive):
+    """The os.scandir listing of local folders against Beam's own FileSystems.match: nested
+    and hidden files, unicode names, a symlinked folder (not followed), a dangling link."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from preprocess import sources
+
+    base = tmp_path / "Annotations"
+    for rel, size in (("a.xml", 3), (".hidden.xml", 1), ("n01/b.xml", 5), ("n01/deep/c.xml", 7), ("ünï/d.xml", 2)):
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (base / rel).write_bytes(b"x" * size)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere/e.xml").write_bytes(b"e")
+    os.symlink(tmp_path / "elsewhere", base / "linked")
+    os.symlink(tmp_path / "nowhere.xml", base / "dangling.xml")
+    pattern = os.path.join(base, "**" if recursive else "*")
+    expected = sorted((m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list)
+    assert sources.list_files(str(base), recursive) == expected
+    assert len(expected) == (5 if recursive else 2)
 
 
 def test_local_runs_go_straight_to_the_fn_api_runner():
