@@ -15,6 +15,7 @@ import sys
 # Quiet TensorFlow's C++ start-up chatter; users can still set their own level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from preprocess import longlived
 from preprocess.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -54,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     module_name, help_text = COMMANDS[name]
-    module = importlib.import_module(module_name)
+    if module_name in sys.modules:
+        module = sys.modules[module_name]
+    else:
+        with longlived.importing():  # Beam's or TensorFlow's objects: no GC passes, a fast exit
+            module = importlib.import_module(module_name)
     # No abbreviations: Beam's --label must never become detrec's --labels.
     cmd_parser = argparse.ArgumentParser(prog=f"detrec {name}", description=help_text, allow_abbrev=False)
     module.configure(cmd_parser)

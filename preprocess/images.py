@@ -9,7 +9,6 @@ record says so. Empty, truncated and non-image files are rejected with a reason.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import io
 import struct
 import sys
@@ -17,6 +16,7 @@ import threading
 
 from PIL import Image, UnidentifiedImageError
 
+from preprocess import longlived
 from preprocess.errors import InputError
 
 CONVERT_QUALITY = 95
@@ -104,19 +104,8 @@ def _tensorflow():
     """TensorFlow, imported on first use, its objects then frozen out of the cyclic GC."""
     with _tf_lock:
         if "tensorflow" not in sys.modules:
-            # TensorFlow's ~10^6 module-level objects live as long as the process: the cyclic
-            # GC gains nothing from walking them. Paused during the import (~25 % of its
-            # 2 s), then frozen out of every later pass - including the ones at exit, which
-            # otherwise add ~1 s to each Beam worker's shutdown (Beam stops its workers one
-            # after the other).
-            enabled = gc.isenabled()
-            gc.disable()
-            try:
+            with longlived.importing():
                 import tensorflow  # noqa: F401
-            finally:
-                if enabled:
-                    gc.enable()
-            gc.freeze()
     return sys.modules["tensorflow"]
 
 

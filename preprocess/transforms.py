@@ -29,7 +29,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from preprocess import annotations, images, schema, sources
+from preprocess import annotations, images, longlived, schema, sources
 from preprocess.vocab import Vocabulary, from_synsets as vocab_from_synsets
 
 T = TypeVar("T")
@@ -136,19 +136,21 @@ def plan_split(split: str, pairs: list[sources.Pair], requested: int | None,
         yield ShardPlan(ShardKey(split, index, count), tuple(ranked[index::count]))
 
 
-class _WarmsDecoder(beam.DoFn):
-    """A DoFn of the stages before the shard writers: with `warm_decoder` (a job that fully
-    verifies images), it starts loading the decode check's TensorFlow on its worker."""
+class _DetrecDoFn(beam.DoFn):
+    """Setting up a worker: what it has imported is frozen out of the GC (a fast exit, see
+    longlived); with `warm_decoder` (a job that fully verifies images, on the stages before
+    the writers), it starts loading the decode check's TensorFlow."""
 
     def __init__(self, warm_decoder: bool = False):
         self._warm_decoder = warm_decoder
 
     def setup(self) -> None:
+        longlived.freeze_once()
         if self._warm_decoder:
             images.warm_up_decoder()
 
 
-class ListAndAssign(_WarmsDecoder):
+class ListAndAssign(_DetrecDoFn):
     """(root, split, layout) -> a ShardPlan of Pairs per shard; Rejected for unpaired files.
 
     Listing, pairing and shard assignment happen together, in one place per split: they need
@@ -179,7 +181,7 @@ class ListAndAssign(_WarmsDecoder):
         yield from plan_split(split, pairs, self._num_shards.get(split), self._target)
 
 
-class ParseShard(_WarmsDecoder):
+class ParseShard(_DetrecDoFn):
     """ShardPlan of Pairs -> ShardPlan of Items, every XML parsed; a file that cannot be read
     or parsed becomes a Rejected and leaves the plan (the others keep their order)."""
 
@@ -288,7 +290,7 @@ def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
 
-class WriteShard(beam.DoFn):
+class WriteShard(_DetrecDoFn):
     """ShardPlan of Items -> ShardResult; bad images/boxes -> Rejected.
 
     Writes to a temporary name and renames when complete (with its DALI .idx), so a killed
@@ -296,6 +298,7 @@ class WriteShard(beam.DoFn):
     """
 
     def __init__(self, output: str, verify: str):
+        super().__init__()
         self._output = output
         self._verify = verify
 

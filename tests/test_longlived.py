@@ -1,0 +1,42 @@
+"""Freezing long-lived objects out of the GC: each case runs in a fresh interpreter, since
+freezing is process-wide and pytest's own process has long since imported everything."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(code: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+
+
+def test_imports_run_with_the_gc_paused_then_are_frozen():
+    enabled_inside, frozen, enabled_after = _python(
+        "import gc; from preprocess import longlived\n"
+        "with longlived.importing():\n"
+        "    import apache_beam; print(gc.isenabled())\n"
+        "print(gc.get_freeze_count(), gc.isenabled())")
+    assert (enabled_inside, enabled_after) == ("False", "True")
+    assert int(frozen) > 50_000  # Beam's module-level objects
+
+
+def test_a_worker_freezes_once_when_it_sets_up_a_detrec_dofn():
+    before, first, second = _python(
+        "import gc; from preprocess import transforms; print(gc.get_freeze_count())\n"
+        "transforms.WriteShard('/tmp', 'header').setup(); print(gc.get_freeze_count())\n"
+        "garbage = [[] for _ in range(1000)]; transforms.ParseShard().setup(); print(gc.get_freeze_count())")
+    assert int(before) == 0 and int(first) > 50_000
+    assert second == first  # later objects stay in the GC's reach
+
+
+def test_the_launcher_freezes_what_the_command_imports():
+    out = _python("import gc; from pipelines import cli\n"
+                  "try:\n    cli.main(['preprocess', '--help'])\nexcept SystemExit:\n    pass\n"
+                  "print(gc.get_freeze_count())")
+    assert "--verify-images" in out and int(out[-1]) > 50_000  # its help, then Beam's objects frozen
