@@ -8,7 +8,8 @@ each also on the single-process in-memory runner (whose shard writer still uses 
 threads); then the naive converter and detrec full again on a 5,000-image subset, for peak
 memory vs tree size and for the time per extra image (fixed start-up costs cancel out).
 Every contender runs as its own process, start-up included, and its peak memory is the RSS
-of its whole process tree (Beam's worker processes included).
+of its whole process tree (Beam's worker processes included). Contenders take turns for
+--repeat rounds; each figure is the median of its runs, peak memory the highest.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hashlib
 import io
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 
@@ -34,6 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="split to convert (default train)")
     parser.add_argument("--work", help="scratch folder (default: a temp dir, removed afterwards)")
     parser.add_argument("--small", type=int, default=5000, help="subset size for the memory comparison")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of runs; each figure is the median (default 3)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -141,50 +144,68 @@ def _detrec(root: str, split: str, out: str, verify: str, runner: str = "multi-p
     return seconds, peak
 
 
+def _copy(root: str, work: str) -> tuple[float, int]:
+    """The copy floor: `cp -r` of Annotations/ and Data/; (seconds, peak RSS bytes)."""
+    copy_dir = os.path.join(work, "copy")
+    os.makedirs(copy_dir)
+    seconds, peak, proc = _run_measured(["cp", "-r", os.path.join(root, "Annotations"), os.path.join(root, "Data"), copy_dir])
+    shutil.rmtree(copy_dir)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cp -r failed:\n{proc.stderr[-2000:]}")
+    return seconds, peak
+
+
+def _detrec_once(root: str, split: str, work: str, verify: str, runner: str) -> tuple[float, int]:
+    out = os.path.join(work, f"detrec-{verify}")
+    try:
+        return _detrec(root, split, out, verify, runner)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _contenders(root: str, small_root: str, split: str, work: str, n: int, small_n: int):
+    """(name, images, measure) for every row of the report; measure() -> (seconds, peak bytes)."""
+    rows = [("copy floor (cp -r)", n, lambda: _copy(root, work)),
+            ("naive converter (1 process)", n, lambda: _naive(root, split, work))]
+    for verify in ("full", "header"):
+        for runner in RUNNERS:
+            name = f"detrec preprocess --verify-images {verify}" + ("" if runner == "multi-processing" else f" ({runner})")
+            rows.append((name, n, lambda v=verify, r=runner: _detrec_once(root, split, work, v, r)))
+    rows += [(f"naive, {small_n}-image subset", small_n, lambda: _naive(small_root, split, work)),
+             (f"detrec full, {small_n}-image subset", small_n,
+              lambda: _detrec_once(small_root, split, work, "full", "multi-processing"))]
+    return rows
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     root = os.path.abspath(args.root)
     if not os.path.isdir(os.path.join(root, "Annotations", "DET", args.split)):
         raise UserError(f"{root}: no Annotations/DET/{args.split} (pass a DET tree, e.g. from `detrec synth`)")
+    if args.repeat < 1:
+        raise UserError("--repeat must be at least 1")
     n = _count(root, args.split)
+    small_n = min(args.small, n)
     work = args.work or tempfile.mkdtemp(prefix="detrec-bench-")
     os.makedirs(work, exist_ok=True)
-    rows = []
     try:
-        copy_dir = os.path.join(work, "copy")
-        os.makedirs(copy_dir)
-        seconds, peak, proc = _run_measured(
-            ["cp", "-r", os.path.join(root, "Annotations"), os.path.join(root, "Data"), copy_dir])
-        rows.append({"name": "copy floor (cp -r)", "seconds": seconds, "peak_mb": peak / 1e6})
-        shutil.rmtree(copy_dir)
-
-        seconds, peak = _naive(root, args.split, work)
-        rows.append({"name": "naive converter (1 process)", "seconds": seconds, "peak_mb": peak / 1e6})
-
-        for verify in ("full", "header"):
-            for runner in RUNNERS:
-                out = os.path.join(work, f"detrec-{verify}")
-                seconds, peak = _detrec(root, args.split, out, verify, runner)
-                name = f"detrec preprocess --verify-images {verify}" + ("" if runner == "multi-processing" else f" ({runner})")
-                rows.append({"name": name, "seconds": seconds, "peak_mb": peak / 1e6})
-                shutil.rmtree(out)
-
-        small_n = min(args.small, n)
         small_root = _subset(root, args.split, small_n, os.path.join(work, "subset"))
-        seconds, peak = _naive(small_root, args.split, work)
-        small_naive = {"name": f"naive, {small_n}-image subset", "seconds": seconds, "peak_mb": peak / 1e6,
-                       "images": small_n}
-        out = os.path.join(work, "detrec-small")
-        seconds, peak = _detrec(small_root, args.split, out, "full")
-        shutil.rmtree(out)
-        small_full = {"name": f"detrec full, {small_n}-image subset", "seconds": seconds, "peak_mb": peak / 1e6,
-                      "images": small_n}
-        rows += [small_naive, small_full]
+        contenders = _contenders(root, small_root, args.split, work, n, small_n)
+        runs: dict[str, list[tuple[float, int]]] = {name: [] for name, _, _ in contenders}
+        # Round after round, every contender once per round: a slow spell of the machine
+        # (disk writeback, a neighbour) touches all contenders alike, not one of them.
+        for _ in range(args.repeat):
+            for name, _, measure in contenders:
+                runs[name].append(measure())
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-
+        else:
+            shutil.rmtree(os.path.join(work, "subset"), ignore_errors=True)
+    rows = [{"name": name, "images": images, "seconds": statistics.median(s for s, _ in runs[name]),
+             "runs": [round(s, 2) for s, _ in runs[name]], "peak_mb": max(p for _, p in runs[name]) / 1e6}
+            for name, images, _ in contenders]
+    small_naive, small_full = rows[-2], rows[-1]
     for row in rows:
-        row.setdefault("images", n)
         row["img_per_s"] = row["images"] / row["seconds"]
     by = {r["name"]: r for r in rows}
     naive = by["naive converter (1 process)"]["img_per_s"]
@@ -214,9 +235,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         print(benchutil.dump_json(report))
         return 0
     print(f"machine: {report['machine']}; tree: {n} images ({args.split})")
-    print(benchutil.table(rows, [("name", "contender", ""), ("images", "images", "d"), ("seconds", "seconds", ".1f"),
-                                 ("img_per_s", "img/s", ".0f"), ("vs_naive", "x naive", ".2f"),
-                                 ("vs_copy", "x copy", ".2f"), ("peak_mb", "peak MB", ".0f")]))
+    shown = [{**row, "runs": " ".join(f"{s:.1f}" for s in row["runs"])} for row in rows]
+    print(benchutil.table(shown, [("name", "contender", ""), ("images", "images", "d"), ("seconds", "median s", ".1f"),
+                                  ("runs", "runs (s)", ""), ("img_per_s", "img/s", ".0f"), ("vs_naive", "x naive", ".2f"),
+                                  ("vs_copy", "x copy", ".2f"), ("peak_mb", "peak MB", ".0f")]))
     for key, value in ratios.items():
         sign = "<=" if key == "memory_growth_max" else ">="
         print(f"{key}: {value:.2f} (target {sign} {TARGETS[key]}) {'OK' if report['met'][key] else 'MISSED'}")
