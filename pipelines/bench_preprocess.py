@@ -9,7 +9,9 @@ threads); then the naive converter and detrec full again on a 5,000-image subset
 memory vs tree size and for the time per extra image (fixed start-up costs cancel out).
 Every contender runs as its own process, start-up included, and its peak memory is the RSS
 of its whole process tree (Beam's worker processes included). Contenders take turns for
---repeat rounds; each figure is the median of its runs, peak memory the highest.
+--repeat rounds; each figure is the fastest of its runs, as timeit does (a slower run was
+slowed by something else: this VM's disk at times takes 10x longer to create files), and
+peak memory the highest.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import hashlib
 import io
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 
@@ -36,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="split to convert (default train)")
     parser.add_argument("--work", help="scratch folder (default: a temp dir, removed afterwards)")
     parser.add_argument("--small", type=int, default=5000, help="subset size for the memory comparison")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds of runs; each figure is the median (default 3)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of runs; each figure is the fastest (default 3)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -192,7 +193,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         contenders = _contenders(root, small_root, args.split, work, n, small_n)
         runs: dict[str, list[tuple[float, int]]] = {name: [] for name, _, _ in contenders}
         # Round after round, every contender once per round: a slow spell of the machine
-        # (disk writeback, a neighbour) touches all contenders alike, not one of them.
+        # touches all contenders alike, not one of them.
         for _ in range(args.repeat):
             for name, _, measure in contenders:
                 runs[name].append(measure())
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             shutil.rmtree(os.path.join(work, "subset"), ignore_errors=True)
-    rows = [{"name": name, "images": images, "seconds": statistics.median(s for s, _ in runs[name]),
+    rows = [{"name": name, "images": images, "seconds": min(s for s, _ in runs[name]),
              "runs": [round(s, 2) for s, _ in runs[name]], "peak_mb": max(p for _, p in runs[name]) / 1e6}
             for name, images, _ in contenders]
     small_naive, small_full = rows[-2], rows[-1]
@@ -236,7 +237,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     print(f"machine: {report['machine']}; tree: {n} images ({args.split})")
     shown = [{**row, "runs": " ".join(f"{s:.1f}" for s in row["runs"])} for row in rows]
-    print(benchutil.table(shown, [("name", "contender", ""), ("images", "images", "d"), ("seconds", "median s", ".1f"),
+    print(benchutil.table(shown, [("name", "contender", ""), ("images", "images", "d"), ("seconds", "best s", ".1f"),
                                   ("runs", "runs (s)", ""), ("img_per_s", "img/s", ".0f"), ("vs_naive", "x naive", ".2f"),
                                   ("vs_copy", "x copy", ".2f"), ("peak_mb", "peak MB", ".0f")]))
     for key, value in ratios.items():
