@@ -41,10 +41,12 @@ log = logging.getLogger("detrec.preprocess")
 # Files in flight per shard on gs:// and other remote file systems, where each read is
 # latency-bound.
 REMOTE_READ_THREADS = 16
-# Images in flight per shard writer on local files: two keep a core busy (reads and the
-# decode release the GIL); more only contend, with a Beam worker per core (measured on 2 cores:
-# 2 threads 2-3 % faster than 3 or 4). Annotations are parsed in line there.
-LOCAL_WRITER_THREADS = 2
+# Images in flight per shard writer on local files, by --verify-images. full: two, as the
+# JPEG decode releases the GIL, so the single-process runner decodes on two cores (with a
+# Beam worker per core, 1, 2 or 3 threads make no difference). header: one, as what is left
+# is mostly Python and a second thread only contends for the GIL (measured on 2 cores, 20k
+# images: 4.9 s vs 5.1-5.4 s). Annotations are parsed in line (one thread) locally.
+LOCAL_WRITER_THREADS = {"full": 2, "header": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,10 +312,11 @@ class WriteShard(_DetrecDoFn):
         tmp = sources.join(self._output, f".{key.name}.tmp-{uuid.uuid4().hex}")
         converted, index_lines = 0, []
         with _HashingWriter(tmp) as out:
-            # Reading, checking and encoding run on a few threads (file reads, the JPEG decode
-            # and hashing release the GIL); records are written in plan order, so the bytes
-            # do not depend on the thread count and memory holds only a small window.
-            threads = _threads_for(plan.entries[0].pair.image if plan.entries else "", LOCAL_WRITER_THREADS)
+            # Reading, checking and encoding may run on a few threads (file reads, the JPEG
+            # decode and hashing release the GIL); records are written in plan order, so the
+            # bytes do not depend on the thread count and memory holds only a small window.
+            first = plan.entries[0].pair.image if plan.entries else ""
+            threads = _threads_for(first, LOCAL_WRITER_THREADS[self._verify])
             records = ordered_map(lambda item: self._record(item, vocab), plan.entries, threads)
             for result in records:
                 if isinstance(result, Rejected):

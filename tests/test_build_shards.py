@@ -421,6 +421,25 @@ def test_a_shard_plan_is_pickled_in_one_call(tmp_path):
     assert pickle.loads(coder.encode(plan)[1:]) == plan
 
 
+@pytest.mark.parametrize("verify", ["header", "full"])
+def test_a_shard_is_the_same_bytes_whatever_the_writer_threads(synth_tree, tmp_path, monkeypatch, verify):
+    from preprocess import transforms
+
+    plans = [o for o in transforms.ListAndAssign({"train": 1}, 1).process((synth_tree, "train", "auto"))
+             if isinstance(o, transforms.ShardPlan)]
+    (parsed,) = [o for o in transforms.ParseShard().process(plans[0]) if isinstance(o, transforms.ShardPlan)]
+    vocab = transforms.vocab_from_synsets(transforms.shard_synsets(parsed))
+    results = []
+    for threads in (1, 4):
+        monkeypatch.setitem(transforms.LOCAL_WRITER_THREADS, verify, threads)
+        out = tmp_path / str(threads)
+        out.mkdir()
+        (result,) = list(transforms.WriteShard(str(out), verify).process(parsed, vocab))
+        results.append(result)
+    assert results[0].num_examples == len(parsed.entries) > 10
+    assert results[0].sha256 == results[1].sha256
+
+
 @pytest.mark.parametrize("recursive", [True, False])
 def test_local_listing_lists_what_beams_match_lists(tmp_path, recursive):
     """The os.scandir listing of local folders against Beam's own FileSystems.match: nested
