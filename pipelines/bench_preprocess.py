@@ -4,14 +4,14 @@ Measures on the same tree: the copy floor (`cp -r` of Annotations/ and Data/), a
 one-process converter in the style of the TF Object Detection API's
 create_pascal_tf_record.py (lxml + full decode check + TFRecordWriter), and detrec
 preprocess (DirectRunner, multi-processing, all cores) with --verify-images full and header;
-each also on the single-process in-memory runner (whose shard writer still uses a few
+each also on the single-process in-memory runner (whose shard writer decodes on two
 threads); then the naive converter and detrec full again on a 5,000-image subset, for peak
 memory vs tree size and for the time per extra image (fixed start-up costs cancel out).
 Every contender runs as its own process, start-up included, and its peak memory is the RSS
 of its whole process tree (Beam's worker processes included). Contenders take turns for
---repeat rounds; each figure is the fastest of its runs, as timeit does (a slower run was
+--repeat rounds; each time is the fastest of its runs, as timeit does (a slower run was
 slowed by something else: this VM's disk at times takes 10x longer to create files), and
-peak memory the highest.
+each peak memory the median of its runs' peaks.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import hashlib
 import io
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 
@@ -37,7 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="split to convert (default train)")
     parser.add_argument("--work", help="scratch folder (default: a temp dir, removed afterwards)")
     parser.add_argument("--small", type=int, default=5000, help="subset size for the memory comparison")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds of runs; each figure is the fastest (default 3)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of runs; the fastest counts (default 3)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -136,10 +137,15 @@ RUNNERS = {
 }
 
 
-def _detrec(root: str, split: str, out: str, verify: str, runner: str = "multi-processing") -> tuple[float, int]:
+def _detrec(root: str, split: str, work: str, verify: str, runner: str) -> tuple[float, int]:
+    """detrec preprocess in its own process, its output then removed; (seconds, peak RSS bytes)."""
+    out = os.path.join(work, f"detrec-{verify}")
     cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--input", root, "--output", out,
            "--splits", split, "--verify-images", verify, *RUNNERS[runner]]
-    seconds, peak, proc = _run_measured(cmd)
+    try:
+        seconds, peak, proc = _run_measured(cmd)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     if proc.returncode != 0:
         raise RuntimeError(f"detrec preprocess failed:\n{proc.stderr[-2000:]}")
     return seconds, peak
@@ -156,14 +162,6 @@ def _copy(root: str, work: str) -> tuple[float, int]:
     return seconds, peak
 
 
-def _detrec_once(root: str, split: str, work: str, verify: str, runner: str) -> tuple[float, int]:
-    out = os.path.join(work, f"detrec-{verify}")
-    try:
-        return _detrec(root, split, out, verify, runner)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-
-
 def _contenders(root: str, small_root: str, split: str, work: str, n: int, small_n: int):
     """(name, images, measure) for every row of the report; measure() -> (seconds, peak bytes)."""
     rows = [("copy floor (cp -r)", n, lambda: _copy(root, work)),
@@ -171,10 +169,10 @@ def _contenders(root: str, small_root: str, split: str, work: str, n: int, small
     for verify in ("full", "header"):
         for runner in RUNNERS:
             name = f"detrec preprocess --verify-images {verify}" + ("" if runner == "multi-processing" else f" ({runner})")
-            rows.append((name, n, lambda v=verify, r=runner: _detrec_once(root, split, work, v, r)))
+            rows.append((name, n, lambda v=verify, r=runner: _detrec(root, split, work, v, r)))
     rows += [(f"naive, {small_n}-image subset", small_n, lambda: _naive(small_root, split, work)),
              (f"detrec full, {small_n}-image subset", small_n,
-              lambda: _detrec_once(small_root, split, work, "full", "multi-processing"))]
+              lambda: _detrec(small_root, split, work, "full", "multi-processing"))]
     return rows
 
 
@@ -203,7 +201,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         else:
             shutil.rmtree(os.path.join(work, "subset"), ignore_errors=True)
     rows = [{"name": name, "images": images, "seconds": min(s for s, _ in runs[name]),
-             "runs": [round(s, 2) for s, _ in runs[name]], "peak_mb": max(p for _, p in runs[name]) / 1e6}
+             "runs": [round(s, 2) for s, _ in runs[name]],
+             "peak_mb": statistics.median(p for _, p in runs[name]) / 1e6,
+             "peaks_mb": [round(p / 1e6) for _, p in runs[name]]}
             for name, images, _ in contenders]
     small_naive, small_full = rows[-2], rows[-1]
     for row in rows:
