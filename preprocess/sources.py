@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import os
 import posixpath
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -36,9 +36,9 @@ class SplitSource:
     layout: str  # resolved: det | cls-loc | voc
 
 
-@dataclasses.dataclass(frozen=True)
-class FileEntry:
-    """A listed file: `key` is its path relative to the split root, without extension."""
+class FileEntry(NamedTuple):
+    """A listed file: `key` is its path relative to the split root, without extension.
+    (A tuple: a split lists hundreds of thousands, ~5x cheaper to make than a dataclass.)"""
 
     split: str
     kind: str  # "annotation" | "image"
