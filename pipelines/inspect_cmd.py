@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from preprocess import inspect as shards
+from preprocess import contact_sheet, inspect as shards
 from preprocess.errors import UserError
 from pipelines import argtypes
 
@@ -29,7 +29,7 @@ beside them. Exit code 1 when anything is wrong; each problem is one line on std
 
 def _grid(text: str) -> tuple[int, int]:
     try:
-        return shards.parse_grid(text)
+        return contact_sheet.parse_grid(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -50,8 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="write a grid of sample images with their boxes and class names")
     parser.add_argument("--grid", type=_grid, default=(4, 4), metavar="COLSxROWS",
                         help="contact-sheet grid (default 4x4)")
-    parser.add_argument("--cell", type=int, default=shards.CELL, metavar="PX",
-                        help=f"contact-sheet cell size in pixels (default {shards.CELL})")
+    parser.add_argument("--cell", type=int, default=contact_sheet.CELL, metavar="PX",
+                        help=f"contact-sheet cell size in pixels (default {contact_sheet.CELL})")
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 def _write_sheet(path: str, samples, report: dict, cols: int, rows: int, cell: int) -> dict[str, Any]:
     import tensorflow as tf
 
-    image, cells = shards.contact_sheet(samples, cols, rows, shards.class_names(report), cell)
+    image, cells = contact_sheet.contact_sheet(samples, cols, rows, contact_sheet.class_names(report), cell)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     try:

@@ -1,4 +1,4 @@
-"""Look inside detrec shards: counts, integrity, label statistics, contact sheets.
+"""Look inside detrec shards: counts, integrity, label statistics, samples for a contact sheet.
 
 `detrec inspect` (pipelines/inspect_cmd.py) is a thin CLI over `inspect_paths()`, which
 returns one JSON-ready report. Records are read only through `preprocess.schema`; the
@@ -42,8 +42,8 @@ Report keys (`detrec inspect --json` prints exactly this dict)::
                      cells: [{shard, record, filename, x, y, scale}]}
                      Each image is scaled to fit a cell x cell square and centred in it; x, y is
                      its top-left corner in the sheet, scale is sheet pixels per image pixel.
-                     The largest box is drawn in LARGEST_BOX_COLOR with its class name, the
-                     others in OTHER_BOX_COLOR.
+                     The largest box is drawn in contact_sheet.LARGEST_BOX_COLOR with its
+                     class name, the others in contact_sheet.OTHER_BOX_COLOR.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import io
 import math
 import os
 import posixpath
@@ -61,13 +60,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from preprocess import dataset_info, images, schema
+from preprocess.contact_sheet import Sample
 from preprocess.errors import UserError
 
 REPORT_VERSION = 1
-CELL = 256  # contact-sheet cell, pixels (square)
-LARGEST_BOX_COLOR = (255, 255, 0)  # the box that gives the image its class, with its name
-OTHER_BOX_COLOR = (0, 255, 255)
-BOX_LINE = 2
 AREA_BINS = 10  # box-area histogram: equal bins over [0, 1]
 _HEADER, _FOOTER = schema.FRAME_HEADER, schema.FRAME_FOOTER
 
@@ -526,15 +522,6 @@ def record_fields(record: schema.Record, classes: dict[int, dataset_info.ClassIn
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class Sample:
-    """A record picked for the contact sheet, and where it came from."""
-
-    shard: str
-    index: int
-    record: schema.Record
-
-
 # --- the inspection -----------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Options:
@@ -758,80 +745,3 @@ def _report(r: _Resolver, ins: _Inspector, results: list[_ShardResult], options:
         "splits": splits,
         "records": ins.shown,
     }
-
-
-# --- contact sheet ------------------------------------------------------------------------
-def class_names(report: dict[str, Any]) -> dict[int, str]:
-    return {c["id"]: c["name"] for c in report.get("classes", [])}
-
-
-def contact_sheet(samples: Sequence[Sample], cols: int, rows: int, names: dict[int, str],
-                  cell: int = CELL):
-    """Draws samples on a cols x rows grid: every box, and the largest box's class name.
-
-    Each image is scaled to fit a `cell` x `cell` square (aspect kept) and centred in it.
-    Returns (PIL image of cols*cell x rows*cell pixels, cell placements for the report).
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    sheet = Image.new("RGB", (cols * cell, rows * cell), (24, 24, 24))
-    draw = ImageDraw.Draw(sheet)
-    try:
-        font = ImageFont.load_default(size=max(10, cell // 18))
-    except TypeError:  # Pillow built without FreeType
-        font = ImageFont.load_default()
-    placed = []
-    for k, sample in enumerate(samples[: cols * rows]):
-        record = sample.record
-        try:
-            image = Image.open(io.BytesIO(record.encoded)).convert("RGB")
-        except Exception:  # unreadable JPEG: leave the cell dark, --verify names it
-            continue
-        scale = min(cell / image.width, cell / image.height)
-        w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-        x0 = (k % cols) * cell + (cell - w) // 2
-        y0 = (k // cols) * cell + (cell - h) // 2
-        sheet.paste(image.resize((w, h), Image.BILINEAR), (x0, y0))
-        placed.append({"shard": sample.shard, "record": sample.index, "filename": record.filename,
-                       "x": x0, "y": y0, "scale": round(w / image.width, 6)})
-        rects = [(x0 + b.xmin * w, y0 + b.ymin * h, x0 + b.xmax * w, y0 + b.ymax * h) for b in record.objects]
-        label, text = schema.largest_box_label(record.objects)
-        largest = (max(range(len(record.objects)), key=lambda i: (record.objects[i].area, -i))
-                   if record.objects else None)
-        for i, rect in enumerate(rects):
-            if i != largest:
-                _outline(draw, _pixels(rect), OTHER_BOX_COLOR)
-        caption = names.get(label, text)
-        anchor = (x0 + 2, y0 + 2)
-        if largest is not None:
-            r = _pixels(rects[largest])
-            _outline(draw, r, LARGEST_BOX_COLOR)
-            anchor = (r[0] + BOX_LINE, r[1] + BOX_LINE)
-        left, top, right, bottom = draw.textbbox(anchor, caption, font=font)
-        draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=(0, 0, 0))
-        draw.text(anchor, caption, fill=LARGEST_BOX_COLOR, font=font)
-    return sheet, placed
-
-
-def _outline(draw, rect: tuple[int, int, int, int], color: tuple[int, int, int]) -> None:
-    """A BOX_LINE-wide box inside `rect` with a 1-pixel dark rim outside, visible on any picture."""
-    x0, y0, x1, y1 = rect
-    draw.rectangle((x0 - 1, y0 - 1, x1 + 1, y1 + 1), outline=(0, 0, 0), width=1)
-    draw.rectangle(rect, outline=color, width=BOX_LINE)
-
-
-def _pixels(rect: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
-    """Box corners as the sheet pixels its outline covers (xmax/ymax are exclusive edges)."""
-    x0, y0, x1, y1 = rect
-    return round(x0), round(y0), max(round(x0), round(x1) - 1), max(round(y0), round(y1) - 1)
-
-
-def parse_grid(text: str) -> tuple[int, int]:
-    """'4x4' -> (cols, rows)."""
-    try:
-        cols, rows = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--grid wants COLSxROWS such as 4x4, got {text!r}") from None
-    if not (1 <= cols <= 64 and 1 <= rows <= 64):
-        raise ValueError(f"--grid {text}: columns and rows must be 1..64")
-    return cols, rows

@@ -25,7 +25,7 @@ from lxml import etree
 from PIL import Image
 
 from pipelines import cli
-from preprocess import inspect as shards
+from preprocess import contact_sheet, inspect as shards
 from preprocess import schema
 from tests import image_factory
 
@@ -456,9 +456,9 @@ def test_contact_sheet_draws_every_box_where_it_belongs(tmp_path, capsys):
         top, bottom = round(y0 + box.ymin * h), round(y0 + box.ymax * h) - 1
         return left, top, right, bottom
 
-    for (x0, y0, w, h), box, col in [((0, 64, 256, 128), wide.objects[0], shards.LARGEST_BOX_COLOR),
-                                     ((0, 64, 256, 128), wide.objects[1], shards.OTHER_BOX_COLOR),
-                                     ((320, 0, 128, 256), tall.objects[0], shards.LARGEST_BOX_COLOR)]:
+    for (x0, y0, w, h), box, col in [((0, 64, 256, 128), wide.objects[0], contact_sheet.LARGEST_BOX_COLOR),
+                                     ((0, 64, 256, 128), wide.objects[1], contact_sheet.OTHER_BOX_COLOR),
+                                     ((320, 0, 128, 256), tall.objects[0], contact_sheet.LARGEST_BOX_COLOR)]:
         left, top, right, bottom = box_edges(x0, y0, w, h, box)
         mid_x, mid_y = (left + right) // 2, (top + bottom) // 2
         for x, y in [(left, mid_y), (left + 1, mid_y), (right, mid_y), (mid_x, bottom), (mid_x, bottom - 1)]:
@@ -473,7 +473,7 @@ def test_contact_sheet_draws_every_box_where_it_belongs(tmp_path, capsys):
     assert yellowish.sum() > 20 and black.sum() > 50  # antialiased letters on a black tab
     # The object-less picture is drawn without any box.
     empty_cell = pixels[256 + 30:, :256]
-    assert not (empty_cell == shards.OTHER_BOX_COLOR).all(axis=-1).any()
+    assert not (empty_cell == contact_sheet.OTHER_BOX_COLOR).all(axis=-1).any()
 
 
 def test_contact_sheet_of_a_real_dataset(dataset_dir, tmp_path, capsys):
@@ -494,7 +494,7 @@ def test_contact_sheet_of_a_real_dataset(dataset_dir, tmp_path, capsys):
         w, h = round(record.width * cell["scale"]), round(record.height * cell["scale"])
         left = round(cell["x"] + box.xmin * w)
         mid_y = round(cell["y"] + (box.ymin + box.ymax) / 2 * h)
-        assert tuple(pixels[mid_y, left]) == shards.LARGEST_BOX_COLOR
+        assert tuple(pixels[mid_y, left]) == contact_sheet.LARGEST_BOX_COLOR
 
 
 def test_url_paths_go_through_tf_gfile(dataset_dir, capsys):
