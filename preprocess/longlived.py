@@ -14,7 +14,8 @@ import gc
 import threading
 from typing import Iterator
 
-_lock = threading.Lock()
+_import_lock = threading.Lock()
+_freeze_lock = threading.Lock()  # its own: a DoFn's setup must not wait out TensorFlow's import
 _frozen = False
 
 
@@ -22,7 +23,7 @@ _frozen = False
 def importing() -> Iterator[None]:
     """The imports in the block run with the GC paused (a quarter of their time is
     collections that find nothing), and everything alive afterwards is frozen."""
-    with _lock:
+    with _import_lock:
         enabled = gc.isenabled()
         gc.disable()
         try:
@@ -37,7 +38,7 @@ def freeze_once() -> None:
     """Freezes what this process has loaded so far, the first time it is called (a Beam
     worker calls it when it sets up a detrec DoFn: by then Beam and detrec are imported)."""
     global _frozen
-    with _lock:
+    with _freeze_lock:
         if not _frozen:
             _frozen = True
             gc.freeze()

@@ -40,3 +40,17 @@ def test_the_launcher_freezes_what_the_command_imports():
                   "try:\n    cli.main(['preprocess', '--help'])\nexcept SystemExit:\n    pass\n"
                   "print(gc.get_freeze_count())")
     assert "--verify-images" in out and int(out[-1]) > 50_000  # its help, then Beam's objects frozen
+
+
+def test_freezing_does_not_wait_for_an_import_in_progress():
+    """A worker warms TensorFlow up on a thread (~1.5 s) while its next DoFn is set up."""
+    ok, = _python(
+        "import threading; from preprocess import longlived\n"
+        "inside, release = threading.Event(), threading.Event()\n"
+        "def slow_import():\n"
+        "    with longlived.importing():\n"
+        "        inside.set(); release.wait()\n"
+        "t = threading.Thread(target=slow_import); t.start(); inside.wait()\n"
+        "setup = threading.Thread(target=longlived.freeze_once); setup.start(); setup.join(10)\n"
+        "print(not setup.is_alive()); release.set(); t.join()")
+    assert ok == "True"
