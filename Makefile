@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 demo: install
-	$(BIN)/python -m pipelines.demo --out $(DEMO)
+	$(BIN)/python -m detrec.pipelines.demo --out $(DEMO)
 
 test: install
 	$(BIN)/python -m pytest -q -ra

@@ -8,8 +8,8 @@ import importlib
 
 HELP = "throughput benchmarks"
 BENCHES = {
-    "preprocess": "pipelines.bench_preprocess",
-    "input": "pipelines.bench_input",
+    "preprocess": "detrec.pipelines.bench_preprocess",
+    "input": "detrec.pipelines.bench_input",
 }
 
 

@@ -29,8 +29,8 @@ import statistics
 import sys
 import time
 
-from pipelines import benchutil
-from preprocess.errors import UserError
+from detrec.pipelines import benchutil
+from detrec.core.errors import UserError
 
 HELP = "input pipeline img/s vs the decode ceiling, raw reads and the article's pipeline"
 TARGETS = {"ours_vs_ceiling": 1.0, "ours_vs_article": 2.5, "dali_gpu_img_s": 10_000}
@@ -99,7 +99,7 @@ def measure(contenders: list[Contender], seconds: float, warmup: float, rounds: 
 
 
 def _ours(args, decoder: str):
-    from train import input as input_lib
+    from detrec.train import input as input_lib
 
     return input_lib.make_dataset(args.data, args.split, batch_size=args.batch_size,
                                   image_size=args.image_size, training=True, decoder=decoder,
@@ -109,8 +109,8 @@ def _ours(args, decoder: str):
 def _ceiling(args, files: list[str]):
     import tensorflow as tf
 
-    from preprocess import schema
-    from train import augment
+    from detrec.core import schema
+    from detrec.train import augment
 
     records = []
     for record in tf.data.TFRecordDataset(files).take(CEILING_IMAGES):
@@ -185,8 +185,8 @@ def _article(args, pairs: list[tuple[str, str]]):
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise UserError(f"unknown arguments: {' '.join(extra)}")
-    from preprocess import dataset_info
-    from train import input as input_lib
+    from detrec.core import dataset_info
+    from detrec.train import input as input_lib
 
     files = dataset_info.shard_files(dataset_info.load(args.data), args.data, args.split)
     ours = input_lib.resolve_decoder(args.decoder)

@@ -26,8 +26,8 @@ import statistics
 import sys
 import tempfile
 
-from preprocess.errors import UserError
-from pipelines import benchutil
+from detrec.core.errors import UserError
+from detrec.pipelines import benchutil
 
 HELP = "preprocess throughput vs cp -r and a naive converter; peak memory vs dataset size"
 TARGETS = {"full_vs_naive": 1.5, "header_vs_copy": 0.3, "memory_growth_max": 1.3}
@@ -106,7 +106,7 @@ def _naive(root: str, split: str, work: str) -> tuple[float, int]:
     """Runs the naive converter in its own process; (seconds, peak RSS bytes)."""
     out = os.path.join(work, "naive")
     os.makedirs(out)
-    code = f"from pipelines.bench_preprocess import naive_convert; naive_convert({root!r}, {split!r}, {out!r})"
+    code = f"from detrec.pipelines.bench_preprocess import naive_convert; naive_convert({root!r}, {split!r}, {out!r})"
     seconds, peak, proc = _run_measured([sys.executable, "-c", code])
     shutil.rmtree(out)
     if proc.returncode != 0:
@@ -140,7 +140,7 @@ RUNNERS = {
 def _detrec(root: str, split: str, work: str, verify: str, runner: str) -> tuple[float, int]:
     """detrec preprocess in its own process, its output then removed; (seconds, peak RSS bytes)."""
     out = os.path.join(work, f"detrec-{verify}")
-    cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--input", root, "--output", out,
+    cmd = [sys.executable, "-m", "detrec.pipelines.cli", "preprocess", "--input", root, "--output", out,
            "--splits", split, "--verify-images", verify, *RUNNERS[runner]]
     try:
         seconds, peak, proc = _run_measured(cmd)

@@ -29,10 +29,11 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.portability.api import beam_fn_api_pb2
 from google.protobuf import text_format
 
-from preprocess import dataset_info, images, schema, sources, vocab as vocab_lib
-from preprocess.errors import UserError
-from preprocess.finalize import finalize
-from preprocess.transforms import (
+from detrec.core import dataset_info, schema
+from detrec.preprocess import images, sources, vocab as vocab_lib
+from detrec.core.errors import UserError
+from detrec.preprocess.finalize import finalize
+from detrec.preprocess.transforms import (
     LAYOUT, NAMESPACE, REJECTED, CollectVocabulary, ListAndAssign, ParseShard, WriteShard, shard_synsets,
     split_time_metric,
 )
@@ -361,8 +362,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipelines.build_shards ...` (same as `detrec preprocess ...`)."""
-    from pipelines.cli import main as cli_main
+    """`python -m detrec.pipelines.build_shards ...` (same as `detrec preprocess ...`)."""
+    from detrec.pipelines.cli import main as cli_main
 
     return cli_main(["preprocess", *(sys.argv[1:] if argv is None else argv)])
 

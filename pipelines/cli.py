@@ -15,17 +15,17 @@ import sys
 # Quiet TensorFlow's C++ start-up chatter; users can still set their own level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from preprocess import longlived
-from preprocess.errors import UserError
+from detrec.preprocess import longlived
+from detrec.core.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("pipelines.synth_cmd", "generate a synthetic ImageNet-DET tree (the embedded default data)"),
-    "preprocess": ("pipelines.build_shards", "Beam job: ILSVRC/VOC tree -> verified, sharded TFRecords"),
-    "inspect": ("pipelines.inspect_cmd", "look inside shards: counts, integrity, labels, pictures"),
-    "train": ("pipelines.train_cmd", "train a CNN streaming from the shards"),
-    "predict": ("pipelines.predict_cmd", "top-k classes of image files with an exported model"),
-    "bench": ("pipelines.bench", "throughput benchmarks: `bench preprocess`, `bench input`"),
-    "data-service": ("pipelines.data_service", "run a tf.data service dispatcher or worker"),
+    "synth": ("detrec.pipelines.synth_cmd", "generate a synthetic ImageNet-DET tree (the embedded default data)"),
+    "preprocess": ("detrec.pipelines.build_shards", "Beam job: ILSVRC/VOC tree -> verified, sharded TFRecords"),
+    "inspect": ("detrec.pipelines.inspect_cmd", "look inside shards: counts, integrity, labels, pictures"),
+    "train": ("detrec.pipelines.train_cmd", "train a CNN streaming from the shards"),
+    "predict": ("detrec.pipelines.predict_cmd", "top-k classes of image files with an exported model"),
+    "bench": ("detrec.pipelines.bench", "throughput benchmarks: `bench preprocess`, `bench input`"),
+    "data-service": ("detrec.pipelines.data_service", "run a tf.data service dispatcher or worker"),
 }
 # Commands whose unknown flags are passed on (to Beam's PipelineOptions).
 PASS_THROUGH = {"preprocess", "bench"}

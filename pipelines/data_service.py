@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 
-from preprocess.errors import UserError
+from detrec.core.errors import UserError
 
 HELP = "run a tf.data service dispatcher or worker (input pipeline on other machines)"
 
@@ -57,7 +57,7 @@ def _check_port(port: int) -> None:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     _check_port(args.port)
-    from train import data_service  # lazily: TensorFlow loads only when a server starts
+    from detrec.train import data_service  # lazily: TensorFlow loads only when a server starts
 
     try:
         if args.role == "dispatcher":

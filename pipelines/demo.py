@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from pipelines import cli
+from detrec.pipelines import cli
 
 
 def stage(title: str) -> None:
@@ -28,7 +28,7 @@ def check(code: int, what: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m detrec.pipelines.demo", description=__doc__)
     parser.add_argument("--out", default="demo_out", help="where everything is written (default demo_out)")
     parser.add_argument("--train", type=int, default=2000, help="synthetic train images")
     parser.add_argument("--val", type=int, default=400, help="synthetic val images")

@@ -14,9 +14,9 @@ import json
 import sys
 from typing import Any
 
-from preprocess import contact_sheet, inspect as shards
-from preprocess.errors import UserError
-from pipelines import argtypes
+from detrec.inspector import contact_sheet, inspect as shards
+from detrec.core.errors import UserError
+from detrec.pipelines import argtypes
 
 HELP = "look inside shards: counts, integrity, labels, pictures"
 EPILOG = """\

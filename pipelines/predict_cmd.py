@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pipelines import argtypes
+from detrec.pipelines import argtypes
 
 HELP = "top-k classes of image files with an exported model"
 
@@ -25,7 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from train import predict
+    from detrec.train import predict
 
     predictor = predict.Predictor(args.model_dir)
     results = predictor.predict(args.images, top=args.top)

@@ -8,8 +8,8 @@ import time
 
 from tqdm import tqdm
 
-from preprocess import synth
-from preprocess.errors import UserError
+from detrec.preprocess import synth
+from detrec.core.errors import UserError
 
 HELP = "generate a synthetic ImageNet-DET tree under OUT/ILSVRC/"
 

@@ -19,8 +19,8 @@ import json
 import os
 import re
 
-from preprocess.errors import UserError
-from pipelines import argtypes
+from detrec.core.errors import UserError
+from detrec.pipelines import argtypes
 
 HELP = "train a CNN streaming from the shards"
 # The same as train.models.MODELS (a test checks), spelled out so `--help` needs no Keras.
@@ -119,7 +119,7 @@ def tf_config(worker_hosts: str, worker_index: int | None) -> str:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from train import loop, models  # not train.input yet: importing it runs TF ops (see below)
+    from detrec.train import loop, models  # not train.input yet: importing it runs TF ops (see below)
 
     if args.worker_hosts is not None:
         os.environ["TF_CONFIG"] = tf_config(args.worker_hosts, args.worker_index)
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     # Before any TF op (train.input's import runs some): collective ops are configured at
     # start-up only.
     strategy = loop.make_strategy()
-    from train import input as input_lib
+    from detrec.train import input as input_lib
 
     data, steps = loop.make_data(strategy, args.data, batch_size=args.batch_size,
                                  image_size=args.image_size, decoder=args.decoder,
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _where(strategy) -> str:
-    from train import loop
+    from detrec.train import loop
 
     workers, index = loop.worker_position(strategy)
     return f" on {workers} workers (this is worker {index})" if workers > 1 else ""

@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 
 from lxml import etree
 
-from preprocess.errors import InputError
-from preprocess import schema
+from detrec.core.errors import InputError
+from detrec.core import schema
 
 MAX_XML_BYTES = 1 << 20  # real ILSVRC/VOC files are < 10 KB
 _DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)

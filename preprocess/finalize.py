@@ -13,9 +13,9 @@ from typing import Iterable
 
 from apache_beam.io.filesystems import FileSystems
 
-from preprocess import dataset_info, schema
-from preprocess.transforms import Rejected, ShardResult
-from preprocess.vocab import Vocabulary
+from detrec.core import dataset_info, schema
+from detrec.preprocess.transforms import Rejected, ShardResult
+from detrec.preprocess.vocab import Vocabulary
 
 log = logging.getLogger("detrec.preprocess")
 

@@ -16,8 +16,8 @@ import threading
 
 from PIL import Image, UnidentifiedImageError
 
-from preprocess import longlived
-from preprocess.errors import InputError
+from detrec.preprocess import longlived
+from detrec.core.errors import InputError
 
 CONVERT_QUALITY = 95
 VERIFY_MODES = ("full", "header")

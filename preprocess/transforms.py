@@ -29,8 +29,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from preprocess import annotations, images, longlived, schema, sources
-from preprocess.vocab import Vocabulary, from_synsets as vocab_from_synsets
+from detrec.preprocess import annotations, images, longlived, sources
+
+from detrec.core import schema
+from detrec.preprocess.vocab import Vocabulary, from_synsets as vocab_from_synsets
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable
 
-from preprocess import schema
+from detrec.core import schema
 
 
 class VocabError(ValueError):

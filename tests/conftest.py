@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-from preprocess import synth  # noqa: E402
+from detrec.preprocess import synth  # noqa: E402
 
 SHARED_SAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "samples")
 
@@ -30,7 +30,7 @@ def synth_tree(tmp_path_factory) -> str:
 
 def run_preprocess(input_root: str, output: str, *extra: str) -> int:
     """`detrec preprocess` in-process on the fast single-process DirectRunner."""
-    from pipelines import cli
+    from detrec.pipelines import cli
 
     return cli.main(["preprocess", "--input", input_root, "--output", output,
                      "--direct_num_workers=1", "--direct_running_mode=in_memory", *extra])

@@ -8,8 +8,10 @@ import tracemalloc
 
 import pytest
 
-from preprocess import annotations, schema
-from preprocess.annotations import AnnotationError
+from detrec.preprocess import annotations
+
+from detrec.core import schema
+from detrec.preprocess.annotations import AnnotationError
 from tests.conftest import SHARED_SAMPLES
 
 

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from pipelines import benchutil, cli
+from detrec.pipelines import benchutil, cli
 
 
 def test_bench_preprocess_reports_every_contender(synth_tree, capsys):

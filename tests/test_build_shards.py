@@ -15,7 +15,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from preprocess import dataset_info, schema
+from detrec.core import dataset_info, schema
 from tests import image_factory as f
 from tests.conftest import run_preprocess
 from tests.test_annotations import LAUGHS, XXE
@@ -102,7 +102,7 @@ def bad_tree(synth_tree, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bad_run(bad_tree, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("bad_out"))
-    cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--input", bad_tree, "--output", out,
+    cmd = [sys.executable, "-m", "detrec.pipelines.cli", "preprocess", "--input", bad_tree, "--output", out,
            "--labels", os.path.join(bad_tree, "devkit", "data", "map_det.txt"), "--num-shards", "train=3,val=1",
            "--direct_num_workers=1", "--direct_running_mode=in_memory"]
     proc = subprocess.run(unprivileged(cmd), cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -163,7 +163,7 @@ def test_fixed_and_clipped_records(bad_run):
 
 
 def test_labels_and_largest_box_match_the_xml(dataset_dir, synth_tree):
-    from preprocess import annotations
+    from detrec.preprocess import annotations
 
     info = dataset_info.load(dataset_dir)
     ids = {c["synset"]: c["id"] for c in info["classes"]}
@@ -232,7 +232,7 @@ def test_same_bytes_whatever_the_parallelism(synth_tree, dataset_dir, tmp_path):
     """dataset_dir ran in-memory on 1 worker; this runs 2 worker processes."""
     out = str(tmp_path / "mp")
     synset_map = os.path.join(synth_tree, "devkit", "data", "map_det.txt")
-    cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--input", synth_tree, "--output", out,
+    cmd = [sys.executable, "-m", "detrec.pipelines.cli", "preprocess", "--input", synth_tree, "--output", out,
            "--num-shards", "train=4,val=2", "--labels", synset_map,
            "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -254,7 +254,7 @@ def test_killed_run_then_rerun_equals_clean_run(synth_tree, dataset_dir, tmp_pat
         with open(os.path.join(out, junk), "wb") as fh:
             fh.write(b"partial")
     synset_map = os.path.join(synth_tree, "devkit", "data", "map_det.txt")
-    cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--input", synth_tree, "--output", out,
+    cmd = [sys.executable, "-m", "detrec.pipelines.cli", "preprocess", "--input", synth_tree, "--output", out,
            "--num-shards", "train=4,val=2", "--labels", synset_map,
            "--direct_num_workers=1", "--direct_running_mode=in_memory"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -288,7 +288,7 @@ def test_killed_run_then_rerun_equals_clean_run(synth_tree, dataset_dir, tmp_pat
     ],
 )
 def test_user_errors_are_one_line(args, message, synth_tree, tmp_path, capsys):
-    from pipelines import cli
+    from detrec.pipelines import cli
 
     base = {"--input": synth_tree, "--output": str(tmp_path / "o")}
     argv = ["preprocess"]
@@ -302,7 +302,7 @@ def test_user_errors_are_one_line(args, message, synth_tree, tmp_path, capsys):
 
 
 def test_bad_synset_map_is_a_user_error(synth_tree, tmp_path, capsys):
-    from pipelines import cli
+    from detrec.pipelines import cli
 
     bad = tmp_path / "map.txt"
     bad.write_text("n1 1 a\nn1 2 b\n")
@@ -311,7 +311,7 @@ def test_bad_synset_map_is_a_user_error(synth_tree, tmp_path, capsys):
 
 
 def test_wrong_layout_is_a_user_error(tmp_path, capsys):
-    from pipelines import cli
+    from detrec.pipelines import cli
 
     (tmp_path / "empty").mkdir()
     assert cli.main(["preprocess", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 2
@@ -367,7 +367,7 @@ def test_cls_loc_layout_with_synset_mapping(tmp_path):
 
 # --- the per-shard plan -------------------------------------------------------------------
 def _pairs(tmp_path, n: int, bad: set[int] = frozenset()):
-    from preprocess import sources
+    from detrec.preprocess import sources
 
     pairs = []
     for i in range(n):
@@ -381,7 +381,7 @@ def _pairs(tmp_path, n: int, bad: set[int] = frozenset()):
 def test_every_planned_shard_is_an_element_even_when_its_xml_all_fails(tmp_path):
     """Each shard travels as one element; a shard whose every annotation is rejected still
     gets written (empty), so a split's n-of-N shard names never have gaps."""
-    from preprocess import transforms
+    from detrec.preprocess import transforms
 
     pairs = _pairs(tmp_path, 7, bad={0, 1, 2, 3, 4, 5, 6})
     plans = list(transforms.plan_split("train", pairs, 3, 1))
@@ -395,7 +395,7 @@ def test_every_planned_shard_is_an_element_even_when_its_xml_all_fails(tmp_path)
 
 
 def test_parse_shard_keeps_plan_order_and_reports_bad_xml(tmp_path):
-    from preprocess import transforms
+    from detrec.preprocess import transforms
 
     plan, = transforms.plan_split("train", _pairs(tmp_path, 5, bad={2}), 1, 1)
     out = list(transforms.ParseShard().process(plan))
@@ -413,7 +413,7 @@ def test_a_shard_plan_is_pickled_in_one_call(tmp_path):
 
     from apache_beam.coders import coders
 
-    from preprocess import transforms
+    from detrec.preprocess import transforms
 
     plan, = transforms.plan_split("train", _pairs(tmp_path, 5), 1, 1)
     coder = coders.FastPrimitivesCoder()
@@ -423,7 +423,7 @@ def test_a_shard_plan_is_pickled_in_one_call(tmp_path):
 
 @pytest.mark.parametrize("verify", ["header", "full"])
 def test_a_shard_is_the_same_bytes_whatever_the_writer_threads(synth_tree, tmp_path, monkeypatch, verify):
-    from preprocess import transforms
+    from detrec.preprocess import transforms
 
     plans = [o for o in transforms.ListAndAssign({"train": 1}, 1).process((synth_tree, "train", "auto"))
              if isinstance(o, transforms.ShardPlan)]
@@ -446,7 +446,7 @@ def test_local_listing_lists_what_beams_match_lists(tmp_path, recursive):
     and hidden files, unicode names, a symlinked folder (not followed), a dangling link."""
     from apache_beam.io.filesystems import FileSystems
 
-    from preprocess import sources
+    from detrec.preprocess import sources
 
     base = tmp_path / "Annotations"
     for rel, size in (("a.xml", 3), (".hidden.xml", 1), ("n01/b.xml", 5), ("n01/deep/c.xml", 7), ("ünï/d.xml", 2)):
@@ -467,7 +467,7 @@ def test_local_runs_go_straight_to_the_fn_api_runner():
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.portability.fn_api_runner import fn_runner
 
-    from pipelines import build_shards
+    from detrec.pipelines import build_shards
 
     assert isinstance(build_shards._local_runner(PipelineOptions([])), fn_runner.FnApiRunner)
     assert isinstance(build_shards._local_runner(PipelineOptions(["--runner=DirectRunner"])), fn_runner.FnApiRunner)
@@ -487,7 +487,7 @@ def test_summary_has_each_splits_time_and_rate(synth_tree, tmp_path, capsys):
         assert examples == info["splits"][split]["num_examples"]
         assert seconds >= 0 and rate > 0  # measured, not "-" (a tiny split takes milliseconds)
     # The arithmetic, with known times; a split without metrics shows "-".
-    from pipelines.build_shards import summary_table
+    from detrec.pipelines.build_shards import summary_table
 
     table = summary_table(info, {"train": 2.0}).splitlines()
     train, val = (next(r.split() for r in table if r.startswith(s)) for s in ("train ", "val "))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from preprocess import schema
+from detrec.core import schema
 from tests.test_input import SIZE, corrupt_copy, decode, epoch, keys_of, record_offsets, records_by_key, seed_reference
-from train import input as input_lib
+from detrec.train import input as input_lib
 
 def by_key(epoch_rows) -> dict[str, tuple]:
     return {row[-1]: row for row in epoch_rows}
@@ -156,7 +156,7 @@ def test_random_crop_window_is_in_height_width_order(dataset_dir):
     """train/dali.py maps boxes with fn.random_crop_generator's window as (y, x) / (h, w)."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from train import dali
+    from detrec.train import dali
 
     paths = dali.usable_shards(dataset_dir, "val")
 

@@ -14,10 +14,10 @@ import time
 import pytest
 import tensorflow as tf
 
-from preprocess import dataset_info, schema
-from preprocess.errors import UserError
-from train import data_service
-from train import input as train_input
+from detrec.core import dataset_info, schema
+from detrec.core.errors import UserError
+from detrec.train import data_service
+from detrec.train import input as train_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,7 +95,7 @@ def test_bad_addresses_are_user_errors(address):
 def start_cli(*args: str) -> subprocess.Popen:
     """Starts `detrec data-service ...` (stdout piped, to read its ready line)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "data-service", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "detrec.pipelines.cli", "data-service", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
@@ -131,7 +131,7 @@ def test_cli_dispatcher_and_workers_serve_an_epoch_and_stop_cleanly():
 
 
 def test_cli_rejects_a_bad_dispatcher_address(capsys):
-    from pipelines import cli
+    from detrec.pipelines import cli
 
     assert cli.main(["data-service", "worker", "--dispatcher", "localhost:5050"]) == 2
     err = capsys.readouterr().err

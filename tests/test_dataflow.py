@@ -20,8 +20,8 @@ import tomllib
 import pytest
 from packaging.requirements import Requirement
 
-from pipelines import build_shards, cli
-from pipelines.dataflow import main as flex_main
+from detrec.pipelines import build_shards, cli
+from detrec.pipelines.dataflow import main as flex_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATAFLOW = os.path.join(ROOT, "pipelines", "dataflow")
@@ -172,7 +172,7 @@ def test_setup_shim_stages_every_package(tmp_path):
     (sdist,) = tmp_path.glob("detrec-*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    for needed in ("preprocess/schema.py", "preprocess/transforms.py", "pipelines/build_shards.py",
+    for needed in ("core/schema.py", "preprocess/transforms.py", "pipelines/build_shards.py",
                    "pipelines/dataflow/main.py", "pipelines/dataflow/metadata.json",
                    "pipelines/dataflow/requirements.txt", "train/__init__.py", "pyproject.toml"):
         assert needed in names, f"sdist lacks {needed}"

@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from preprocess import images
-from preprocess.images import ImageError
+from detrec.preprocess import images
+from detrec.preprocess.images import ImageError
 from tests import image_factory as f
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +103,7 @@ def test_full_verification_catches_what_the_header_misses():
 def test_decode_check_freezes_tensorflow_out_of_the_gc():
     """The first full check imports TensorFlow and freezes its objects (fast GC passes and a
     fast exit for Beam workers); run in a fresh interpreter, where TF is not yet loaded."""
-    code = ("import gc, sys; from preprocess import images; from tests import image_factory as f; "
+    code = ("import gc, sys; from detrec.preprocess import images; from tests import image_factory as f; "
             "assert 'tensorflow' not in sys.modules; images.prepare(f.jpeg(), 'full'); "
             "print(gc.get_freeze_count())")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -1,7 +1,7 @@
 """train/input.py (tf.data decoder) and train/augment.py against the real preprocess output.
 
 Expected values never come from the code under test: labels come from the records read
-through preprocess.schema.decode (and, once, from the synth tree's XML), pixels of the seed
+through detrec.core.schema.decode (and, once, from the synth tree's XML), pixels of the seed
 transform are computed by hand in numpy, box mappings by hand. Each image op is checked
 both eagerly and inside tf.data. test_dali.py holds DALI to the same contract.
 """
@@ -18,11 +18,11 @@ import pytest
 import tensorflow as tf
 from lxml import etree
 
-from pipelines import cli
-from preprocess import dataset_info, schema
-from preprocess.errors import UserError
-from train import augment
-from train import input as input_lib
+from detrec.pipelines import cli
+from detrec.core import dataset_info, schema
+from detrec.core.errors import UserError
+from detrec.train import augment
+from detrec.train import input as input_lib
 
 SIZE = (40, 56)  # (height, width): not square, to catch swapped axes
 

@@ -24,9 +24,9 @@ import tensorflow as tf
 from lxml import etree
 from PIL import Image
 
-from pipelines import cli
-from preprocess import contact_sheet, inspect as shards
-from preprocess import schema
+from detrec.pipelines import cli
+from detrec.inspector import contact_sheet, inspect as shards
+from detrec.core import schema
 from tests import image_factory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -402,7 +402,7 @@ def test_bad_inputs_never_give_a_traceback_from_the_console(tmp_path):
     (tmp_path / "text.tfrecord").write_bytes(b"not a record at all")
     paths = [str(tmp_path / n) for n in ("missing.tfrecord", "empty.tfrecord", "text.tfrecord")]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "inspect", *paths], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "detrec.pipelines.cli", "inspect", *paths], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr

@@ -18,7 +18,7 @@ def _python(code: str) -> list[str]:
 
 def test_imports_run_with_the_gc_paused_then_are_frozen():
     enabled_inside, frozen, enabled_after = _python(
-        "import gc; from preprocess import longlived\n"
+        "import gc; from detrec.preprocess import longlived\n"
         "with longlived.importing():\n"
         "    import apache_beam; print(gc.isenabled())\n"
         "print(gc.get_freeze_count(), gc.isenabled())")
@@ -28,7 +28,7 @@ def test_imports_run_with_the_gc_paused_then_are_frozen():
 
 def test_a_worker_freezes_once_when_it_sets_up_a_detrec_dofn():
     before, first, second = _python(
-        "import gc; from preprocess import transforms; print(gc.get_freeze_count())\n"
+        "import gc; from detrec.preprocess import transforms; print(gc.get_freeze_count())\n"
         "transforms.WriteShard('/tmp', 'header').setup(); print(gc.get_freeze_count())\n"
         "garbage = [[] for _ in range(1000)]; transforms.ParseShard().setup(); print(gc.get_freeze_count())")
     assert int(before) == 0 and int(first) > 50_000
@@ -36,7 +36,7 @@ def test_a_worker_freezes_once_when_it_sets_up_a_detrec_dofn():
 
 
 def test_the_launcher_freezes_what_the_command_imports():
-    out = _python("import gc; from pipelines import cli\n"
+    out = _python("import gc; from detrec.pipelines import cli\n"
                   "try:\n    cli.main(['preprocess', '--help'])\nexcept SystemExit:\n    pass\n"
                   "print(gc.get_freeze_count())")
     assert "--verify-images" in out and int(out[-1]) > 50_000  # its help, then Beam's objects frozen
@@ -45,7 +45,7 @@ def test_the_launcher_freezes_what_the_command_imports():
 def test_freezing_does_not_wait_for_an_import_in_progress():
     """A worker warms TensorFlow up on a thread (~1.5 s) while its next DoFn is set up."""
     ok, = _python(
-        "import threading; from preprocess import longlived\n"
+        "import threading; from detrec.preprocess import longlived\n"
         "inside, release = threading.Event(), threading.Event()\n"
         "def slow_import():\n"
         "    with longlived.importing():\n"

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipelines import train_cmd
-from preprocess.errors import UserError
-from train import models
+from detrec.pipelines import train_cmd
+from detrec.core.errors import UserError
+from detrec.train import models
 
 
 def test_cli_lists_the_library_models():

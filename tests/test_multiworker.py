@@ -5,7 +5,7 @@ The two workers run `detrec train --worker-hosts ... --worker-index i` on the se
 so an epoch is 12 steps of 4 images per worker. What is checked comes from outside the
 trainer: the weights are read back from both workers' checkpoints, and the examples each
 worker trained on (`--record-keys`) are compared with the shards read through
-preprocess.schema. Waits poll the processes; no fixed sleeps.
+detrec.core.schema. Waits poll the processes; no fixed sleeps.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import cli
-from preprocess import dataset_info, schema
-from preprocess.errors import UserError
-from train import data_service, loop
+from detrec.pipelines import cli
+from detrec.core import dataset_info, schema
+from detrec.core.errors import UserError
+from detrec.train import data_service, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12  # 96 train examples // global batch 8
@@ -61,7 +61,7 @@ def run_cluster(data: str, model_dirs: str | list[str], logs: str, *flags: str, 
     for i, path in enumerate(paths):
         with open(path, "a") as out:
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "pipelines.cli", "train", "--data", data, "--model-dir", model_dirs[i],
+                [sys.executable, "-m", "detrec.pipelines.cli", "train", "--data", data, "--model-dir", model_dirs[i],
                  *FLAGS, *flags, "--worker-hosts", hosts, "--worker-index", str(i)],
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
     deadline = time.monotonic() + timeout

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import cli
-from train import input as input_lib
-from train import predict
+from detrec.pipelines import cli
+from detrec.train import input as input_lib
+from detrec.train import predict
 
 SIZE = 64
 

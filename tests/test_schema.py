@@ -7,8 +7,8 @@ import os
 import pytest
 import tensorflow as tf
 
-from preprocess import schema
-from preprocess.schema import Box, Record, SchemaError
+from detrec.core import schema
+from detrec.core.schema import Box, Record, SchemaError
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 
@@ -130,7 +130,7 @@ def test_writer_side_imports_no_tensorflow():
     import sys
 
     code = ("import sys, pipelines.build_shards, preprocess.transforms, preprocess.finalize; "
-            "from preprocess import schema; schema.encode(schema.Record(b'x', 1, 1, 'a', 'a', (), 0, 'background')); "
+            "from detrec.core import schema; schema.encode(schema.Record(b'x', 1, 1, 'a', 'a', (), 0, 'background')); "
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)

@@ -11,8 +11,8 @@ import numpy as np
 from lxml import etree
 from PIL import Image
 
-from preprocess import annotations, synth
-from pipelines import cli
+from detrec.preprocess import annotations, synth
+from detrec.pipelines import cli
 
 
 def tree_digest(root: str) -> dict[str, str]:

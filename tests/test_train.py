@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import cli
-from preprocess import schema, synth
+from detrec.pipelines import cli
+from detrec.core import schema
+from detrec.preprocess import synth
 from tests.conftest import run_preprocess
-from train import input as input_lib
-from train import loop
+from detrec.train import input as input_lib
+from detrec.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12  # 96 train examples // batch 8
@@ -40,13 +41,13 @@ def metrics(model_dir: str) -> dict:
 
 
 def spawn(data: str, model_dir: str, log: str, *flags: str) -> subprocess.Popen:
-    """`python -m pipelines.cli train ...` in its own process, output to `log`.
+    """`python -m detrec.pipelines.cli train ...` in its own process, output to `log`.
 
     TF_DETERMINISTIC_OPS makes runs bit-for-bit repeatable, so a resumed run can be compared
     with an uninterrupted one exactly.
     """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_DETERMINISTIC_OPS="1")
-    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--data", data, "--model-dir", model_dir,
+    cmd = [sys.executable, "-m", "detrec.pipelines.cli", "train", "--data", data, "--model-dir", model_dir,
            *SMALL, *flags]
     with open(log, "a") as out:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -221,7 +222,7 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from train import loop, models
+from detrec.train import loop, models
 data_dir, model_dir, replicas = sys.argv[1], sys.argv[2], int(sys.argv[3])
 strategy = (tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)]) if replicas > 1
             else tf.distribute.get_strategy())

@@ -4,7 +4,7 @@ tf.data service (one dispatcher and two workers on loopback, in this process).
 On the session `dataset_dir` (96 train images in 4 shards of 24) with batch 8, every service
 worker's share is whole shards, so no partial batch is dropped and one epoch through the
 service must be exactly the train split: `--record-keys` lists what the trainer consumed,
-compared with the shards read through preprocess.schema.
+compared with the shards read through detrec.core.schema.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import time
 import pytest
 import tensorflow as tf
 
-from pipelines import cli
-from preprocess import dataset_info, schema
-from train import data_service, loop
+from detrec.pipelines import cli
+from detrec.core import dataset_info, schema
+from detrec.train import data_service, loop
 
 STEPS = 12  # 96 // 8
 SMALL = ["--image-size", "64", "--batch-size", "8", "--seed", "0", "--record-keys"]

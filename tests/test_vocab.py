@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from preprocess import vocab
+from detrec.preprocess import vocab
 
 
 def test_map_det_ids_define_the_order():

@@ -24,9 +24,9 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from preprocess import dataset_info, schema
-from train import augment
-from train.input import CorruptShardError, SkipCounter, gpu_visible
+from detrec.core import dataset_info, schema
+from detrec.train import augment
+from detrec.train.input import CorruptShardError, SkipCounter, gpu_visible
 
 _DALI_DTYPES = {tf.float32: "FLOAT", tf.float16: "FLOAT16"}
 MAX_THREADS = 8

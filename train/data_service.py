@@ -22,7 +22,7 @@ import re
 
 import tensorflow as tf
 
-from preprocess.errors import UserError
+from detrec.core.errors import UserError
 
 PROTOCOL = "grpc"
 PROCESSING_MODE = "distributed_epoch"

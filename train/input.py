@@ -55,7 +55,7 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
   are only caught by the tf.data path (or `detrec inspect --verify`).
 
 The shard list always comes from dataset_info.json (never a glob), and records are parsed
-only with `preprocess.schema.parse_spec()`.
+only with `detrec.core.schema.parse_spec()`.
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ from typing import Callable, Iterator
 
 import tensorflow as tf
 
-from preprocess import dataset_info, schema
-from preprocess.errors import UserError
-from train import augment
+from detrec.core import dataset_info, schema
+from detrec.core.errors import UserError
+from detrec.train import augment
 
 DECODERS = ("auto", "cpu", "dali")
 PREPROCESS = ("inception", "seed")
@@ -246,7 +246,7 @@ def epoch_plan(data_dir: str, split: str, *, batch_size: int, training: bool, de
     """
     _check_workers(num_workers, worker_index)
     if resolve_decoder(decoder) == "dali":
-        from train import dali
+        from detrec.train import dali
 
         sizes = dali.worker_sizes(data_dir, split, num_workers, skip_corrupt)
         n = sizes[worker_index]
@@ -458,7 +458,7 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, image_size: int 
                   skip_corrupt=skip_corrupt, counter=counter, with_boxes=with_boxes,
                   with_keys=with_keys, max_boxes=max_boxes, shuffle_buffer=shuffle_buffer)
     if resolve_decoder(decoder) == "dali":
-        from train import dali
+        from detrec.train import dali
 
         return dali.make_dataset(data_dir, split, device_id=device_id, **kwargs)
     shards, by_record = worker_shards(shard_entries(data_dir, split), num_workers, worker_index)

@@ -84,10 +84,10 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
-from preprocess.dataset_info import ClassInfo
-from preprocess import dataset_info
-from preprocess.errors import UserError
-from train import models
+from detrec.core.dataset_info import ClassInfo
+from detrec.core import dataset_info
+from detrec.core.errors import UserError
+from detrec.train import models
 
 RUN_CONFIG = "run_config.json"
 METRICS = "metrics.json"
@@ -174,12 +174,12 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
       UserError: a bad dataset or split, a batch that does not divide over the replicas or
         is larger than a worker's share, or DALI combined with the data service.
     """
-    from preprocess import dataset_info
-    from train import input as input_lib
+    from detrec.core import dataset_info
+    from detrec.train import input as input_lib
 
     service = None
     if data_service is not None:
-        from train import data_service as service_lib
+        from detrec.train import data_service as service_lib
 
         service = service_lib.parse_address(data_service)
         if decoder == "dali":
@@ -248,8 +248,8 @@ def _service_dataset_fn(data_dir: str, service: str, *, global_batch_size: int,
     A SkipCounter cannot travel with the pipeline (it is a variable of this process):
     skipped records are only printed, by the service workers.
     """
-    from train import data_service as service_lib
-    from train import input as input_lib
+    from detrec.train import data_service as service_lib
+    from detrec.train import input as input_lib
 
     def fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         ds = input_lib.make_dataset(data_dir, "train", batch_size=context.get_per_replica_batch_size(global_batch_size),
@@ -775,7 +775,7 @@ class Trainer:
 
     def _local_keys(self, keys) -> list[str]:
         """The keys of this worker's examples in a (possibly distributed) batch, in order."""
-        from train import input as input_lib
+        from detrec.train import input as input_lib
 
         return [key for part in self.strategy.experimental_local_results(keys)
                 for key in input_lib.key_strings(part)]

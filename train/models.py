@@ -17,7 +17,7 @@ import os
 import keras
 from keras import layers
 
-from preprocess.errors import UserError
+from detrec.core.errors import UserError
 
 MODELS = ("semi_alexnet", "resnet50", "mobilenet_v3_small", "efficientnet_b0")
 

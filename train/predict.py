@@ -17,11 +17,11 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from preprocess import images
-from preprocess.errors import UserError
-from train import augment
-from train import input as input_lib
-from train import loop
+from detrec.preprocess import images
+from detrec.core.errors import UserError
+from detrec.train import augment
+from detrec.train import input as input_lib
+from detrec.train import loop
 
 BATCH = 32
 
@@ -61,7 +61,7 @@ class Predictor:
     def __init__(self, model_dir: str) -> None:
         import keras
 
-        from train import models  # noqa: F401  (registers detrec's custom layers for loading)
+        from detrec.train import models  # noqa: F401  (registers detrec's custom layers for loading)
 
         export_dir = os.path.join(model_dir, loop.EXPORT)
         model_path = os.path.join(export_dir, loop.EXPORT_MODEL)

@@ -39,7 +39,7 @@ case "$MODE" in
     exit 2 ;;
 esac
 
-exec "$PYTHON" -m pipelines.cli preprocess \
+exec "$PYTHON" -m detrec.pipelines.cli preprocess \
   --input "$INPUT" --output "$OUTPUT" \
   --runner DataflowRunner \
   --project "$PROJECT" --region "$REGION" \

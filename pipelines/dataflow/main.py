@@ -23,7 +23,7 @@ BEAM_JOB_LABELS = ("--labels", "--label")
 
 def detrec_flags() -> dict[str, str]:
     """Template parameter name -> `detrec preprocess` flag, read from the real parser."""
-    from pipelines import build_shards
+    from detrec.pipelines import build_shards
 
     parser = argparse.ArgumentParser(add_help=False)
     build_shards.configure(parser)
@@ -59,7 +59,7 @@ def translate(argv: list[str], flags: dict[str, str] | None = None) -> list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines import cli
+    from detrec.pipelines import cli
 
     return cli.main(["preprocess", *translate(list(sys.argv[1:] if argv is None else argv))])
 

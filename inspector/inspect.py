@@ -1,7 +1,7 @@
 """Look inside detrec shards: counts, integrity, label statistics, samples for a contact sheet.
 
 `detrec inspect` (pipelines/inspect_cmd.py) is a thin CLI over `inspect_paths()`, which
-returns one JSON-ready report. Records are read only through `preprocess.schema`; the
+returns one JSON-ready report. Records are read only through `detrec.core.schema`; the
 TFRecord framing is walked by `read_frames()`, a small reader that knows each record's byte
 offset, because TensorFlow's readers neither report offsets (needed to point at a corrupt
 byte and to check the DALI `.idx` files) nor seek past payloads (needed to count fast).
@@ -59,9 +59,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from preprocess import dataset_info, images, schema
-from preprocess.contact_sheet import Sample
-from preprocess.errors import UserError
+from detrec.core import dataset_info, schema
+
+from detrec.preprocess import images
+from detrec.inspector.contact_sheet import Sample
+from detrec.core.errors import UserError
 
 REPORT_VERSION = 1
 AREA_BINS = 10  # box-area histogram: equal bins over [0, 1]

@@ -7,7 +7,7 @@ import dataclasses
 import io
 from typing import Any, Sequence
 
-from preprocess import schema
+from detrec.core import schema
 
 CELL = 256  # contact-sheet cell, pixels (square)
 LARGEST_BOX_COLOR = (255, 255, 0)  # the box that gives the image its class, with its name

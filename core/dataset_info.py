@@ -23,8 +23,8 @@ import os
 import posixpath
 from typing import Any
 
-from preprocess import schema
-from preprocess.errors import UserError
+from detrec.core import schema
+from detrec.core.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""detrec.inspector: looks inside shards (counts, integrity, labels, pictures) through detrec.core."""
