@@ -1,10 +1,11 @@
-"""`dataset_info.json`: what a finished dataset holds, so anyone can check nothing was lost.
+"""`dataset_info.json`, typed: what a finished dataset holds, so anyone can check nothing was lost.
 
-Written last by `detrec preprocess` (its presence means the dataset is complete); read by
-the trainer (the shard list comes from here, never from a glob) and by `detrec inspect`
-(which cross-checks every shard's count, size and sha256). Layout::
+Written last by `detrec preprocess` (its presence means the dataset is complete); read by the
+trainer (the shard list comes from here, never from a glob) and by `detrec inspect` (which
+cross-checks every shard's count, size and sha256). `DatasetInfo.from_json` is the one place
+that validates the file; everything else reads typed fields. Layout::
 
-    {"schema_version": 1, "layout": "det", "source": "...", "created_by": "detrec 0.1.0",
+    {"schema_version": 1, "created_by": "detrec 0.1.0", "layout": "det", "source": "...",
      "num_classes": K + 1, "background_id": 0,
      "classes": [{"id": 0, "synset": "background", "name": "background"}, ...],
      "options": {...},
@@ -17,14 +18,14 @@ the trainer (the shard list comes from here, never from a glob) and by `detrec i
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import posixpath
-from typing import Any
+from typing import Any, Mapping
 
-from detrec.core import schema
+from detrec import __version__
+from detrec.core import fs, schema
 from detrec.core.errors import UserError
+
+CREATED_BY = f"detrec {__version__}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,91 +35,164 @@ class ClassInfo:
     name: str
 
 
-class _LocalFiles:
-    """The slice of tf.io.gfile used here, for local paths: reading a local dataset (the
-    preprocess launcher's summary, `detrec inspect`) then costs no TensorFlow import."""
-
-    exists = staticmethod(os.path.exists)
-    isdir = staticmethod(os.path.isdir)
-    GFile = staticmethod(open)
-
-
-def _gfile(path: str):
-    if "://" not in path:
-        return _LocalFiles
-    import tensorflow as tf  # lazily: gs:// and other remote paths
-
-    return tf.io.gfile
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    file: str  # name inside the dataset folder
+    num_examples: int
+    num_bytes: int
+    sha256: str
 
 
-def join(directory: str, name: str) -> str:
-    """Joins local paths and URLs (gs://...) alike."""
-    return posixpath.join(directory, name) if "://" in directory else os.path.join(directory, name)
+@dataclasses.dataclass(frozen=True)
+class SplitInfo:
+    num_examples: int
+    shards: tuple[ShardInfo, ...]
+    num_errors: int = 0
+    errors_by_reason: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    converted_images: int = 0
+    errors_file: str = ""
+
+    @property
+    def listed_examples(self) -> int:
+        """Examples its shards add up to (equal to num_examples in a sound file)."""
+        return sum(s.num_examples for s in self.shards)
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(s.num_bytes for s in self.shards)
 
 
-def load(data_dir: str) -> dict[str, Any]:
-    """Reads and sanity-checks `data_dir/dataset_info.json`; UserError says what to do."""
-    gfile = _gfile(data_dir)
-    if not gfile.exists(data_dir):
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int
+    classes: tuple[ClassInfo, ...]  # by id, background (0) first
+    splits: Mapping[str, SplitInfo]
+    schema_version: int = schema.SCHEMA_VERSION
+    created_by: str = CREATED_BY
+    layout: str = ""
+    source: str = ""
+    background_id: int = schema.BACKGROUND_ID
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def split(self, name: str, where: str = "dataset") -> SplitInfo:
+        """A split by name; UserError listing the ones there are."""
+        if name not in self.splits:
+            raise UserError(f"{where} has no split {name!r} (it has: {', '.join(sorted(self.splits)) or 'none'})")
+        return self.splits[name]
+
+    def shard_of(self, file: str) -> tuple[str, ShardInfo] | None:
+        """(split, shard) of a listed shard file name, None when it is not listed."""
+        for split, entry in self.splits.items():
+            for shard in entry.shards:
+                if shard.file == file:
+                    return split, shard
+        return None
+
+    def to_json(self) -> str:
+        out = {
+            "schema_version": self.schema_version, "created_by": self.created_by, "layout": self.layout,
+            "source": self.source, "num_classes": self.num_classes, "background_id": self.background_id,
+            "classes": [dataclasses.asdict(c) for c in self.classes], "options": dict(self.options),
+            "splits": {name: {"num_examples": s.num_examples, "num_errors": s.num_errors,
+                              "errors_by_reason": dict(s.errors_by_reason), "converted_images": s.converted_images,
+                              "errors_file": s.errors_file, "shards": [dataclasses.asdict(sh) for sh in s.shards]}
+                       for name, s in self.splits.items()},
+        }
+        return json.dumps(out, indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, path: str = schema.DATASET_INFO) -> "DatasetInfo":
+        """Parses and validates the file's content; UserError(`path: what is wrong`)."""
+        try:
+            raw = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: not valid JSON ({exc})") from None
+        try:
+            return _parse(raw)
+        except _Malformed as exc:
+            raise UserError(f"{path}: {exc}") from None
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _get(obj: Any, key: str, kind: type, where: str, default: Any = ...) -> Any:
+    if not isinstance(obj, dict):
+        raise _Malformed(f"{where} is not an object")
+    if key not in obj:
+        if default is not ...:
+            return default
+        raise _Malformed(f"{where}: missing key {key!r}; was it written by detrec preprocess?")
+    value = obj[key]
+    # bool is an int in Python; a count that is `true` is still malformed.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _Malformed(f"{where}: `{key}` is not {'a number' if kind is int else 'a ' + kind.__name__}")
+    return value
+
+
+def _parse(raw: Any) -> DatasetInfo:
+    top = "the file"
+    version = _get(raw, "schema_version", int, top)
+    if version != schema.SCHEMA_VERSION:
+        raise _Malformed(f"schema_version {version}, this detrec reads {schema.SCHEMA_VERSION}; re-run detrec preprocess")
+    classes = []
+    for i, c in enumerate(_get(raw, "classes", list, top)):
+        where = f"classes[{i}]"
+        classes.append(ClassInfo(_get(c, "id", int, where), _get(c, "synset", str, where), _get(c, "name", str, where)))
+    splits = {}
+    for name, entry in _get(raw, "splits", dict, top).items():
+        where = f"split {name!r}"
+        shards = []
+        for i, sh in enumerate(_get(entry, "shards", list, where, [])):
+            at = f"{where}: shard entry {i}"
+            file = _get(sh, "file", str, at)
+            at = f"{where}: shard {file}"
+            shards.append(ShardInfo(file, _get(sh, "num_examples", int, at), _get(sh, "num_bytes", int, at),
+                                    _get(sh, "sha256", str, at)))
+        splits[name] = SplitInfo(
+            num_examples=_get(entry, "num_examples", int, where, sum(s.num_examples for s in shards)),
+            shards=tuple(shards),
+            num_errors=_get(entry, "num_errors", int, where, 0),
+            errors_by_reason=dict(_get(entry, "errors_by_reason", dict, where, {})),
+            converted_images=_get(entry, "converted_images", int, where, 0),
+            errors_file=_get(entry, "errors_file", str, where, ""),
+        )
+    return DatasetInfo(
+        schema_version=version,
+        num_classes=_get(raw, "num_classes", int, top),
+        classes=tuple(sorted(classes, key=lambda c: c.id)),
+        splits=splits,
+        created_by=_get(raw, "created_by", str, top, ""),
+        layout=_get(raw, "layout", str, top, ""),
+        source=_get(raw, "source", str, top, ""),
+        background_id=_get(raw, "background_id", int, top, schema.BACKGROUND_ID),
+        options=_get(raw, "options", dict, top, {}),
+    )
+
+
+def path_in(data_dir: str) -> str:
+    return fs.join(data_dir, schema.DATASET_INFO)
+
+
+def load(data_dir: str) -> DatasetInfo:
+    """Reads and validates `data_dir/dataset_info.json`; UserError says what to do."""
+    if not fs.exists(data_dir):
         raise UserError(f"{data_dir}: no such directory (pass the OUT folder of `detrec preprocess`)")
-    if not gfile.isdir(data_dir):
+    if not fs.isdir(data_dir):
         raise UserError(f"{data_dir}: not a directory (pass the OUT folder of `detrec preprocess`)")
-    path = join(data_dir, schema.DATASET_INFO)
-    if not gfile.exists(path):
+    path = path_in(data_dir)
+    if not fs.exists(path):
         raise UserError(
             f"{path} not found: {data_dir} is not a finished detrec dataset "
             "(run `detrec preprocess --output` to completion first)"
         )
-    info = read_json(path)
-    for key in ("schema_version", "num_classes", "classes", "splits"):
-        if key not in info:
-            raise UserError(f"{path}: missing key {key!r}; was it written by detrec preprocess?")
-    if info["schema_version"] != schema.SCHEMA_VERSION:
-        raise UserError(
-            f"{path}: schema_version {info['schema_version']}, this detrec reads "
-            f"{schema.SCHEMA_VERSION}; re-run detrec preprocess"
-        )
-    return info
+    return DatasetInfo.from_json(fs.read_bytes(path), path)
 
 
-def read_json(path: str) -> Any:
-    """A JSON file (local or URL); UserError names the file when it is not JSON."""
-    try:
-        with _gfile(path).GFile(path, "rb") as f:
-            return json.loads(f.read().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-
-
-def split_info(info: dict[str, Any], split: str, data_dir: str = "") -> dict[str, Any]:
-    splits = info["splits"]
-    if split not in splits:
-        raise UserError(f"{data_dir or 'dataset'} has no split {split!r} (it has: {', '.join(sorted(splits)) or 'none'})")
-    return splits[split]
-
-
-def shard_files(info: dict[str, Any], data_dir: str, split: str) -> list[str]:
-    """Full paths of a split's shards, in dataset_info order. UserError if the split is empty."""
-    entry = split_info(info, split, data_dir)
-    files = [join(data_dir, s["file"]) for s in entry["shards"] if s["num_examples"] > 0]
+def shard_files(info: DatasetInfo, data_dir: str, split: str) -> list[str]:
+    """Full paths of a split's non-empty shards, in dataset_info order. UserError if there are none."""
+    files = [fs.join(data_dir, s.file) for s in info.split(split, data_dir).shards if s.num_examples > 0]
     if not files:
         raise UserError(f"split {split!r} of {data_dir} has no examples")
     return files
-
-
-def classes(info: dict[str, Any]) -> list[ClassInfo]:
-    """Classes by id, background (0) first."""
-    return sorted((ClassInfo(c["id"], c["synset"], c["name"]) for c in info["classes"]), key=lambda c: c.id)
-
-
-def file_digest(path: str, chunk: int = 1 << 20) -> tuple[int, str]:
-    """(size in bytes, sha256 hex) of a file, streamed."""
-    digest, size = hashlib.sha256(), 0
-    with _gfile(path).GFile(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            size += len(block)
-            digest.update(block)
-    return size, digest.hexdigest()

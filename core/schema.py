@@ -14,8 +14,6 @@ import re
 import struct
 from typing import Mapping, Sequence
 
-import google_crc32c
-
 SCHEMA_VERSION = 1
 BACKGROUND_ID = 0
 BACKGROUND_TEXT = "background"
@@ -333,35 +331,3 @@ def parse_shard_name(name: str) -> tuple[str, int, int] | None:
 
 def errors_name(split: str) -> str:
     return f"errors-{split}.jsonl"
-
-
-# A TFRecord: u64 payload length and the masked CRC32C of those 8 bytes, the payload, then
-# the payload's masked CRC32C.
-FRAME_HEADER = struct.Struct("<QI")
-FRAME_FOOTER = struct.Struct("<I")
-FRAME_OVERHEAD = FRAME_HEADER.size + FRAME_FOOTER.size
-
-
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's CRC: CRC32C rotated right by 15 bits plus a constant (TensorFlow's crc32c::Mask)."""
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def frame(payload: bytes) -> tuple[bytes, bytes]:
-    """The TFRecord framing to write around `payload`: head (u64 length and its masked
-    CRC32C) and tail (the payload's masked CRC32C). Returned apart, not joined, so the
-    payload is never copied just to be framed."""
-    length = len(payload)
-    return (FRAME_HEADER.pack(length, masked_crc32c(struct.pack("<Q", length))),
-            FRAME_FOOTER.pack(masked_crc32c(payload)))
-
-
-def record_span(payload_len: int) -> int:
-    """Bytes one TFRecord occupies: u64 length, u32 length CRC, payload, u32 payload CRC."""
-    return payload_len + FRAME_OVERHEAD
-
-
-def dali_index_line(offset: int, payload_len: int) -> str:
-    """One line of DALI's `tfrecord2idx` index: record offset and its full framed size."""
-    return f"{offset} {record_span(payload_len)}\n"

@@ -29,7 +29,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.portability.api import beam_fn_api_pb2
 from google.protobuf import text_format
 
-from detrec.core import dataset_info, schema
+from detrec.core import dataset_info, fs, schema
 from detrec.preprocess import images, sources, vocab as vocab_lib
 from detrec.core.errors import UserError
 from detrec.preprocess.finalize import finalize
@@ -302,17 +302,16 @@ def split_seconds(result, splits: list[str]) -> dict[str, float]:
     return out
 
 
-def summary_table(info: dict, seconds: dict[str, float]) -> str:
+def summary_table(info: dataset_info.DatasetInfo, seconds: dict[str, float]) -> str:
     """Per split: examples, errors, converted, shards, MB, writing seconds and img/s, reasons."""
     rows = [f"{'split':<8} {'examples':>9} {'errors':>7} {'converted':>9} {'shards':>6} {'MB':>9} "
             f"{'seconds':>8} {'img/s':>8}  errors by reason"]
-    for split, entry in info["splits"].items():
-        mb = sum(s["num_bytes"] for s in entry["shards"]) / 1e6
-        reasons = ", ".join(f"{k}={v}" for k, v in entry["errors_by_reason"].items()) or "-"
+    for split, entry in info.splits.items():
+        reasons = ", ".join(f"{k}={v}" for k, v in entry.errors_by_reason.items()) or "-"
         took = seconds.get(split)
-        timing = f"{took:>8.1f} {entry['num_examples'] / took:>8.0f}" if took else f"{'-':>8} {'-':>8}"
-        rows.append(f"{split:<8} {entry['num_examples']:>9} {entry['num_errors']:>7} {entry['converted_images']:>9} "
-                    f"{len(entry['shards']):>6} {mb:>9.1f} {timing}  {reasons}")
+        timing = f"{took:>8.1f} {entry.num_examples / took:>8.0f}" if took else f"{'-':>8} {'-':>8}"
+        rows.append(f"{split:<8} {entry.num_examples:>9} {entry.num_errors:>7} {entry.converted_images:>9} "
+                    f"{len(entry.shards):>6} {entry.num_bytes / 1e6:>9.1f} {timing}  {reasons}")
     return "\n".join(rows)
 
 
@@ -330,11 +329,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     _log_progress()
     if not dry_run:
         # dataset_info.json marks a complete dataset: remove it first, rewrite it last.
-        stale = dataset_info.join(args.output, schema.DATASET_INFO)
-        from apache_beam.io.filesystems import FileSystems
-
-        if FileSystems.exists(stale):
-            FileSystems.delete([stale])
+        stale = dataset_info.path_in(args.output)
+        if fs.exists(stale):
+            fs.remove(stale)
     start = time.perf_counter()
     try:
         pipeline = beam.Pipeline(runner=_local_runner(options), options=options)
@@ -354,8 +351,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise UserError(f"the pipeline ended in state {state}; see the runner's logs "
                         "(Dataflow: pipelines/dataflow/runbook.md)")
     info = dataset_info.load(args.output)
-    print(summary_table(info, split_seconds(result, list(info["splits"]))))
-    total = sum(e["num_examples"] for e in info["splits"].values())
+    print(summary_table(info, split_seconds(result, list(info.splits))))
+    total = sum(e.num_examples for e in info.splits.values())
     print(f"{total} examples in {seconds:.1f}s ({total / max(seconds, 1e-9):.0f} img/s, start-up included) -> "
           f"{args.output} (details: dataset_info.json, errors-<split>.jsonl)")
     return 0

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import time
-import uuid
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import apache_beam as beam
@@ -31,7 +30,7 @@ from apache_beam.metrics import Metrics
 
 from detrec.preprocess import annotations, images, longlived, sources
 
-from detrec.core import schema
+from detrec.core import fs, schema, tfrecord
 from detrec.preprocess.vocab import Vocabulary, from_synsets as vocab_from_synsets
 
 T = TypeVar("T")
@@ -311,7 +310,7 @@ class WriteShard(_DetrecDoFn):
         # The split's writing time for the summary: first shard start to last shard end.
         Metrics.distribution(NAMESPACE, split_time_metric(key.split, "start")).update(int(time.time() * 1000))
         final = sources.join(self._output, key.name)
-        tmp = sources.join(self._output, f".{key.name}.tmp-{uuid.uuid4().hex}")
+        tmp = fs.temp_path(final)
         converted, index_lines = 0, []
         with _HashingWriter(tmp) as out:
             # Reading, checking and encoding may run on a few threads (file reads, the JPEG
@@ -325,8 +324,8 @@ class WriteShard(_DetrecDoFn):
                     yield _reject(result)
                     continue
                 record, payload = result
-                index_lines.append(schema.dali_index_line(out.size, len(payload)))
-                head, tail = schema.frame(payload)
+                index_lines.append(tfrecord.index_line(out.size, len(payload)))
+                head, tail = tfrecord.frame(payload)
                 for chunk in (head, payload, tail):
                     out.write(chunk)
                 converted += bool(record.converted_from)

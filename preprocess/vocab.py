@@ -11,6 +11,7 @@ import dataclasses
 from typing import Iterable
 
 from detrec.core import schema
+from detrec.core.dataset_info import ClassInfo
 
 
 class VocabError(ValueError):
@@ -33,15 +34,14 @@ class Vocabulary:
     def id_of(self, synset: str) -> int | None:
         return self._ids.get(synset)  # type: ignore[attr-defined]
 
-    def classes(self) -> list[dict]:
-        """[{id, synset, name}] with background first, as in dataset_info.json."""
-        rows = [{"id": schema.BACKGROUND_ID, "synset": schema.BACKGROUND_TEXT, "name": schema.BACKGROUND_TEXT}]
-        rows += [{"id": i + 1, "synset": s, "name": n} for i, (s, n) in enumerate(zip(self.synsets, self.names))]
-        return rows
+    def classes(self) -> tuple[ClassInfo, ...]:
+        """Every class by id, background first, as in dataset_info.json."""
+        background = ClassInfo(schema.BACKGROUND_ID, schema.BACKGROUND_TEXT, schema.BACKGROUND_TEXT)
+        return (background, *(ClassInfo(i + 1, s, n) for i, (s, n) in enumerate(zip(self.synsets, self.names))))
 
     def labels_txt(self) -> str:
         """`id<TAB>synset<TAB>name` per line, background first."""
-        return "".join(f"{c['id']}\t{c['synset']}\t{c['name']}\n" for c in self.classes())
+        return "".join(f"{c.id}\t{c.synset}\t{c.name}\n" for c in self.classes())
 
 
 def from_synsets(synsets: Iterable[str]) -> Vocabulary:

@@ -6,6 +6,7 @@ record), the TFDS fake-data way.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -14,7 +15,8 @@ import pytest  # noqa: E402
 
 from detrec.preprocess import synth  # noqa: E402
 
-SHARED_SAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "samples")
+# Real-format annotation files (see samples/README.md): inside tests/, so a bare clone passes.
+SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
 
 # Small but real: 500x375-like JPEGs scaled down so the whole suite stays fast on 2 cores.
 TINY = dict(train=96, val=32, classes=5, seed=7, width=160, height=120)
@@ -26,6 +28,13 @@ def synth_tree(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("synth")
     result = synth.generate(synth.SynthConfig(out=str(out), **TINY))
     return result["root"]
+
+
+def file_digest(path: str) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of a file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return len(data), hashlib.sha256(data).hexdigest()
 
 
 def run_preprocess(input_root: str, output: str, *extra: str) -> int:

@@ -12,11 +12,11 @@ from detrec.preprocess import annotations
 
 from detrec.core import schema
 from detrec.preprocess.annotations import AnnotationError
-from tests.conftest import SHARED_SAMPLES
+from tests.conftest import SAMPLES
 
 
 def sample(name: str) -> bytes:
-    with open(os.path.join(SHARED_SAMPLES, name), "rb") as f:
+    with open(os.path.join(SAMPLES, name), "rb") as f:
         return f.read()
 
 

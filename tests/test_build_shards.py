@@ -15,9 +15,9 @@ import sys
 import pytest
 import tensorflow as tf
 
-from detrec.core import dataset_info, schema
+from detrec.core import dataset_info, fs, schema
 from tests import image_factory as f
-from tests.conftest import run_preprocess
+from tests.conftest import file_digest, run_preprocess
 from tests.test_annotations import LAUGHS, XXE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ TRAIN_DIR = f"ILSVRC2013_train/{SYN}"
 
 def read_records(out: str, split: str) -> list[schema.Record]:
     info = dataset_info.load(out)
-    files = [dataset_info.join(out, s["file"]) for s in info["splits"][split]["shards"]]
+    files = [fs.join(out, s.file) for s in info.splits[split].shards]
     return [schema.decode(r.numpy()) for r in tf.data.TFRecordDataset(files)]
 
 
@@ -136,8 +136,8 @@ def test_bad_inputs_are_reported_and_good_records_all_kept(bad_run, synth_tree, 
     kept = {f"{TRAIN_DIR}/{s}" for s, (_, _, c) in BAD_INPUTS.items() if c is None}
     assert set(records) == synth_ids | kept
     info = dataset_info.load(out)
-    assert info["splits"]["train"]["num_examples"] == len(records)
-    assert info["splits"]["train"]["num_errors"] == len(errors)
+    assert info.splits["train"].num_examples == len(records)
+    assert info.splits["train"].num_errors == len(errors)
     assert "unreadable_file=1" in stdout and "missing_image=1" in stdout
 
 
@@ -159,15 +159,15 @@ def test_fixed_and_clipped_records(bad_run):
     assert records["ok_gray"].converted_from == "" and records["ok_gray"].encoded == f.gray_jpeg(120, 90)
     assert records["ok_ñandú_日本"].filename == f"{TRAIN_DIR}/ok_ñandú_日本.JPEG"
     info = dataset_info.load(out)
-    assert info["splits"]["train"]["converted_images"] == 2
+    assert info.splits["train"].converted_images == 2
 
 
 def test_labels_and_largest_box_match_the_xml(dataset_dir, synth_tree):
     from detrec.preprocess import annotations
 
     info = dataset_info.load(dataset_dir)
-    ids = {c["synset"]: c["id"] for c in info["classes"]}
-    assert info["num_classes"] == 6 and ids["background"] == 0
+    ids = {c.synset: c.id for c in info.classes}
+    assert info.num_classes == 6 and ids["background"] == 0
     for split in ("train", "val"):
         for r in read_records(dataset_dir, split):
             with open(os.path.join(synth_tree, "Annotations/DET", split, r.source_id + ".xml"), "rb") as fh:
@@ -186,16 +186,16 @@ def test_labels_and_largest_box_match_the_xml(dataset_dir, synth_tree):
 def test_shards_are_balanced_mixed_and_complete(dataset_dir):
     info = dataset_info.load(dataset_dir)
     for split in ("train", "val"):
-        shards = info["splits"][split]["shards"]
-        counts = [s["num_examples"] for s in shards]
+        shards = info.splits[split].shards
+        counts = [s.num_examples for s in shards]
         assert max(counts) - min(counts) <= max(2, 0.1 * max(counts))
         for s in shards:
-            path = os.path.join(dataset_dir, s["file"])
-            size, digest = dataset_info.file_digest(path)
-            assert (size, digest) == (s["num_bytes"], s["sha256"])
+            path = os.path.join(dataset_dir, s.file)
+            size, digest = file_digest(path)
+            assert (size, digest) == (s.num_bytes, s.sha256)
             labels = {schema.decode(r.numpy()).class_label for r in tf.data.TFRecordDataset(path)}
-            assert len(labels) >= 3, f"{s['file']} is not class-mixed: {labels}"
-    assert [s["file"] for s in info["splits"]["train"]["shards"]] == [schema.shard_name("train", i, 4) for i in range(4)]
+            assert len(labels) >= 3, f"{s.file} is not class-mixed: {labels}"
+    assert [s.file for s in info.splits["train"].shards] == [schema.shard_name("train", i, 4) for i in range(4)]
 
 
 def test_dali_reads_every_record_with_our_index(dataset_dir):
@@ -203,9 +203,9 @@ def test_dali_reads_every_record_with_our_index(dataset_dir):
     from nvidia.dali import fn, pipeline_def, types, tfrecord as tfrec
 
     info = dataset_info.load(dataset_dir)
-    shards = info["splits"]["train"]["shards"]
-    paths = [os.path.join(dataset_dir, s["file"]) for s in shards]
-    total = sum(s["num_examples"] for s in shards)
+    shards = info.splits["train"].shards
+    paths = [os.path.join(dataset_dir, s.file) for s in shards]
+    total = sum(s.num_examples for s in shards)
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)
     def read():
@@ -240,8 +240,8 @@ def test_same_bytes_whatever_the_parallelism(synth_tree, dataset_dir, tmp_path):
     assert digests(out) == digests(dataset_dir)
     # Progress from the worker processes reaches the user, as plain lines (not Beam's protos).
     wrote = sorted(line.split(" wrote ", 1)[1].split(":")[0] for line in proc.stderr.splitlines() if " wrote " in line)
-    assert wrote == sorted(s["file"] for split in ("train", "val")
-                           for s in dataset_info.load(out)["splits"][split]["shards"])
+    assert wrote == sorted(s.file for split in ("train", "val")
+                           for s in dataset_info.load(out).splits[split].shards)
     assert "log_location" not in proc.stderr
 
 
@@ -319,9 +319,9 @@ def test_wrong_layout_is_a_user_error(tmp_path, capsys):
 
 
 def _sample(name: str) -> bytes:
-    from tests.conftest import SHARED_SAMPLES
+    from tests.conftest import SAMPLES
 
-    with open(os.path.join(SHARED_SAMPLES, name), "rb") as fh:
+    with open(os.path.join(SAMPLES, name), "rb") as fh:
         return fh.read()
 
 
@@ -339,7 +339,7 @@ def test_voc_layout_with_imagesets(tmp_path):
     out = str(tmp_path / "out")
     assert run_preprocess(str(root), out, "--splits", "train", "--labels", str(tmp_path / "voc_classes.txt")) == 0
     info = dataset_info.load(out)
-    assert info["layout"] == "voc"
+    assert info.layout == "voc"
     records = {r.source_id: r for r in read_records(out, "train")}
     assert set(records) == {"000002", "000009"}
     assert (records["000002"].class_text, records["000002"].class_label) == ("train", 2)
@@ -362,7 +362,7 @@ def test_cls_loc_layout_with_synset_mapping(tmp_path):
     (record,) = read_records(out, "val")
     assert (record.class_label, record.class_text) == (2, "n01751748")
     assert record.objects[0].xmin == pytest.approx(111 / 500)
-    assert dataset_info.load(out)["classes"][2] == {"id": 2, "synset": "n01751748", "name": "sea snake"}
+    assert dataset_info.load(out).classes[2] == dataset_info.ClassInfo(2, "n01751748", "sea snake")
 
 
 # --- the per-shard plan -------------------------------------------------------------------
@@ -484,12 +484,12 @@ def test_summary_has_each_splits_time_and_rate(synth_tree, tmp_path, capsys):
     info = dataset_info.load(str(tmp_path / "out"))
     for split in ("train", "val"):
         examples, seconds, rate = int(rows[split][1]), float(rows[split][6]), float(rows[split][7])
-        assert examples == info["splits"][split]["num_examples"]
+        assert examples == info.splits[split].num_examples
         assert seconds >= 0 and rate > 0  # measured, not "-" (a tiny split takes milliseconds)
     # The arithmetic, with known times; a split without metrics shows "-".
     from detrec.pipelines.build_shards import summary_table
 
     table = summary_table(info, {"train": 2.0}).splitlines()
     train, val = (next(r.split() for r in table if r.startswith(s)) for s in ("train ", "val "))
-    assert train[6:8] == ["2.0", f"{info['splits']['train']['num_examples'] / 2:.0f}"]
+    assert train[6:8] == ["2.0", f"{info.splits['train'].num_examples / 2:.0f}"]
     assert val[6:8] == ["-", "-"]

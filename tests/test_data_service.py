@@ -56,7 +56,7 @@ def expected_keys(data_dir: str, split: str) -> collections.Counter:
     for path in dataset_info.shard_files(info, data_dir, split):
         for record in tf.data.TFRecordDataset(path):
             keys[schema.decode(record.numpy()).sha256] += 1
-    assert sum(keys.values()) == dataset_info.split_info(info, split)["num_examples"]
+    assert sum(keys.values()) == info.splits[split].num_examples
     return keys
 
 

@@ -136,7 +136,7 @@ def test_labels_match_the_records_one_by_one(dataset_dir, training):
 def test_labels_agree_with_the_synth_xml(dataset_dir, synth_tree):
     """End to end: the label of each image is the synset of its largest box in the XML."""
     info = dataset_info.load(dataset_dir)
-    ids = {c.synset: c.id for c in dataset_info.classes(info)}
+    ids = {c.synset: c.id for c in info.classes}
     expected = records_by_key(dataset_dir, "val")
     by_filename = {}
     for xml in glob.glob(os.path.join(synth_tree, "Annotations", "DET", "val", "**", "*.xml"), recursive=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from detrec.core.dataset_info import ClassInfo
 from detrec.preprocess import vocab
 
 
@@ -15,8 +16,8 @@ def test_map_det_ids_define_the_order():
 
 def test_loc_synset_mapping_keeps_file_order_and_full_names():
     v = vocab.parse_synset_map("n01440764 tench, Tinca tinca\n\nn01443537 goldfish, Carassius auratus\n")
-    assert v.classes()[1:] == [{"id": 1, "synset": "n01440764", "name": "tench, Tinca tinca"},
-                               {"id": 2, "synset": "n01443537", "name": "goldfish, Carassius auratus"}]
+    assert v.classes()[1:] == (ClassInfo(1, "n01440764", "tench, Tinca tinca"),
+                               ClassInfo(2, "n01443537", "goldfish, Carassius auratus"))
 
 
 def test_labels_txt_has_background_first():

@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from detrec.core import dataset_info, schema
+from detrec.core import dataset_info, fs, schema, tfrecord
 from detrec.train import augment
 from detrec.train.input import CorruptShardError, SkipCounter, gpu_visible
 
@@ -44,9 +44,9 @@ def _index_problem(path: str, expected: int, num_bytes: int) -> str | None:
     if not gfile.exists(index):
         return f"{index} is missing (DALI needs it; `detrec preprocess` writes it)"
     with gfile.GFile(index, "r") as f:
-        lines = [line.split() for line in f.read().splitlines() if line.strip()]
+        text = f.read()
     try:
-        spans = [(int(o), int(s)) for o, s in lines]
+        spans = tfrecord.parse_index(text)
     except ValueError:
         return f"{index} is not a DALI index (lines of 'offset size')"
     if len(spans) != expected:
@@ -69,22 +69,21 @@ def usable_shards(data_dir: str, split: str, skip_corrupt: bool = False,
     and counted in `counter` unless `quiet`).
     """
     info = dataset_info.load(data_dir)
-    entry = dataset_info.split_info(info, split, data_dir)
     dataset_info.shard_files(info, data_dir, split)  # the UserError for an empty split
     usable = []
-    for shard in entry["shards"]:
-        if shard["num_examples"] <= 0:
+    for shard in info.split(split, data_dir).shards:
+        if shard.num_examples <= 0:
             continue
-        path = dataset_info.join(data_dir, shard["file"])
-        problem = _index_problem(path, int(shard["num_examples"]), int(shard["num_bytes"]))
+        path = fs.join(data_dir, shard.file)
+        problem = _index_problem(path, shard.num_examples, shard.num_bytes)
         if problem is None:
-            usable.append((path, int(shard["num_examples"])))
+            usable.append((path, shard.num_examples))
         elif not skip_corrupt:
             raise CorruptShardError(path, problem)
         elif not quiet:
             print(f"detrec: skipping corrupt shard {path}: {problem}", file=sys.stderr)
             if counter is not None:
-                counter.add(shard["num_examples"])
+                counter.add(shard.num_examples)
     if not usable:
         raise CorruptShardError(data_dir, f"no readable shard left in split {split!r}")
     return usable

@@ -69,7 +69,7 @@ from typing import Callable, Iterator
 
 import tensorflow as tf
 
-from detrec.core import dataset_info, schema
+from detrec.core import dataset_info, fs, schema
 from detrec.core.errors import UserError
 from detrec.train import augment
 
@@ -208,7 +208,7 @@ def key_strings(keys) -> list[str]:
 def split_size(data_dir: str, split: str) -> int:
     """Examples in a split, from dataset_info.json."""
     info = dataset_info.load(data_dir)
-    return int(dataset_info.split_info(info, split, data_dir)["num_examples"])
+    return info.split(split, data_dir).num_examples
 
 
 def _check_workers(num_workers: int, worker_index: int) -> None:
@@ -220,8 +220,7 @@ def shard_entries(data_dir: str, split: str) -> list[tuple[str, int]]:
     """(full path, num_examples) of a split's non-empty shards, in dataset_info order."""
     info = dataset_info.load(data_dir)
     paths = dataset_info.shard_files(info, data_dir, split)  # UserError for a bad/empty split
-    counts = {dataset_info.join(data_dir, s["file"]): int(s["num_examples"])
-              for s in dataset_info.split_info(info, split, data_dir)["shards"]}
+    counts = {fs.join(data_dir, s.file): s.num_examples for s in info.split(split, data_dir).shards}
     return [(p, counts[p]) for p in paths]
 
 

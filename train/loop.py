@@ -85,7 +85,7 @@ from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
 from detrec.core.dataset_info import ClassInfo
-from detrec.core import dataset_info
+from detrec.core import dataset_info, fs
 from detrec.core.errors import UserError
 from detrec.train import models
 
@@ -174,7 +174,7 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
       UserError: a bad dataset or split, a batch that does not divide over the replicas or
         is larger than a worker's share, or DALI combined with the data service.
     """
-    from detrec.core import dataset_info
+    from detrec.core import dataset_info, fs
     from detrec.train import input as input_lib
 
     service = None
@@ -187,7 +187,7 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
                             "graphs on CPU workers, DALI decodes on this machine's GPU; use --decoder cpu")
         decoder = "cpu"  # "auto" included: only the tf.data decoder can be serialised
     info = dataset_info.load(data_dir)
-    classes = dataset_info.classes(info)
+    classes = list(info.classes)
     decoder = input_lib.resolve_decoder(decoder)
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
@@ -389,7 +389,10 @@ def check_resumable(model_dir: str, wanted: dict) -> None:
     if not tf.io.gfile.exists(path):
         raise UserError(f"{model_dir} holds checkpoints but no {RUN_CONFIG}: not a detrec model "
                         "dir; use an empty --model-dir")
-    stored = dataset_info.read_json(path)
+    try:
+        stored = json.loads(fs.read_bytes(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
     diffs = []
     for key in RESUME_KEYS:
         if stored.get(key) != wanted[key]:
