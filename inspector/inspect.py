@@ -61,7 +61,7 @@ import numpy as np
 
 from detrec.core import dataset_info, schema
 
-from detrec.preprocess import images
+from detrec.core import images
 from detrec.inspector.contact_sheet import Sample
 from detrec.core.errors import UserError
 

@@ -30,7 +30,7 @@ from apache_beam.portability.api import beam_fn_api_pb2
 from google.protobuf import text_format
 
 from detrec.core import dataset_info, fs, schema
-from detrec.preprocess import images, sources, vocab as vocab_lib
+from detrec.preprocess import decode_check, sources, vocab as vocab_lib
 from detrec.core.errors import UserError
 from detrec.preprocess.finalize import finalize
 from detrec.preprocess.transforms import (
@@ -53,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="shards per split, e.g. train=64,val=8 (default: from --target-shard-mb)")
     parser.add_argument("--target-shard-mb", type=float, default=128.0, help="shard size when --num-shards "
                         "does not fix the count (default 128)")
-    parser.add_argument("--verify-images", default="full", choices=images.VERIFY_MODES,
+    parser.add_argument("--verify-images", default="full", choices=decode_check.VERIFY_MODES,
                         help="full: decode every JPEG; header: trust a well-formed header + end marker")
 
 
@@ -263,7 +263,7 @@ class _WorkerProgress(logging.Filter):
         return True
 
 
-_PREPROCESS_DIR = os.path.dirname(images.__file__) + os.sep
+_PREPROCESS_DIR = os.path.dirname(sources.__file__) + os.sep
 # Where Beam's local runner re-logs what its worker processes log.
 _WORKER_LOGS = "apache_beam.runners.portability.local_job_service"
 

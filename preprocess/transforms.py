@@ -28,7 +28,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from detrec.preprocess import annotations, images, longlived, sources
+from detrec.core import images
+from detrec.preprocess import annotations, decode_check, longlived, sources
 
 from detrec.core import fs, schema, tfrecord
 from detrec.preprocess.vocab import Vocabulary, from_synsets as vocab_from_synsets
@@ -150,7 +151,7 @@ class _DetrecDoFn(beam.DoFn):
     def setup(self) -> None:
         longlived.freeze_once()
         if self._warm_decoder:
-            images.warm_up_decoder()
+            decode_check.warm_up_decoder()
 
 
 class ListAndAssign(_DetrecDoFn):
@@ -304,6 +305,7 @@ class WriteShard(_DetrecDoFn):
         super().__init__()
         self._output = output
         self._verify = verify
+        self._decodes = decode_check.checker(verify)
 
     def process(self, plan: ShardPlan, vocab: Vocabulary) -> Iterator:
         key = plan.key
@@ -345,7 +347,7 @@ class WriteShard(_DetrecDoFn):
         if isinstance(data, Rejected):
             return data
         try:
-            image = images.prepare(data, self._verify)
+            image = images.prepare(data, self._decodes)
         except images.ImageError as exc:
             return Rejected.of(pair, "image", exc.code, f"{pair.image}: {exc}")
         try:

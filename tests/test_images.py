@@ -12,11 +12,18 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from detrec.preprocess import images
-from detrec.preprocess.images import ImageError
+from detrec.core import images
+from detrec.core.images import ImageError
+from detrec.preprocess import decode_check
 from tests import image_factory as f
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VERIFY_MODES = decode_check.VERIFY_MODES
+
+
+def prepare(data: bytes, verify: str = "full") -> images.PreparedImage:
+    """core.images.prepare as `detrec preprocess --verify-images VERIFY` calls it."""
+    return images.prepare(data, decode_check.checker(verify))
 
 
 @pytest.mark.parametrize(
@@ -36,16 +43,16 @@ def test_jpeg_header():
     assert images.jpeg_header(f.encode(f.picture(), quality=80, progressive=True)).progressive
 
 
-@pytest.mark.parametrize("verify", images.VERIFY_MODES)
+@pytest.mark.parametrize("verify", VERIFY_MODES)
 def test_good_jpeg_bytes_are_kept_untouched(verify):
     data = f.jpeg(80, 60)
-    out = images.prepare(data, verify)
+    out = prepare(data, verify)
     assert out.data == data and (out.width, out.height) == (80, 60) and out.converted_from == ""
 
 
 def test_grayscale_jpeg_is_kept_and_decodes_to_three_channels():
     data = f.gray_jpeg(40, 30)
-    out = images.prepare(data)
+    out = prepare(data)
     assert out.data == data
     assert tf.io.decode_jpeg(out.data, channels=3).shape == (30, 40, 3)
 
@@ -55,9 +62,9 @@ def test_grayscale_jpeg_is_kept_and_decodes_to_three_channels():
     [(f.cmyk_jpeg(40, 30), "jpeg-cmyk"), (f.png(40, 30), "png"), (f.encode(f.picture(40, 30), "BMP"), "bmp"),
      (f.encode(f.picture(40, 30), "PNG", mode="RGBA"), "png")],
 )
-@pytest.mark.parametrize("verify", images.VERIFY_MODES)
+@pytest.mark.parametrize("verify", VERIFY_MODES)
 def test_other_pictures_become_rgb_jpeg(data, source, verify):
-    out = images.prepare(data, verify)
+    out = prepare(data, verify)
     assert out.converted_from == source
     assert images.sniff(out.data) == "jpeg" and images.jpeg_header(out.data).components == 3
     decoded = tf.io.decode_jpeg(out.data, channels=3)
@@ -67,7 +74,7 @@ def test_other_pictures_become_rgb_jpeg(data, source, verify):
 def test_cmyk_colours_survive_conversion():
     red = np.zeros((32, 32, 3), np.uint8)
     red[..., 0] = 220
-    out = images.prepare(f.encode(red, mode="CMYK", quality=95))
+    out = prepare(f.encode(red, mode="CMYK", quality=95))
     pixel = np.asarray(Image.open(io.BytesIO(out.data)).convert("RGB"))[16, 16]
     assert pixel[0] > 180 and pixel[1] < 60 and pixel[2] < 60
 
@@ -77,10 +84,10 @@ def test_cmyk_colours_survive_conversion():
     [(b"", "empty_file"), (f.HTML, "not_an_image"), (f.truncated_jpeg(), "truncated_image"),
      (f.jpeg()[:200], "truncated_image"), (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "undecodable_image")],
 )
-@pytest.mark.parametrize("verify", images.VERIFY_MODES)
+@pytest.mark.parametrize("verify", VERIFY_MODES)
 def test_rejections_have_reasons(data, code, verify):
     with pytest.raises(ImageError) as err:
-        images.prepare(data, verify)
+        prepare(data, verify)
     assert err.value.code == code and str(err.value)
 
 
@@ -94,17 +101,17 @@ def _undefined_quant_table(data: bytes) -> bytes:
 def test_full_verification_catches_what_the_header_misses():
     """Header and end marker intact, stream undecodable: `header` trusts it, `full` rejects it."""
     data = _undefined_quant_table(f.jpeg(64, 48))
-    assert images.prepare(data, "header").data == data
+    assert prepare(data, "header").data == data
     with pytest.raises(ImageError) as err:
-        images.prepare(data, "full")
+        prepare(data, "full")
     assert err.value.code == "undecodable_image"
 
 
 def test_decode_check_freezes_tensorflow_out_of_the_gc():
     """The first full check imports TensorFlow and freezes its objects (fast GC passes and a
     fast exit for Beam workers); run in a fresh interpreter, where TF is not yet loaded."""
-    code = ("import gc, sys; from detrec.preprocess import images; from tests import image_factory as f; "
-            "assert 'tensorflow' not in sys.modules; images.prepare(f.jpeg(), 'full'); "
+    code = ("import gc, sys; from detrec.preprocess import decode_check; from tests import image_factory as f; "
+            "assert 'tensorflow' not in sys.modules; assert decode_check.tf_decodes(f.jpeg()); "
             "print(gc.get_freeze_count())")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -1,6 +1,6 @@
 """Top-k classes of image files with a model exported by `detrec train`.
 
-An image reaches the model along the same road a training image did: `preprocess.images.
+An image reaches the model along the same road a training image did: `detrec.core.images.
 prepare` (what the Beam job does to every source file: good JPEG bytes kept as they are, any
 other format or CMYK converted to an RGB JPEG with Pillow), then the input pipeline's own
 per-image evaluation transform from train/augment.py for the preprocessing the model was
@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from detrec.preprocess import images
+from detrec.core import images
 from detrec.core.errors import UserError
 from detrec.train import augment
 from detrec.train import input as input_lib
@@ -55,6 +55,15 @@ def eval_image(encoded: tf.Tensor, image_size: int, preprocess: str) -> tf.Tenso
     return image
 
 
+def _decodes(data: bytes) -> bool:
+    """Whether the training decoder, tf.io.decode_jpeg, accepts the bytes (else they are converted)."""
+    try:
+        tf.io.decode_jpeg(data, channels=3)
+        return True
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):
+        return False
+
+
 class Predictor:
     """An exported model with its labels and preprocessing, from DIR/export."""
 
@@ -90,7 +99,7 @@ class Predictor:
                 data = f.read()
         except OSError as exc:
             raise images.ImageError("unreadable", exc.strerror or str(exc)) from None
-        prepared = images.prepare(data, verify="full")
+        prepared = images.prepare(data, _decodes)
         return eval_image(tf.constant(prepared.data), self.image_size, self.preprocess)
 
     def probabilities(self, batch: tf.Tensor) -> np.ndarray:

@@ -1,9 +1,14 @@
 """Pure image checks and fixes: bytes in, a 3-channel-decodable JPEG out (no file access).
 
-A good JPEG's bytes are kept untouched (they are what the trainer decodes, and re-encoding
+Shared by the writer (`detrec preprocess`) and `detrec predict`, so an image reaches a model
+along the same road whichever command read it. A good JPEG's bytes are kept untouched (they are what the trainer decodes, and re-encoding
 would lose quality). Anything else that is still a picture - CMYK JPEG, PNG/GIF/BMP/WebP/TIFF
 named .JPEG, a JPEG TensorFlow refuses - is converted to an RGB JPEG with Pillow, and the
 record says so. Empty, truncated and non-image files are rejected with a reason.
+
+The decoder's own verdict (does TensorFlow's JPEG decoder accept these bytes?) is passed in
+as `decodes`, so this module needs no TensorFlow: the Beam job passes its 1/8-scale check
+(preprocess/decode_check.py), predict its full decode, `--verify-images header` nothing.
 """
 
 from __future__ import annotations
@@ -11,16 +16,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import struct
-import sys
-import threading
+from typing import Callable
 
 from PIL import Image, UnidentifiedImageError
 
-from detrec.preprocess import longlived
 from detrec.core.errors import InputError
 
 CONVERT_QUALITY = 95
-VERIFY_MODES = ("full", "header")
 
 _MAGIC = (
     (b"\xff\xd8\xff", "jpeg"),
@@ -97,40 +99,6 @@ def has_end_marker(data: bytes) -> bool:
     return data.rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
-_tf_lock = threading.Lock()
-
-
-def _tensorflow():
-    """TensorFlow, imported on first use, its objects then frozen out of the cyclic GC."""
-    with _tf_lock:
-        if "tensorflow" not in sys.modules:
-            with longlived.importing():
-                import tensorflow  # noqa: F401
-    return sys.modules["tensorflow"]
-
-
-def warm_up_decoder() -> None:
-    """Starts loading the decode check's TensorFlow on a background thread, so that the ~1.5 s
-    import overlaps other work (a no-op once it is loaded)."""
-    if "tensorflow" not in sys.modules:
-        threading.Thread(target=_tensorflow, name="detrec-warm-up", daemon=True).start()
-
-
-def _tf_decodes(data: bytes) -> bool:
-    """Whether tf.io.decode_jpeg(channels=3) - the trainer's decoder - accepts the bytes.
-
-    Decodes at 1/8 scale (libjpeg DCT scaling): every entropy-coded coefficient of every scan
-    is still read, so truncation and corrupt data fail exactly as at full size, but the
-    inverse DCT and colour conversion cost ~1/64 - the bulk of a full-size decode.
-    """
-    tf = _tensorflow()
-    try:
-        tf.io.decode_jpeg(data, channels=3, ratio=8)
-        return True
-    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):
-        return False
-
-
 def _to_rgb_jpeg(data: bytes, source: str) -> PreparedImage:
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -149,19 +117,17 @@ def _to_rgb_jpeg(data: bytes, source: str) -> PreparedImage:
     return PreparedImage(buf.getvalue(), rgb.width, rgb.height, source)
 
 
-def prepare(data: bytes, verify: str = "full") -> PreparedImage:
+def prepare(data: bytes, decodes: Callable[[bytes], bool] | None = None) -> PreparedImage:
     """Checks an image and returns the JPEG bytes to store.
 
     Args:
       data: the source file's bytes.
-      verify: "full" decodes every JPEG with TensorFlow's decoder; "header" trusts a
-        well-formed JPEG header plus end marker and decodes only what needs fixing.
+      decodes: whether the training decoder accepts a well-formed JPEG (called on every
+        JPEG kept as is); None trusts a well-formed header plus end marker.
 
     Raises:
       ImageError: empty, truncated, undecodable or not an image at all.
     """
-    if verify not in VERIFY_MODES:
-        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     if not data:
         raise ImageError("empty_file", "empty file (0 bytes)")
     kind = sniff(data)
@@ -177,7 +143,7 @@ def prepare(data: bytes, verify: str = "full") -> PreparedImage:
         return _to_rgb_jpeg(data, "jpeg-cmyk")
     if header.components not in (1, 3) or header.width == 0 or header.height == 0:
         return _to_rgb_jpeg(data, f"jpeg-{header.components}ch")
-    if verify == "full" and not _tf_decodes(data):
+    if decodes is not None and not decodes(data):
         # Pillow is more lenient than TensorFlow (e.g. some corrupt-but-complete streams);
         # whatever it can still decode is re-encoded, the rest is rejected.
         return _to_rgb_jpeg(data, "jpeg-undecodable-by-tf")
