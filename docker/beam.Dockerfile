@@ -38,7 +38,7 @@ COPY pipelines pipelines
 # and the import proves the worker SDK is the version the launcher uses.
 RUN pip install --no-deps . \
  && pip check \
- && python -c "import apache_beam, detrec.core.schema, detrec.preprocess.transforms; assert apache_beam.__version__ == '2.77.0', apache_beam.__version__"
+ && python -c "import apache_beam, detrec.core.schema, detrec.preprocess.dofns; assert apache_beam.__version__ == '2.77.0', apache_beam.__version__"
 
 RUN groupadd --gid 1000 detrec \
  && useradd --uid 1000 --gid detrec --create-home --shell /usr/sbin/nologin detrec

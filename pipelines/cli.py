@@ -20,7 +20,7 @@ from detrec.core.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("detrec.pipelines.synth_cmd", "generate a synthetic ImageNet-DET tree (the embedded default data)"),
-    "preprocess": ("detrec.pipelines.build_shards", "Beam job: ILSVRC/VOC tree -> verified, sharded TFRecords"),
+    "preprocess": ("detrec.pipelines.preprocess_cmd", "Beam job: ILSVRC/VOC tree -> verified, sharded TFRecords"),
     "inspect": ("detrec.pipelines.inspect_cmd", "look inside shards: counts, integrity, labels, pictures"),
     "train": ("detrec.pipelines.train_cmd", "train a CNN streaming from the shards"),
     "predict": ("detrec.pipelines.predict_cmd", "top-k classes of image files with an exported model"),
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with longlived.importing():  # Beam's or TensorFlow's objects: no GC passes, a fast exit
             module = importlib.import_module(module_name)
-    # No abbreviations: Beam's --label must never become detrec's --labels.
+    # No abbreviations: a Beam option must never be taken for a prefix of one of detrec's flags.
     cmd_parser = argparse.ArgumentParser(prog=f"detrec {name}", description=help_text, allow_abbrev=False)
     module.configure(cmd_parser)
     if name in PASS_THROUGH:

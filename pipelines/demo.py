@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stage("2/5 preprocess: Beam (DirectRunner, all cores) -> sharded TFRecords")
     check(cli.main(["preprocess", "--input", root, "--output", data,
-                    "--labels", os.path.join(root, "devkit", "data", "map_det.txt"),
+                    "--synset-map", os.path.join(root, "devkit", "data", "map_det.txt"),
                     "--num-shards", "train=8,val=2"]), "preprocess")
 
     stage("3/5 inspect: verify every record, cross-check dataset_info.json, draw a contact sheet")

@@ -12,7 +12,7 @@ from typing import Iterable
 
 from detrec.core import fs, schema
 from detrec.core.dataset_info import DatasetInfo, ShardInfo, SplitInfo
-from detrec.preprocess.transforms import Rejected, ShardResult
+from detrec.preprocess.dofns import Rejected, ShardResult
 from detrec.preprocess.vocab import Vocabulary
 
 log = logging.getLogger("detrec.preprocess")

@@ -1,9 +1,10 @@
 """Walking a source tree and pairing annotations with images (local paths or gs:// alike).
 
-All file access goes through Beam's FileSystems, so the same code lists a laptop folder and a
+All file access goes through detrec.core.fs, so the same code lists a laptop folder and a
 bucket, and it runs inside the pipeline (on Dataflow: on the workers, never the launcher).
-The one exception is listing a local folder, done with os.scandir: Beam's local match stats
-every file twice, which made listing a large split several times slower.
+Remote folders are listed with Beam's FileSystems.match (it returns every size with the
+names); local ones with os.scandir: Beam's local match stats every file twice, which made
+listing a large split several times slower.
 
 Layouts (ROOT is the folder holding Annotations/ and Data/ or JPEGImages/):
   det      Annotations/DET/<split>/**.xml     + Data/DET/<split>/**.JPEG
@@ -14,13 +15,13 @@ Layouts (ROOT is the folder holding Annotations/ and Data/ or JPEGImages/):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import posixpath
 from typing import Iterable, Iterator, NamedTuple
 
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
+from detrec.core import fs
 
 LAYOUTS = ("auto", "det", "cls-loc", "voc")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -59,16 +60,12 @@ class Pair:
     image_size: int
 
 
-def join(*parts: str) -> str:
-    return FileSystems.join(*parts) if parts else ""
-
-
 def _dirs(root: str, split: str, layout: str) -> tuple[str, str]:
     if layout == "det":
-        return join(root, "Annotations", "DET", split), join(root, "Data", "DET", split)
+        return fs.join(root, "Annotations", "DET", split), fs.join(root, "Data", "DET", split)
     if layout == "cls-loc":
-        return join(root, "Annotations", "CLS-LOC", split), join(root, "Data", "CLS-LOC", split)
-    return join(root, "Annotations"), join(root, "JPEGImages")
+        return fs.join(root, "Annotations", "CLS-LOC", split), fs.join(root, "Data", "CLS-LOC", split)
+    return fs.join(root, "Annotations"), fs.join(root, "JPEGImages")
 
 
 def resolve_layout(root: str, split: str, layout: str) -> str:
@@ -77,7 +74,7 @@ def resolve_layout(root: str, split: str, layout: str) -> str:
         return layout
     for candidate in ("det", "cls-loc", "voc"):
         ann_dir, img_dir = _dirs(root, split, candidate)
-        if FileSystems.exists(ann_dir) and FileSystems.exists(img_dir):
+        if fs.exists(ann_dir) and fs.exists(img_dir):
             return candidate
     raise ValueError(
         f"{root}: no Annotations/DET/{split}, Annotations/CLS-LOC/{split} or Annotations + JPEGImages "
@@ -92,8 +89,8 @@ def _relative(path: str, base: str) -> str:
 
 def list_files(base: str, recursive: bool) -> list[tuple[str, int]]:
     """(path, size) of every file in `base` (and its subfolders when recursive), by path."""
-    if "://" in base:
-        pattern = join(base, "**" if recursive else "*")
+    if fs.is_url(base):
+        pattern = fs.join(base, "**" if recursive else "*")
         return sorted((m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list)
     return sorted(_scan_local(base, recursive))
 
@@ -116,9 +113,8 @@ def _scan_local(base: str, recursive: bool) -> Iterator[tuple[str, int]]:
 
 
 def _voc_ids(root: str, split: str) -> set[str]:
-    path = join(root, "ImageSets", "Main", f"{split}.txt")
-    with FileSystems.open(path) as f:
-        return {line.split()[0] for line in f.read().decode("utf-8").splitlines() if line.strip()}
+    path = fs.join(root, "ImageSets", "Main", f"{split}.txt")
+    return {line.split()[0] for line in fs.read_text(path).splitlines() if line.strip()}
 
 
 def list_split(source: SplitSource) -> Iterator[FileEntry]:
@@ -129,7 +125,7 @@ def list_split(source: SplitSource) -> Iterator[FileEntry]:
         (ann_dir, "annotation", (ANNOTATION_EXTENSION,)),
         (img_dir, "image", IMAGE_EXTENSIONS),
     ):
-        if not FileSystems.exists(base):
+        if not fs.exists(base):
             continue
         for path, size in list_files(base, recursive=source.layout != "voc"):
             stem, ext = posixpath.splitext(_relative(path, base))
@@ -172,15 +168,3 @@ def pair(split: str, key: str, entries: Iterable[FileEntry]) -> Iterator[Pair | 
     elif imgs:
         yield PairProblem(split, "", imgs[0].path, "missing_annotation", f"image without annotation (source id {key!r})")
 
-
-@functools.lru_cache(maxsize=None)
-def _filesystem(scheme: str):
-    # FileSystems.open looks the scheme up among all plugin classes on every call (~20 us).
-    return FileSystems.get_filesystem(f"{scheme}://x" if scheme else "/")
-
-
-def read_bytes(path: str) -> bytes:
-    """A whole file's bytes (local path or URL), uncompressed as stored."""
-    scheme = path.split("://", 1)[0] if "://" in path else ""
-    with _filesystem(scheme).open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return f.read()

@@ -51,5 +51,5 @@ def dataset_dir(synth_tree, tmp_path_factory) -> str:
     train (4 shards) and val (2 shards), 5 classes + background, real synset names."""
     out = str(tmp_path_factory.mktemp("dataset"))
     synset_map = os.path.join(synth_tree, "devkit", "data", "map_det.txt")
-    assert run_preprocess(synth_tree, out, "--num-shards", "train=4,val=2", "--labels", synset_map) == 0
+    assert run_preprocess(synth_tree, out, "--num-shards", "train=4,val=2", "--synset-map", synset_map) == 0
     return out

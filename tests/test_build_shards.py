@@ -103,7 +103,7 @@ def bad_tree(synth_tree, tmp_path_factory):
 def bad_run(bad_tree, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("bad_out"))
     cmd = [sys.executable, "-m", "detrec.pipelines.cli", "preprocess", "--input", bad_tree, "--output", out,
-           "--labels", os.path.join(bad_tree, "devkit", "data", "map_det.txt"), "--num-shards", "train=3,val=1",
+           "--synset-map", os.path.join(bad_tree, "devkit", "data", "map_det.txt"), "--num-shards", "train=3,val=1",
            "--direct_num_workers=1", "--direct_running_mode=in_memory"]
     proc = subprocess.run(unprivileged(cmd), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -233,7 +233,7 @@ def test_same_bytes_whatever_the_parallelism(synth_tree, dataset_dir, tmp_path):
     out = str(tmp_path / "mp")
     synset_map = os.path.join(synth_tree, "devkit", "data", "map_det.txt")
     cmd = [sys.executable, "-m", "detrec.pipelines.cli", "preprocess", "--input", synth_tree, "--output", out,
-           "--num-shards", "train=4,val=2", "--labels", synset_map,
+           "--num-shards", "train=4,val=2", "--synset-map", synset_map,
            "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -255,7 +255,7 @@ def test_killed_run_then_rerun_equals_clean_run(synth_tree, dataset_dir, tmp_pat
             fh.write(b"partial")
     synset_map = os.path.join(synth_tree, "devkit", "data", "map_det.txt")
     cmd = [sys.executable, "-m", "detrec.pipelines.cli", "preprocess", "--input", synth_tree, "--output", out,
-           "--num-shards", "train=4,val=2", "--labels", synset_map,
+           "--num-shards", "train=4,val=2", "--synset-map", synset_map,
            "--direct_num_workers=1", "--direct_running_mode=in_memory"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # Kill as soon as the job has finished its first shard (its .idx appears), with the
@@ -272,7 +272,7 @@ def test_killed_run_then_rerun_equals_clean_run(synth_tree, dataset_dir, tmp_pat
     proc.wait()
     assert killed_mid_write, "the job finished before it could be killed"
     assert not os.path.exists(os.path.join(out, schema.DATASET_INFO))
-    assert run_preprocess(synth_tree, out, "--num-shards", "train=4,val=2", "--labels", synset_map) == 0
+    assert run_preprocess(synth_tree, out, "--num-shards", "train=4,val=2", "--synset-map", synset_map) == 0
     assert digests(out) == digests(dataset_dir)
 
 
@@ -284,7 +284,7 @@ def test_killed_run_then_rerun_equals_clean_run(synth_tree, dataset_dir, tmp_pat
         (["--num-shards", "test=3"], "not in --splits"),
         (["--bogus_flag=1"], "unknown option --bogus_flag"),
         (["--splits", ","], "--splits is empty"),
-        (["--labels", "/nonexistent/map.txt"], "no such file"),
+        (["--synset-map", "/nonexistent/map.txt"], "no such file"),
     ],
 )
 def test_user_errors_are_one_line(args, message, synth_tree, tmp_path, capsys):
@@ -306,7 +306,7 @@ def test_bad_synset_map_is_a_user_error(synth_tree, tmp_path, capsys):
 
     bad = tmp_path / "map.txt"
     bad.write_text("n1 1 a\nn1 2 b\n")
-    assert cli.main(["preprocess", "--input", synth_tree, "--output", str(tmp_path / "o"), "--labels", str(bad)]) == 2
+    assert cli.main(["preprocess", "--input", synth_tree, "--output", str(tmp_path / "o"), "--synset-map", str(bad)]) == 2
     assert "listed twice" in capsys.readouterr().err
 
 
@@ -337,7 +337,7 @@ def test_voc_layout_with_imagesets(tmp_path):
     (root / "ImageSets/Main/train.txt").write_text("000002\n000009\n")
     (tmp_path / "voc_classes.txt").write_text("tvmonitor\ntrain\n")
     out = str(tmp_path / "out")
-    assert run_preprocess(str(root), out, "--splits", "train", "--labels", str(tmp_path / "voc_classes.txt")) == 0
+    assert run_preprocess(str(root), out, "--splits", "train", "--synset-map", str(tmp_path / "voc_classes.txt")) == 0
     info = dataset_info.load(out)
     assert info.layout == "voc"
     records = {r.source_id: r for r in read_records(out, "train")}
@@ -358,7 +358,7 @@ def test_cls_loc_layout_with_synset_mapping(tmp_path):
     mapping = tmp_path / "LOC_synset_mapping.txt"
     mapping.write_text("n01440764 tench, Tinca tinca\nn01751748 sea snake\n")
     out = str(tmp_path / "out")
-    assert run_preprocess(str(root), out, "--splits", "val", "--labels", str(mapping)) == 0
+    assert run_preprocess(str(root), out, "--splits", "val", "--synset-map", str(mapping)) == 0
     (record,) = read_records(out, "val")
     assert (record.class_label, record.class_text) == (2, "n01751748")
     assert record.objects[0].xmin == pytest.approx(111 / 500)
@@ -381,30 +381,30 @@ def _pairs(tmp_path, n: int, bad: set[int] = frozenset()):
 def test_every_planned_shard_is_an_element_even_when_its_xml_all_fails(tmp_path):
     """Each shard travels as one element; a shard whose every annotation is rejected still
     gets written (empty), so a split's n-of-N shard names never have gaps."""
-    from detrec.preprocess import transforms
+    from detrec.preprocess import dofns, plan as planning
 
     pairs = _pairs(tmp_path, 7, bad={0, 1, 2, 3, 4, 5, 6})
-    plans = list(transforms.plan_split("train", pairs, 3, 1))
+    plans = list(planning.plan_split("train", pairs, 3, 1))
     assert [plan.key.name for plan in plans] == [f"train-0000{i}-of-00003.tfrecord" for i in range(3)]
     assert sorted(len(plan.entries) for plan in plans) == [2, 2, 3]
     assert sorted(p.source_id for plan in plans for p in plan.entries) == sorted(p.source_id for p in pairs)
     for plan in plans:
-        out = list(transforms.ParseShard().process(plan))
-        assert out[-1] == transforms.ShardPlan(plan.key, ())  # the shard itself, with nothing parsed
+        out = list(dofns.ParseShard().process(plan))
+        assert out[-1] == planning.ShardPlan(plan.key, ())  # the shard itself, with nothing parsed
         assert all(r.value.code == "malformed_xml" for r in out[:-1]) and len(out) == len(plan.entries) + 1
 
 
 def test_parse_shard_keeps_plan_order_and_reports_bad_xml(tmp_path):
-    from detrec.preprocess import transforms
+    from detrec.preprocess import dofns, plan as planning
 
-    plan, = transforms.plan_split("train", _pairs(tmp_path, 5, bad={2}), 1, 1)
-    out = list(transforms.ParseShard().process(plan))
+    plan, = planning.plan_split("train", _pairs(tmp_path, 5, bad={2}), 1, 1)
+    out = list(dofns.ParseShard().process(plan))
     rejected = [o.value for o in out if hasattr(o, "tag")]
     assert [r.annotation for r in rejected] == [p.annotation for p in plan.entries if p.source_id == "id2"]
     (parsed,), = [[o] for o in out if not hasattr(o, "tag")]
     assert [item.pair for item in parsed.entries] == [p for p in plan.entries if p.source_id != "id2"]
     assert [p.source_id for p in plan.entries] == sorted(  # write order: by hashed source id
-        (p.source_id for p in plan.entries), key=lambda sid: transforms.shard_hash("train", sid))
+        (p.source_id for p in plan.entries), key=lambda sid: planning.shard_hash("train", sid))
 
 
 def test_a_shard_plan_is_pickled_in_one_call(tmp_path):
@@ -413,9 +413,9 @@ def test_a_shard_plan_is_pickled_in_one_call(tmp_path):
 
     from apache_beam.coders import coders
 
-    from detrec.preprocess import transforms
+    from detrec.preprocess import dofns, plan as planning
 
-    plan, = transforms.plan_split("train", _pairs(tmp_path, 5), 1, 1)
+    plan, = planning.plan_split("train", _pairs(tmp_path, 5), 1, 1)
     coder = coders.FastPrimitivesCoder()
     assert coder.decode(coder.encode(plan)) == plan
     assert pickle.loads(coder.encode(plan)[1:]) == plan
@@ -423,18 +423,18 @@ def test_a_shard_plan_is_pickled_in_one_call(tmp_path):
 
 @pytest.mark.parametrize("verify", ["header", "full"])
 def test_a_shard_is_the_same_bytes_whatever_the_writer_threads(synth_tree, tmp_path, monkeypatch, verify):
-    from detrec.preprocess import transforms
+    from detrec.preprocess import dofns, plan as planning
 
-    plans = [o for o in transforms.ListAndAssign({"train": 1}, 1).process((synth_tree, "train", "auto"))
-             if isinstance(o, transforms.ShardPlan)]
-    (parsed,) = [o for o in transforms.ParseShard().process(plans[0]) if isinstance(o, transforms.ShardPlan)]
-    vocab = transforms.vocab_from_synsets(transforms.shard_synsets(parsed))
+    plans = [o for o in dofns.ListAndAssign({"train": 1}, 1).process((synth_tree, "train", "auto"))
+             if isinstance(o, planning.ShardPlan)]
+    (parsed,) = [o for o in dofns.ParseShard().process(plans[0]) if isinstance(o, planning.ShardPlan)]
+    vocab = dofns.vocab_from_synsets(dofns.shard_synsets(parsed))
     results = []
     for threads in (1, 4):
-        monkeypatch.setitem(transforms.LOCAL_WRITER_THREADS, verify, threads)
+        monkeypatch.setitem(dofns.LOCAL_WRITER_THREADS, verify, threads)
         out = tmp_path / str(threads)
         out.mkdir()
-        (result,) = list(transforms.WriteShard(str(out), verify).process(parsed, vocab))
+        (result,) = list(dofns.WriteShard(str(out), verify).process(parsed, vocab))
         results.append(result)
     assert results[0].num_examples == len(parsed.entries) > 10
     assert results[0].sha256 == results[1].sha256
@@ -462,18 +462,6 @@ def test_local_listing_lists_what_beams_match_lists(tmp_path, recursive):
     assert len(expected) == (5 if recursive else 2)
 
 
-def test_local_runs_go_straight_to_the_fn_api_runner():
-    """No Prism attempt (it downloads a binary at run time); other runners are Beam's choice."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-
-    from detrec.pipelines import build_shards
-
-    assert isinstance(build_shards._local_runner(PipelineOptions([])), fn_runner.FnApiRunner)
-    assert isinstance(build_shards._local_runner(PipelineOptions(["--runner=DirectRunner"])), fn_runner.FnApiRunner)
-    assert build_shards._local_runner(PipelineOptions(["--runner=DataflowRunner"])) is None
-
-
 def test_summary_has_each_splits_time_and_rate(synth_tree, tmp_path, capsys):
     """Splits are written concurrently: each row's seconds come from its own shards' metrics."""
     assert run_preprocess(synth_tree, str(tmp_path / "out"), "--num-shards", "train=2,val=1",
@@ -487,7 +475,7 @@ def test_summary_has_each_splits_time_and_rate(synth_tree, tmp_path, capsys):
         assert examples == info.splits[split].num_examples
         assert seconds >= 0 and rate > 0  # measured, not "-" (a tiny split takes milliseconds)
     # The arithmetic, with known times; a split without metrics shows "-".
-    from detrec.pipelines.build_shards import summary_table
+    from detrec.pipelines.preprocess_cmd import summary_table
 
     table = summary_table(info, {"train": 2.0}).splitlines()
     train, val = (next(r.split() for r in table if r.startswith(s)) for s in ("train ", "val "))

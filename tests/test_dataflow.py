@@ -20,7 +20,7 @@ import tomllib
 import pytest
 from packaging.requirements import Requirement
 
-from detrec.pipelines import build_shards, cli
+from detrec.pipelines import preprocess_cmd, cli
 from detrec.pipelines.dataflow import main as flex_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,15 +71,15 @@ def test_flex_translation_renames_detrec_flags_only():
     argv = ["--input=gs://b/in", "--num_shards=train=8", "--target_shard_mb", "64", "--synset_map=gs://b/m.txt",
             "--labels=team=vision", "--temp_location=gs://b/tmp", "--num_workers=3"]
     assert flex_main.translate(argv) == [
-        "--input=gs://b/in", "--num-shards=train=8", "--target-shard-mb", "64", "--labels=gs://b/m.txt",
-        "--label=team=vision", "--temp_location=gs://b/tmp", "--num_workers=3", "--runner=DataflowRunner",
+        "--input=gs://b/in", "--num-shards=train=8", "--target-shard-mb", "64", "--synset-map=gs://b/m.txt",
+        "--labels=team=vision", "--temp_location=gs://b/tmp", "--num_workers=3", "--runner=DataflowRunner",
     ]
     assert flex_main.translate(["--runner=DirectRunner"]) == ["--runner=DirectRunner"]
 
 
 def preprocess_flags() -> dict[str, argparse.Action]:
     parser = argparse.ArgumentParser(add_help=False)
-    build_shards.configure(parser)
+    preprocess_cmd.configure(parser)
     return {opt: a for a in parser._actions for opt in a.option_strings if opt.startswith("--")}
 
 
@@ -172,7 +172,7 @@ def test_setup_shim_stages_every_package(tmp_path):
     (sdist,) = tmp_path.glob("detrec-*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    for needed in ("core/schema.py", "preprocess/transforms.py", "pipelines/build_shards.py",
+    for needed in ("detrec/__init__.py", "core/schema.py", "preprocess/dofns.py", "preprocess/graph.py", "pipelines/preprocess_cmd.py",
                    "pipelines/dataflow/main.py", "pipelines/dataflow/metadata.json",
                    "pipelines/dataflow/requirements.txt", "train/__init__.py", "pyproject.toml"):
         assert needed in names, f"sdist lacks {needed}"

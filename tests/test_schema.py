@@ -129,7 +129,7 @@ def test_writer_side_imports_no_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, pipelines.build_shards, preprocess.transforms, preprocess.finalize; "
+    code = ("import sys, detrec.pipelines.preprocess_cmd, detrec.preprocess.dofns, detrec.preprocess.finalize; "
             "from detrec.core import schema; schema.encode(schema.Record(b'x', 1, 1, 'a', 'a', (), 0, 'background')); "
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

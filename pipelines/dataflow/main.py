@@ -14,26 +14,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-# Template parameter -> detrec flag where the names differ beyond `_` vs `-`. `labels` would
-# clash with Beam's job-labels option (`--labels`), so the synset map is `synset_map` here.
-RENAMED = {"synset_map": "--labels"}
-# Beam's job labels, if the launcher passes them, must not reach detrec's `--labels`.
-BEAM_JOB_LABELS = ("--labels", "--label")
-
-
 def detrec_flags() -> dict[str, str]:
     """Template parameter name -> `detrec preprocess` flag, read from the real parser."""
-    from detrec.pipelines import build_shards
+    from detrec.pipelines import preprocess_cmd
 
     parser = argparse.ArgumentParser(add_help=False)
-    build_shards.configure(parser)
+    preprocess_cmd.configure(parser)
     flags = {}
     for action in parser._actions:
         for option in action.option_strings:
             if option.startswith("--"):
                 flags[option[2:].replace("-", "_")] = option
-    flags.pop("labels", None)
-    flags.update(RENAMED)
     return flags
 
 
@@ -47,9 +38,7 @@ def translate(argv: list[str], flags: dict[str, str] | None = None) -> list[str]
     out: list[str] = []
     for arg in argv:
         name, eq, value = arg.partition("=")
-        if name in BEAM_JOB_LABELS:
-            out.append(f"--label={value}" if eq else "--label")
-        elif name.startswith("--") and name[2:] in flags:
+        if name.startswith("--") and name[2:] in flags:
             out.append(f"{flags[name[2:]]}={value}" if eq else flags[name[2:]])
         else:
             out.append(arg)

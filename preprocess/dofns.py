@@ -1,14 +1,9 @@
-"""Beam DoFns that wrap the pure functions: they count outcomes and route bad records to a
+"""Beam DoFns that wrap the pure helpers: they count outcomes and route bad records to a
 tagged `rejected` output (the user_score.py pattern). No parsing logic lives here.
 
-Shard assignment is deterministic: every example's shard and its position there come from
-the rank of sha256(split/source_id) among its split's pairs, dealt round-robin, so shards mix
-classes, differ in size by at most one planned example (plus the few rejected later), and the
-bytes written do not depend on parallelism.
-One element per shard flows through the graph (a ShardPlan: its paths, sizes and, once
-parsed, boxes), not one per image: Beam's per-element cost would otherwise rival the work.
-Only that small metadata crosses the shuffle; JPEG bytes are read inside the shard writer
-and streamed straight to the file.
+The element they pass on is a ShardPlan (plan.py): one per shard, holding only small
+metadata (paths, sizes, parsed boxes). JPEG bytes are read inside the shard writer and
+streamed straight to the file, so they never cross a shuffle.
 """
 
 from __future__ import annotations
@@ -19,19 +14,15 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
-import os
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from detrec.core import images
+from detrec.core import fs, images, schema, tfrecord
 from detrec.preprocess import annotations, decode_check, longlived, sources
-
-from detrec.core import fs, schema, tfrecord
+from detrec.preprocess.plan import Item, ShardKey, ShardPlan, plan_split
 from detrec.preprocess.vocab import Vocabulary, from_synsets as vocab_from_synsets
 
 T = TypeVar("T")
@@ -71,39 +62,6 @@ class Rejected:
 
 
 @dataclasses.dataclass(frozen=True)
-class Item:
-    """A paired, parsed example on its way to a shard (small: no image bytes)."""
-
-    pair: sources.Pair
-    annotation: annotations.Annotation
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardKey:
-    """One shard of a split: `index` of `count`."""
-
-    split: str
-    index: int
-    count: int
-
-    @property
-    def name(self) -> str:
-        return schema.shard_name(self.split, self.index, self.count)
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardPlan:
-    """One shard's examples in write order: Pairs as listed, Items once parsed.
-
-    The element every stage passes on. A single object, so Beam's coder pickles it in one
-    call; as a tuple of a list it would pickle each example apart, ~10x slower to decode.
-    """
-
-    key: ShardKey
-    entries: tuple
-
-
-@dataclasses.dataclass(frozen=True)
 class ShardResult:
     key: ShardKey
     num_examples: int
@@ -115,29 +73,6 @@ class ShardResult:
 def _reject(r: Rejected):
     Metrics.counter(NAMESPACE, f"rejected_{r.code}").inc()
     return beam.pvalue.TaggedOutput(REJECTED, r)
-
-
-def shard_hash(split: str, source_id: str) -> str:
-    return hashlib.sha256(f"{split}/{source_id}".encode("utf-8")).hexdigest()
-
-
-def plan_shards(num_examples: int, total_bytes: int, requested: int | None, target_bytes: int) -> int:
-    """Shard count: as requested, else enough for `target_bytes` each; never more than examples."""
-    wanted = requested if requested else math.ceil(total_bytes / max(target_bytes, 1))
-    return max(1, min(wanted, num_examples))
-
-
-def plan_split(split: str, pairs: list[sources.Pair], requested: int | None,
-               target_bytes: int) -> Iterator[ShardPlan]:
-    """Every shard of a split with its pairs in write order: the pairs are dealt to shards
-    round-robin in the order of their hashed source ids."""
-    ranked = sorted(pairs, key=lambda p: (shard_hash(split, p.source_id), p.source_id))
-    count = plan_shards(len(ranked), sum(p.image_size for p in ranked), requested, target_bytes)
-    log.info("split %s: %d pairs -> %d shards", split, len(ranked), count)
-    if not ranked:
-        return
-    for index in range(count):
-        yield ShardPlan(ShardKey(split, index, count), tuple(ranked[index::count]))
 
 
 class _DetrecDoFn(beam.DoFn):
@@ -203,7 +138,7 @@ class ParseShard(_DetrecDoFn):
 def _read(pair: sources.Pair, path: str, what: str) -> bytes | Rejected:
     """A source file's bytes, or the Rejected saying why they cannot be read."""
     try:
-        return sources.read_bytes(path)
+        return fs.read_bytes(path)
     except Exception as exc:  # permissions, vanished files, GCS errors: report, go on
         return Rejected.of(pair, "read", "unreadable_file", f"cannot read {what}: {_short(exc)}")
 
@@ -261,11 +196,11 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Itera
 
 
 class _HashingWriter:
-    """A FileSystems output stream that keeps the size and sha256 of what went through it,
+    """An output file that keeps the size and sha256 of what went through it,
     so dataset_info.json gets each shard's digest without reading the shard back."""
 
     def __init__(self, path: str):
-        self._file = FileSystems.create(path)
+        self._file = fs.open(path, "wb")
         self._digest = hashlib.sha256()
         self.size = 0
 
@@ -311,7 +246,7 @@ class WriteShard(_DetrecDoFn):
         key = plan.key
         # The split's writing time for the summary: first shard start to last shard end.
         Metrics.distribution(NAMESPACE, split_time_metric(key.split, "start")).update(int(time.time() * 1000))
-        final = sources.join(self._output, key.name)
+        final = fs.join(self._output, key.name)
         tmp = fs.temp_path(final)
         converted, index_lines = 0, []
         with _HashingWriter(tmp) as out:
@@ -331,9 +266,10 @@ class WriteShard(_DetrecDoFn):
                 for chunk in (head, payload, tail):
                     out.write(chunk)
                 converted += bool(record.converted_from)
-        with FileSystems.create(tmp + schema.INDEX_SUFFIX) as f:
+        with fs.open(tmp + schema.INDEX_SUFFIX, "wb") as f:
             f.write("".join(index_lines).encode("ascii"))
-        FileSystems.rename([tmp + schema.INDEX_SUFFIX, tmp], [final + schema.INDEX_SUFFIX, final])
+        fs.replace(tmp + schema.INDEX_SUFFIX, final + schema.INDEX_SUFFIX)
+        fs.replace(tmp, final)
         Metrics.counter(NAMESPACE, "examples_written").inc(len(index_lines))
         Metrics.distribution(NAMESPACE, split_time_metric(key.split, "end")).update(int(time.time() * 1000))
         Metrics.counter(NAMESPACE, "converted_images").inc(converted)

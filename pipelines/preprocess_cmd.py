@@ -1,7 +1,7 @@
 """`detrec preprocess`: the Beam job that turns an ILSVRC/VOC tree into verified TFRecord shards.
 
     detrec preprocess --input ROOT --output OUT [--splits train,val] [--layout auto|det|cls-loc|voc]
-        [--labels SYNSET_MAP] [--num-shards train=64,val=8] [--target-shard-mb 128]
+        [--synset-map FILE] [--num-shards train=64,val=8] [--target-shard-mb 128]
         [--verify-images full|header] [any Apache Beam pipeline option]
 
 Unknown flags go to PipelineOptions (the wordcount.py pattern), so the same command runs on
@@ -11,8 +11,6 @@ the DirectRunner (default here: multi-processing on all cores) or on Dataflow.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import logging
 import os
 import sys
@@ -25,21 +23,16 @@ from apache_beam.options.pipeline_options import (
     PipelineOptions,
     SetupOptions,
     StandardOptions,
+    WorkerOptions,
 )
-from apache_beam.portability.api import beam_fn_api_pb2
-from google.protobuf import text_format
 
 from detrec.core import dataset_info, fs, schema
-from detrec.preprocess import decode_check, sources, vocab as vocab_lib
 from detrec.core.errors import UserError
-from detrec.preprocess.finalize import finalize
-from detrec.preprocess.transforms import (
-    LAYOUT, NAMESPACE, REJECTED, CollectVocabulary, ListAndAssign, ParseShard, WriteShard, shard_synsets,
-    split_time_metric,
-)
+from detrec.preprocess import beam_compat, decode_check, sources, vocab as vocab_lib
+from detrec.preprocess.dofns import NAMESPACE, split_time_metric
+from detrec.preprocess.graph import BuildShards, JobConfig
 
 HELP = "Beam job: ILSVRC/VOC tree -> verified, sharded TFRecords"
-TRAIN = "train"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="output folder for shards and metadata (local or gs://)")
     parser.add_argument("--splits", default="train,val", help="comma-separated splits (default train,val)")
     parser.add_argument("--layout", default="auto", choices=sources.LAYOUTS, help="source tree layout")
-    parser.add_argument("--labels", help="synset map (map_det.txt, LOC_synset_mapping.txt); "
+    parser.add_argument("--synset-map", default="", help="class list (map_det.txt, LOC_synset_mapping.txt); "
                         "default: the sorted synsets seen in the train split")
     parser.add_argument("--num-shards", default="", metavar="SPLIT=N,...",
                         help="shards per split, e.g. train=64,val=8 (default: from --target-shard-mb)")
@@ -55,10 +48,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "does not fix the count (default 128)")
     parser.add_argument("--verify-images", default="full", choices=decode_check.VERIFY_MODES,
                         help="full: decode every JPEG; header: trust a well-formed header + end marker")
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
 
 
 def parse_num_shards(text: str, splits: list[str]) -> dict[str, int]:
@@ -76,17 +65,12 @@ def parse_num_shards(text: str, splits: list[str]) -> dict[str, int]:
 def pipeline_options(extra: list[str]) -> PipelineOptions:
     """Beam options from the leftover flags; locally defaults to all cores in separate processes."""
     extra = [a for a in map(_dry_run_flag, extra) if a is not None]
-    unknown = [a for a in extra if a.startswith("-") and a.split("=")[0].lstrip("-") not in _beam_flags()]
+    known = beam_compat.option_names()
+    unknown = [a for a in extra if a.startswith("-") and a.split("=")[0].lstrip("-") not in known]
     if unknown:
         raise UserError(f"unknown option {unknown[0]}; see `detrec preprocess --help` and Beam's pipeline options")
     options = PipelineOptions(extra)
-    messages = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(messages):
-            options.get_all_options()
-    except SystemExit:
-        last = (messages.getvalue().strip().splitlines() or ["invalid pipeline option"])[-1]
-        raise UserError(last.split("error: ", 1)[-1]) from None
+    beam_compat.check_options(options)
     direct = options.view_as(DirectOptions)
     std = options.view_as(StandardOptions)
     if std.runner in (None, "DirectRunner") and "--direct_num_workers" not in " ".join(extra):
@@ -94,24 +78,6 @@ def pipeline_options(extra: list[str]) -> PipelineOptions:
         direct.direct_running_mode = "multi_processing"
     options.view_as(SetupOptions).save_main_session = False
     return options
-
-
-def _local_runner(options: PipelineOptions):
-    """For the DirectRunner, the FnApiRunner it would fall back to, chosen up front.
-
-    Beam's DirectRunner first tries Prism, which downloads its binary from GitHub at run
-    time: offline that costs a failed fetch (or a hang until a network timeout), online a
-    runner that ignores --direct_running_mode. Other runners: None (Beam picks from options).
-    """
-    if (options.view_as(StandardOptions).runner or "DirectRunner") != "DirectRunner":
-        return None
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
-        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
 def _dry_run_flag(arg: str) -> str | None:
@@ -129,16 +95,6 @@ def _dry_run_flag(arg: str) -> str | None:
     return arg
 
 
-def _beam_flags() -> set[str]:
-    parser = argparse.ArgumentParser(add_help=False)
-    for cls in PipelineOptions.__subclasses__():
-        try:
-            cls._add_argparse_args(parser)
-        except Exception:  # an options class that needs extras we don't have
-            continue
-    return {opt.lstrip("-") for action in parser._actions for opt in action.option_strings}
-
-
 def validate(args: argparse.Namespace, options: PipelineOptions) -> None:
     """Fails fast, before any worker starts, on mistakes a user can fix."""
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
@@ -148,12 +104,10 @@ def validate(args: argparse.Namespace, options: PipelineOptions) -> None:
             raise UserError("DataflowRunner needs --project and --region")
         if not gcp.temp_location or not gcp.temp_location.startswith("gs://"):
             raise UserError("DataflowRunner needs --temp_location gs://BUCKET/tmp (a Cloud Storage path)")
-        for flag, path in (("--input", args.input), ("--output", args.output), ("--labels", args.labels)):
+        for flag, path in (("--input", args.input), ("--output", args.output), ("--synset-map", args.synset_map)):
             if path and not path.startswith("gs://"):
                 raise UserError(f"DataflowRunner reads and writes Cloud Storage: {flag} must be a gs:// path, got {path!r}")
         setup = options.view_as(SetupOptions)
-        from apache_beam.options.pipeline_options import WorkerOptions
-
         if not setup.setup_file and not options.view_as(WorkerOptions).sdk_container_image:
             raise UserError("DataflowRunner workers need detrec: pass --setup_file ./setup.py or "
                             "--sdk_container_image IMAGE (see pipelines/dataflow/README.md)")
@@ -163,25 +117,25 @@ def validate(args: argparse.Namespace, options: PipelineOptions) -> None:
         if setup.requirements_file and setup.requirements_cache is None:
             setup.requirements_cache = "skip"  # else the launcher pip-downloads TF wheels for nothing
         return
-    for flag, path in (("--input", args.input), ("--labels", args.labels)):
-        if path and not _is_url(path) and not os.path.exists(path):
+    for flag, path in (("--input", args.input), ("--synset-map", args.synset_map)):
+        if path and not fs.is_url(path) and not os.path.exists(path):
             raise UserError(f"{flag} {path}: no such file or directory")
-    if args.labels and not _is_url(args.labels):
+    if args.synset_map and not fs.is_url(args.synset_map):
         try:
-            with open(args.labels, encoding="utf-8") as f:
-                vocab_lib.parse_synset_map(f.read(), args.labels)
+            with open(args.synset_map, encoding="utf-8") as f:
+                vocab_lib.parse_synset_map(f.read(), args.synset_map)
         except (vocab_lib.VocabError, UnicodeDecodeError, IsADirectoryError) as exc:
-            raise UserError(f"--labels: {exc}") from None
-    if not _is_url(args.input) and not os.path.isdir(args.input):
+            raise UserError(f"--synset-map: {exc}") from None
+    if not fs.is_url(args.input) and not os.path.isdir(args.input):
         raise UserError(f"--input {args.input}: not a directory (pass the folder holding Annotations/ and Data/)")
-    if not _is_url(args.input):
+    if not fs.is_url(args.input):
         splits = [s for s in args.splits.split(",") if s]
         for split in splits:
             try:
                 sources.resolve_layout(os.path.abspath(args.input), split, args.layout)
             except ValueError as exc:
                 raise UserError(str(exc)) from None
-    if not _is_url(args.output):
+    if not fs.is_url(args.output):
         if os.path.isfile(args.output):
             raise UserError(f"--output {args.output} is a file; pass a directory")
         os.makedirs(args.output, exist_ok=True)
@@ -189,99 +143,23 @@ def validate(args: argparse.Namespace, options: PipelineOptions) -> None:
             raise UserError(f"--output {args.output} is not writable")
 
 
-def build(p: beam.Pipeline, args: argparse.Namespace, num_shards: dict[str, int]):
-    """The Beam graph. Returns the PCollection holding the dataset_info dict."""
-    root = args.input if _is_url(args.input) else os.path.abspath(args.input)
-    output = args.output if _is_url(args.output) else os.path.abspath(args.output)
-    splits = [s for s in args.splits.split(",") if s]
-    # Full verification decodes with TensorFlow: the workers start loading it while they
-    # list and parse, instead of stalling on it at the first image.
-    warm = args.verify_images == "full"
-
-    listed = (
-        p
-        | "Splits" >> beam.Create([(root, split, args.layout) for split in splits])
-        | "ListPairAssign" >> beam.ParDo(ListAndAssign(num_shards, int(args.target_shard_mb * 1e6), warm))
-        .with_outputs(LAYOUT, REJECTED, main="shards")
-    )
-    parsed = (
-        listed.shards
-        | "Distribute" >> beam.Reshuffle()  # one element per split fans out: spread its shards over workers
-        | "ParseXml" >> beam.ParDo(ParseShard(warm)).with_outputs(REJECTED, main="shards")
-    )
-    if args.labels:
-        labels_path = args.labels if _is_url(args.labels) else os.path.abspath(args.labels)
-        vocab = (
-            p
-            | "LabelsFile" >> beam.Create([labels_path])
-            | "ReadSynsetMap" >> beam.Map(lambda path: vocab_lib.parse_synset_map(sources.read_bytes(path).decode("utf-8"), path))
-        )
-    else:
-        vocab = (
-            parsed.shards
-            | "TrainOnly" >> beam.Filter(lambda plan: plan.key.split == TRAIN)
-            | "Synsets" >> beam.Map(shard_synsets)
-            | "SortedVocabulary" >> beam.CombineGlobally(CollectVocabulary())
-        )
-    written = (
-        parsed.shards
-        | "WriteShards" >> beam.ParDo(WriteShard(output, args.verify_images), beam.pvalue.AsSingleton(vocab))
-        .with_outputs(REJECTED, main="shards")
-    )
-    rejected = (
-        (listed[REJECTED], parsed[REJECTED], written[REJECTED])
-        | "AllRejected" >> beam.Flatten()
-    )
-    options = {"splits": splits, "layout": args.layout, "labels": args.labels or "",
-               "num_shards": num_shards, "target_shard_mb": args.target_shard_mb,
-               "verify_images": args.verify_images}
-    return (
-        p
-        | "Finish" >> beam.Create([None])
-        | "WriteDatasetInfo" >> beam.Map(
-            finalize, output, root, splits, options, beam.pvalue.AsSingleton(vocab),
-            beam.pvalue.AsDict(listed[LAYOUT]), beam.pvalue.AsList(written.shards), beam.pvalue.AsList(rejected))
-    )
-
-
-class _WorkerProgress(logging.Filter):
-    """Passes the detrec lines (and any error) among the log entries that Beam's
-    multi-processing workers forward to the launcher as text-format LogEntry protos,
-    rewritten as plain messages with the worker's timestamp; drops Beam's own chatter."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        entry = beam_fn_api_pb2.LogEntry()
-        try:
-            text_format.Parse(str(record.args[0]) if record.args else "", entry)
-        except text_format.ParseError:
-            return False
-        ours = entry.log_location.startswith(_PREPROCESS_DIR)
-        if not entry.message or not (ours or record.levelno >= logging.ERROR):
-            return False
-        record.msg, record.args = entry.message if ours else f"worker: {entry.message}", ()
-        record.created = entry.timestamp.seconds + entry.timestamp.nanos / 1e9
-        return True
-
-
-_PREPROCESS_DIR = os.path.dirname(sources.__file__) + os.sep
-# Where Beam's local runner re-logs what its worker processes log.
-_WORKER_LOGS = "apache_beam.runners.portability.local_job_service"
-
-
 def _log_progress() -> None:
     """Shows detrec's per-stage/per-shard log lines (visible progress on long runs), from
     this process (in-memory runner) and from Beam's worker processes (multi-processing)."""
-    formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    own, workers = logging.getLogger("detrec"), logging.getLogger(_WORKER_LOGS)
-    for logger in (own, workers):
-        logger.setLevel(logging.INFO)
-        if not logger.handlers:
-            handler = logging.StreamHandler()
-            handler.setFormatter(formatter)
-            logger.addHandler(handler)
-            logger.propagate = False
-    if not any(isinstance(f, _WorkerProgress) for f in workers.filters):
-        workers.addFilter(_WorkerProgress())
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    own = logging.getLogger("detrec")
+    own.setLevel(logging.INFO)
+    own.propagate = False
+    if not own.handlers:
+        own.addHandler(handler)
+    beam_compat.forward_worker_logs(os.path.dirname(sources.__file__), handler)
+
+
+def job_config(args: argparse.Namespace, num_shards: dict[str, int]) -> JobConfig:
+    return JobConfig(input=args.input, output=args.output, splits=tuple(args.splits.split(",")),
+                     layout=args.layout, synset_map=args.synset_map or "", num_shards=num_shards,
+                     target_shard_mb=args.target_shard_mb, verify_images=args.verify_images)
 
 
 def split_seconds(result, splits: list[str]) -> dict[str, float]:
@@ -334,10 +212,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             fs.remove(stale)
     start = time.perf_counter()
     try:
-        pipeline = beam.Pipeline(runner=_local_runner(options), options=options)
+        pipeline = beam.Pipeline(runner=beam_compat.local_runner(options), options=options)
     except ValueError as exc:  # Beam's own option validation (project id, locations...)
         raise UserError(" ".join(str(exc).split())) from None
-    build(pipeline, args, num_shards)
+    _ = pipeline | "BuildShards" >> BuildShards(job_config(args, num_shards))
     result = pipeline.run()
     if dry_run:
         print("dry run: pipeline graph built and validated; nothing was submitted")
@@ -359,7 +237,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m detrec.pipelines.build_shards ...` (same as `detrec preprocess ...`)."""
+    """`python -m detrec.pipelines.preprocess_cmd ...` (same as `detrec preprocess ...`)."""
     from detrec.pipelines.cli import main as cli_main
 
     return cli_main(["preprocess", *(sys.argv[1:] if argv is None else argv)])

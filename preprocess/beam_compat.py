@@ -1,0 +1,105 @@
+"""Every place detrec leans on Apache Beam internals, each with why, in one module.
+
+Beam 2.77 offers no public way to do these four things; tests/test_beam_compat.py checks
+each assumption directly, so a Beam upgrade that changes one fails loudly there, not as a
+silent slowdown or a lost log line in a user's run.
+
+1. `local_runner`: the DirectRunner first tries Prism, which downloads its binary from
+   GitHub at run time (offline: a failed fetch or a hang; online: a runner that ignores
+   --direct_running_mode). We build the FnApiRunner it would fall back to, as it does.
+2. `forward_worker_logs`: the multi-processing workers' log lines reach the launcher only
+   as text-format `LogEntry` protos re-logged by the local job service; we parse them back
+   into plain lines so per-shard progress is visible.
+3. `option_names`: Beam registers its flags on `PipelineOptions` subclasses through the
+   private `_add_argparse_args`; we collect them to reject a mistyped flag up front (Beam
+   itself silently ignores unknown flags).
+4. `check_options`: Beam's option parser reports a bad value by printing to stderr and
+   raising SystemExit; we capture that text and turn it into one UserError line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.portability.api import beam_fn_api_pb2
+from google.protobuf import text_format
+
+from detrec.core.errors import UserError
+
+# Where Beam's local runner re-logs what its worker processes log.
+WORKER_LOGGER = "apache_beam.runners.portability.local_job_service"
+
+
+def local_runner(options: PipelineOptions):
+    """For the DirectRunner, the FnApiRunner it would fall back to, chosen up front; None
+    for other runners (Beam picks from the options)."""
+    if (options.view_as(StandardOptions).runner or "DirectRunner") != "DirectRunner":
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
+class WorkerLogFilter(logging.Filter):
+    """Passes the lines logged by code under `source_dir` (and any error) among the log
+    entries that Beam's workers forward, rewritten as plain messages with the worker's
+    timestamp; drops Beam's own chatter."""
+
+    def __init__(self, source_dir: str):
+        super().__init__()
+        self.source_dir = source_dir.rstrip(os.sep) + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        entry = beam_fn_api_pb2.LogEntry()
+        try:
+            text_format.Parse(str(record.args[0]) if record.args else "", entry)
+        except text_format.ParseError:
+            return False
+        ours = entry.log_location.startswith(self.source_dir)
+        if not entry.message or not (ours or record.levelno >= logging.ERROR):
+            return False
+        record.msg, record.args = entry.message if ours else f"worker: {entry.message}", ()
+        record.created = entry.timestamp.seconds + entry.timestamp.nanos / 1e9
+        return True
+
+
+def forward_worker_logs(source_dir: str, handler: logging.Handler) -> None:
+    """Shows the workers' lines from code under `source_dir` through `handler`."""
+    workers = logging.getLogger(WORKER_LOGGER)
+    workers.setLevel(logging.INFO)
+    workers.propagate = False
+    if not workers.handlers:
+        workers.addHandler(handler)
+    if not any(isinstance(f, WorkerLogFilter) for f in workers.filters):
+        workers.addFilter(WorkerLogFilter(source_dir))
+
+
+def option_names() -> set[str]:
+    """Every flag name (without dashes) some registered PipelineOptions class accepts."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for cls in PipelineOptions.__subclasses__():
+        try:
+            cls._add_argparse_args(parser)
+        except Exception:  # an options class that needs extras we don't have
+            continue
+    return {opt.lstrip("-") for action in parser._actions for opt in action.option_strings}
+
+
+def check_options(options: PipelineOptions) -> None:
+    """Parses every option now; a bad value becomes a UserError with Beam's own message."""
+    messages = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(messages):
+            options.get_all_options()
+    except SystemExit:
+        last = (messages.getvalue().strip().splitlines() or ["invalid pipeline option"])[-1]
+        raise UserError(last.split("error: ", 1)[-1]) from None

@@ -1,0 +1,98 @@
+"""The whole `detrec preprocess` job graph as one composite transform, BuildShards.
+
+    p | BuildShards(JobConfig(...))  ->  a one-element PCollection: the DatasetInfo written
+
+The CLI (pipelines/preprocess_cmd.py) only parses flags, checks them and runs the pipeline;
+tests apply BuildShards to a TestPipeline directly. Every step has a label (Dataflow shows them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import apache_beam as beam
+
+from detrec.core import fs
+from detrec.preprocess import vocab as vocab_lib
+from detrec.preprocess.dofns import (
+    LAYOUT, REJECTED, CollectVocabulary, ListAndAssign, ParseShard, WriteShard, shard_synsets,
+)
+from detrec.preprocess.finalize import finalize
+
+TRAIN = "train"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    """What one preprocess run converts, and how (paths local or gs://)."""
+
+    input: str
+    output: str
+    splits: tuple[str, ...] = ("train", "val")
+    layout: str = "auto"
+    synset_map: str = ""  # "" = the sorted synsets seen in the train split
+    num_shards: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    target_shard_mb: float = 128.0
+    verify_images: str = "full"
+
+    def options(self) -> dict:
+        """The record of these choices kept in dataset_info.json."""
+        return {"splits": list(self.splits), "layout": self.layout, "synset_map": self.synset_map,
+                "num_shards": dict(self.num_shards), "target_shard_mb": self.target_shard_mb,
+                "verify_images": self.verify_images}
+
+
+class BuildShards(beam.PTransform):
+    """Source tree -> shards, labels.txt, errors-<split>.jsonl, dataset_info.json (written last)."""
+
+    def __init__(self, config: JobConfig):
+        super().__init__()
+        self.config = config
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        cfg = self.config
+        root, output = fs.absolute(cfg.input), fs.absolute(cfg.output)
+        # Full verification decodes with TensorFlow: the workers start loading it while they
+        # list and parse, instead of stalling on it at the first image.
+        warm = cfg.verify_images == "full"
+        listed = (
+            pbegin
+            | "Splits" >> beam.Create([(root, split, cfg.layout) for split in cfg.splits])
+            | "ListPairAssign" >> beam.ParDo(ListAndAssign(dict(cfg.num_shards), int(cfg.target_shard_mb * 1e6), warm))
+            .with_outputs(LAYOUT, REJECTED, main="shards")
+        )
+        parsed = (
+            listed.shards
+            | "Distribute" >> beam.Reshuffle()  # one element per split fans out: spread its shards over workers
+            | "ParseXml" >> beam.ParDo(ParseShard(warm)).with_outputs(REJECTED, main="shards")
+        )
+        vocab = self._vocabulary(pbegin, parsed.shards)
+        written = (
+            parsed.shards
+            | "WriteShards" >> beam.ParDo(WriteShard(output, cfg.verify_images), beam.pvalue.AsSingleton(vocab))
+            .with_outputs(REJECTED, main="shards")
+        )
+        rejected = (listed[REJECTED], parsed[REJECTED], written[REJECTED]) | "AllRejected" >> beam.Flatten()
+        return (
+            pbegin
+            | "Finish" >> beam.Create([None])
+            | "WriteDatasetInfo" >> beam.Map(
+                finalize, output, root, list(cfg.splits), cfg.options(), beam.pvalue.AsSingleton(vocab),
+                beam.pvalue.AsDict(listed[LAYOUT]), beam.pvalue.AsList(written.shards), beam.pvalue.AsList(rejected))
+        )
+
+    def _vocabulary(self, pbegin: beam.pvalue.PBegin, shards: beam.PCollection) -> beam.PCollection:
+        """The class list: the synset map when given, else the sorted synsets of the train split."""
+        if self.config.synset_map:
+            return (
+                pbegin
+                | "SynsetMapFile" >> beam.Create([fs.absolute(self.config.synset_map)])
+                | "ReadSynsetMap" >> beam.Map(lambda path: vocab_lib.parse_synset_map(fs.read_text(path), path))
+            )
+        return (
+            shards
+            | "TrainOnly" >> beam.Filter(lambda plan: plan.key.split == TRAIN)
+            | "Synsets" >> beam.Map(shard_synsets)
+            | "SortedVocabulary" >> beam.CombineGlobally(CollectVocabulary())
+        )
