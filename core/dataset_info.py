@@ -117,22 +117,27 @@ class _Malformed(Exception):
     pass
 
 
+_KINDS = {int: "a number", str: "a string", list: "a list", dict: "an object"}
+
+
 def _get(obj: Any, key: str, kind: type, where: str, default: Any = ...) -> Any:
+    """obj[key] checked to be of `kind`; `where` ("" at the top) names the place in the file."""
+    at = f"{where}: " if where else ""
     if not isinstance(obj, dict):
-        raise _Malformed(f"{where} is not an object")
+        raise _Malformed(f"{where or 'the file'} is not an object")
     if key not in obj:
         if default is not ...:
             return default
-        raise _Malformed(f"{where}: missing key {key!r}; was it written by detrec preprocess?")
+        raise _Malformed(f"{at}`{key}` is missing; was it written by detrec preprocess?")
     value = obj[key]
     # bool is an int in Python; a count that is `true` is still malformed.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _Malformed(f"{where}: `{key}` is not {'a number' if kind is int else 'a ' + kind.__name__}")
+        raise _Malformed(f"{at}`{key}` is not {_KINDS[kind]}")
     return value
 
 
 def _parse(raw: Any) -> DatasetInfo:
-    top = "the file"
+    top = ""
     version = _get(raw, "schema_version", int, top)
     if version != schema.SCHEMA_VERSION:
         raise _Malformed(f"schema_version {version}, this detrec reads {schema.SCHEMA_VERSION}; re-run detrec preprocess")

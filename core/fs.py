@@ -2,9 +2,10 @@
 
 Local paths go straight to `os` (no import cost: the launcher, `--verify-images header` and
 `detrec inspect` on a local folder never load TensorFlow). A URL goes to a remote backend
-chosen when first needed: whichever of TensorFlow's `tf.io.gfile` or Beam's `FileSystems` the
-process has already imported (the trainer has one, the Beam workers the other), else Beam's,
-else TensorFlow's. So this module imports neither, and each side keeps its own stack.
+chosen per scheme when first needed: Beam's `FileSystems` when it knows the scheme and the
+process runs Beam (the preprocess workers) or not TensorFlow (the launcher, inspect), else
+TensorFlow's `tf.io.gfile` (the trainer; also schemes only TensorFlow knows, such as ram://).
+So this module imports neither up front, and each side keeps its own stack.
 
 Every file detrec writes under its final name is first written to a temporary sibling named
 by `temp_path` (`.NAME.tmp-<random>`, recognisable by `is_temp`) and renamed when complete.
@@ -160,22 +161,27 @@ class _Beam:
         pass  # object stores have no directories
 
 
-_remote = None
+_remote: dict[str, object] = {}
+
+
+def _beam_for(path: str):
+    """Beam's backend when Beam is there and knows this scheme, else None."""
+    try:
+        backend = _Beam()
+        backend.fs.get_filesystem(path)
+        return backend
+    except (ImportError, ValueError):
+        return None
 
 
 def _backend(path: str):
-    global _remote
     if not is_url(path):
         return _Local
-    if _remote is None:
-        if "tensorflow" in sys.modules and "apache_beam" not in sys.modules:
-            _remote = _Gfile()
-        else:
-            try:
-                _remote = _Beam()
-            except ImportError:
-                _remote = _Gfile()
-    return _remote
+    scheme = path.split("://", 1)[0]
+    if scheme not in _remote:
+        beam_first = "apache_beam" in sys.modules or "tensorflow" not in sys.modules
+        _remote[scheme] = (beam_first and _beam_for(path)) or _Gfile()
+    return _remote[scheme]
 
 
 def exists(path: str) -> bool:

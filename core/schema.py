@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import re
 import struct
+import sys
 from typing import Mapping, Sequence
 
 SCHEMA_VERSION = 1
@@ -211,10 +212,10 @@ def _scalar(feature_map: Mapping, key: str):
 
 def decode(serialized: bytes) -> Record:
     """Parses tf.train.Example bytes back into a Record; SchemaError names the bad key."""
-    from tensorflow.core.example import example_pb2  # lazily: writers and the CLI need no TensorFlow
+    from detrec.core.example_proto import Example  # lazily: the writers never decode
 
     try:
-        example = example_pb2.Example.FromString(serialized)
+        example = Example.FromString(serialized)
     except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
         raise SchemaError(f"not a tf.train.Example: {exc}") from None
     fmap = example.features.feature
@@ -292,8 +293,14 @@ def largest_box_label(objects: Sequence[Box]) -> tuple[int, str]:
 
 
 def parse_spec() -> dict:
-    """The `tf.io.parse_example` spec for batched parsing (TensorFlow imported lazily)."""
-    import tensorflow as tf
+    """The `tf.io.parse_example` spec for batched parsing, for readers that run TensorFlow.
+
+    Takes TensorFlow from the readers' process instead of importing it: this module is the
+    writers' too, and they run without it.
+    """
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        raise RuntimeError("schema.parse_spec() is for TensorFlow readers: import tensorflow first")
 
     dtype = {_BYTES: tf.string, _INT: tf.int64, _FLOAT: tf.float32}
     spec = {}

@@ -1,7 +1,8 @@
 """`detrec inspect PATH...`: counts, integrity, label statistics and a contact sheet of shards.
 
-The work is in preprocess/inspect.py; this module parses flags, shows progress, renders the
-report (text or `--json`, keys documented in preprocess/inspect.py) and writes the PNG.
+The work is in detrec.inspector (entry point `inspector/report.py`); this module parses flags,
+shows progress, renders the report (text or `--json`, keys documented in inspector/report.py)
+and writes the PNG.
 Exit codes: 0 all good, 1 a problem was found in the data (each printed as one line on
 stderr: file, byte offset, record index, reason), 2 bad flags.
 """
@@ -14,8 +15,9 @@ import json
 import sys
 from typing import Any
 
-from detrec.inspector import contact_sheet, inspect as shards
+from detrec.core import fs
 from detrec.core.errors import UserError
+from detrec.inspector import contact_sheet, report as inspection
 from detrec.pipelines import argtypes
 
 HELP = "look inside shards: counts, integrity, labels, pictures"
@@ -62,8 +64,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if not 16 <= args.cell <= 2048:
         raise UserError(f"--cell {args.cell}: choose 16..2048 pixels")
     cols, rows = args.grid
-    options = shards.Options(quick=args.quick, verify=args.verify, show=args.show,
-                             samples=cols * rows if args.contact_sheet else 0)
+    options = inspection.Options(quick=args.quick, verify=args.verify, show=args.show,
+                                 samples=cols * rows if args.contact_sheet else 0)
     from tqdm import tqdm
 
     bars: list[Any] = []
@@ -73,15 +75,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         bars.append(tqdm(total=total, unit="B", unit_scale=True, desc=desc, file=sys.stderr, leave=False))
 
     try:
-        report, samples = shards.inspect_paths(args.paths, options, progress=lambda n: bars[0].update(n),
-                                               on_total=on_total)
+        report, samples = inspection.inspect_paths(args.paths, options, progress=lambda n: bars[0].update(n),
+                                                   on_total=on_total)
     finally:
         for bar in bars:
             bar.close()
     if args.contact_sheet:
         report["contact_sheet"] = _write_sheet(args.contact_sheet, samples, report, cols, rows, args.cell)
     for problem in report["problems"]:
-        print(f"detrec inspect: {shards.Problem(**problem).line()}", file=sys.stderr)
+        print(f"detrec inspect: {inspection.Problem(**problem).line()}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=False))
     else:
@@ -89,15 +91,14 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     return 0 if report["ok"] else 1
 
 
-def _write_sheet(path: str, samples, report: dict, cols: int, rows: int, cell: int) -> dict[str, Any]:
-    import tensorflow as tf
-
+def _write_sheet(path: str, samples: list[contact_sheet.Sample], report: dict[str, Any], cols: int, rows: int,
+                 cell: int) -> dict[str, Any]:
+    """Draws the contact sheet, writes it as a PNG (whole or not at all) and returns its report entry."""
     image, cells = contact_sheet.contact_sheet(samples, cols, rows, contact_sheet.class_names(report), cell)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     try:
-        with tf.io.gfile.GFile(path, "wb") as f:
-            f.write(buf.getvalue())
+        fs.write_atomic(path, buf.getvalue())
     except Exception as exc:  # missing folder, no permission, bucket errors
         raise UserError(f"--contact-sheet {path}: cannot write ({str(exc).splitlines()[0] if str(exc) else exc})")
     if not cells:
@@ -112,7 +113,7 @@ def _mb(n: int) -> str:
 
 
 def _name(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
+    return fs.basename(path)
 
 
 def _fmt(v: Any) -> str:

@@ -1,7 +1,7 @@
 """`detrec inspect`: the report against a known dataset, the cross-check, every kind of bad
 input (corrupt copies made in tmp_path, byte offsets checked) and the contact sheet.
 
-Expected values are computed independently of preprocess/inspect.py: counts and statistics
+Expected values are computed independently of detrec.inspector and detrec.core.tfrecord: counts and statistics
 from the synth tree's XML, record offsets from tf.data.TFRecordDataset's payload lengths.
 """
 
@@ -25,8 +25,8 @@ from lxml import etree
 from PIL import Image
 
 from detrec.pipelines import cli
-from detrec.inspector import contact_sheet, inspect as shards
-from detrec.core import schema
+from detrec.core import schema, tfrecord
+from detrec.inspector import contact_sheet
 from tests import image_factory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +51,7 @@ def inspect_json(capsys, *args: str) -> tuple[int, dict, list[str]]:
 def offsets(path: str) -> list[tuple[int, int]]:
     """(offset, payload length) of every record, from TF's own reader (not ours)."""
     lengths = [len(r.numpy()) for r in tf.data.TFRecordDataset(path)]
-    starts = itertools.accumulate([0] + [schema.record_span(n) for n in lengths[:-1]])
+    starts = itertools.accumulate([0] + [tfrecord.record_span(n) for n in lengths[:-1]])
     return list(zip(starts, lengths))
 
 
@@ -191,7 +191,7 @@ def test_quick_mode_counts_from_headers_and_seeks_past_payloads(dataset_dir, cap
 
     path = train_shard(dataset_dir)
     data = open(path, "rb").read()
-    frames = list(shards.read_frames(CountingFile(data), len(data), want=lambda i: False))
+    frames = list(tfrecord.read_frames(CountingFile(data), len(data), want=lambda i: False))
     assert [(f.offset, f.length) for f in frames] == offsets(path)
     assert CountingFile.read_bytes == 12 * len(frames)  # headers only
 
@@ -199,9 +199,9 @@ def test_quick_mode_counts_from_headers_and_seeks_past_payloads(dataset_dir, cap
 def test_read_frames_offsets_match_the_dali_index(dataset_dir):
     path = train_shard(dataset_dir, 0)
     with open(path, "rb") as f:
-        frames = list(shards.read_frames(f, os.path.getsize(path), want=lambda i: True))
+        frames = list(tfrecord.read_frames(f, os.path.getsize(path), want=lambda i: True))
     with open(path + schema.INDEX_SUFFIX) as f:
-        assert [f"{fr.offset} {schema.record_span(fr.length)}" for fr in frames] == f.read().split("\n")[:-1]
+        assert [f"{fr.offset} {tfrecord.record_span(fr.length)}" for fr in frames] == f.read().split("\n")[:-1]
     assert [fr.payload for fr in frames] == [r.numpy() for r in tf.data.TFRecordDataset(path)]
 
 

@@ -109,6 +109,28 @@ def test_decode_rejects_foreign_records():
         schema.decode(b"\xff\xff\xff garbage")
 
 
+def test_our_example_class_parses_as_tensorflows_does():
+    """core.example_proto (no TensorFlow) against tf.train.Example on records and on damage."""
+    from google.protobuf.message import DecodeError
+
+    from detrec.core.example_proto import Example
+
+    good = schema.encode(golden_record())
+    samples = [good, good[:-3], good[:40], b"", b"\x0a\x05garbage", bytes(range(256)),
+               _protobuf_encode(golden_record())]
+    for data in samples:
+        try:
+            theirs = tf.train.Example.FromString(data).SerializeToString(deterministic=True)
+        except DecodeError:
+            theirs = None
+        try:
+            ours = Example.FromString(data).SerializeToString(deterministic=True)
+        except DecodeError:
+            ours = None
+        assert ours == theirs, data[:20]
+    assert Example.FromString(good).features.feature[schema.CLASS_TEXT].WhichOneof("kind") == "bytes_list"
+
+
 def test_largest_box_ties_go_to_document_order():
     boxes = (Box(0, 0, 0.5, 0.5, 2, "b"), Box(0.5, 0.5, 1, 1, 1, "a"))
     assert schema.largest_box_label(boxes) == (2, "b")

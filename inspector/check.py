@@ -1,0 +1,155 @@
+"""The checks: is a record a valid detrec record, and is a shard what its dataset says it is.
+
+Two levels, both reporting defects as data (`BadRecord`, or `Problem`s appended to a list):
+
+* per record, `read_record`: the payload decodes with `detrec.core.schema`, and with --verify
+  it also passes `schema.check` and `check_jpeg` (the trainer's own JPEG decode);
+* per shard, `cross_check`: what the walk found (`ShardResult`) against the shard's
+  dataset_info.json entry (size, record count, sha256) and its DALI `.idx` (every frame's
+  offset and framed size), so a shard the trainer would stumble on is caught here first.
+
+TensorFlow is imported only by `check_jpeg` (and by `schema.decode`), when a record is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from detrec.core import fs, images, schema, tfrecord
+from detrec.inspector.problem import Problem, short
+from detrec.inspector.resolve import Target
+
+
+class BadRecord(Exception):
+    """A payload that is not a valid detrec record; the message says why, in one line."""
+
+
+def read_record(payload: bytes, num_classes: int | None = None, verify: bool = False) -> schema.Record:
+    """Decodes one record's payload and, with `verify`, checks it through and through.
+
+    Args:
+      payload: the record's bytes, as framed in the shard.
+      num_classes: the number of classes a label may name (None: not checked).
+      verify: also `schema.check` the record and `check_jpeg` its image.
+
+    Raises:
+      BadRecord: whatever is wrong with it, including a payload crafted to break decoding.
+    """
+    try:
+        record = schema.decode(payload)
+        if verify:
+            schema.check(record, num_classes)
+            check_jpeg(record)
+    except schema.SchemaError as exc:
+        raise BadRecord(str(exc)) from None
+    except Exception as exc:  # a record crafted to break decoding in some other way
+        raise BadRecord(short(exc)) from None
+    return record
+
+
+def check_jpeg(record: schema.Record) -> None:
+    """Raises SchemaError unless the image is a JPEG of the recorded size that the trainer decodes.
+
+    The decode is the trainer's own op, tf.io.decode_jpeg(channels=3), at 1/8 scale as in
+    preprocess/decode_check.py: every coefficient is still entropy-decoded, so corrupt or
+    truncated data fails as at full size, for a fraction of the cost. The magic bytes are
+    checked first because decode_jpeg quietly accepts PNG, GIF and BMP too.
+    """
+    import tensorflow as tf  # lazily: only --verify decodes images
+
+    kind = images.sniff(record.encoded)
+    if kind != "jpeg":
+        raise schema.SchemaError(f"`{schema.ENCODED}` is {kind or 'not an image'}, not JPEG")
+    try:
+        header = images.jpeg_header(record.encoded)
+    except images.ImageError as exc:
+        raise schema.SchemaError(f"`{schema.ENCODED}`: {exc}") from None
+    if (header.width, header.height) != (record.width, record.height):
+        raise schema.SchemaError(f"JPEG is {header.width}x{header.height} but the record says "
+                                 f"{record.width}x{record.height}")
+    try:
+        channels = tf.io.decode_jpeg(record.encoded, channels=3, ratio=8).shape[-1]
+    except (tf.errors.OpError, ValueError) as exc:
+        reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", short(exc))  # drop TF's op decorations
+        raise schema.SchemaError(f"`{schema.ENCODED}` does not decode: {reason}") from None
+    if channels != 3:
+        raise schema.SchemaError(f"JPEG decodes to {channels} channels, expected 3")
+
+
+@dataclasses.dataclass
+class ShardResult:
+    """What walking one shard found: the facts the cross-check compares and the report lists.
+
+    Attributes:
+      target: the shard and what it should be.
+      num_examples: whole records found (up to the first defect).
+      num_bytes: the file's size.
+      sha256: the file's digest; None unless every byte was read without a defect.
+      complete: the whole file was walked (False after a problem).
+      offsets: (byte offset, payload length) of every record found, in order.
+    """
+
+    target: Target
+    num_examples: int = 0
+    num_bytes: int = 0
+    sha256: str | None = None
+    complete: bool = False
+    offsets: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+
+
+def cross_check(result: ShardResult, problems: list[Problem], notes: list[str]) -> None:
+    """Compares a shard with its dataset_info.json entry and its DALI index.
+
+    The size is compared even for a shard that could not be walked to its end; counts,
+    sha256 and the index only for a complete one (a partial count would only repeat the
+    framing problem already reported).
+
+    Args:
+      result: what the walk found.
+      problems: where defects are appended.
+      notes: where things worth knowing that are not defects are appended.
+    """
+    exp, path = result.target.expected, result.target.path
+    if exp is not None and result.num_bytes != exp.num_bytes:
+        problems.append(Problem(path, f"size {result.num_bytes} bytes, {schema.DATASET_INFO} says {exp.num_bytes}"))
+    if not result.complete:
+        return
+    if exp is not None and result.num_examples != exp.num_examples:
+        problems.append(Problem(path, f"{result.num_examples} records, {schema.DATASET_INFO} says "
+                                      f"{exp.num_examples}"))
+    if exp is not None and result.sha256 is not None and result.sha256 != exp.sha256:
+        problems.append(Problem(path, f"sha256 {result.sha256[:16]}... differs from {schema.DATASET_INFO}'s "
+                                      f"{exp.sha256[:16]}..."))
+    check_index(result, problems, notes)
+
+
+def check_index(result: ShardResult, problems: list[Problem], notes: list[str]) -> None:
+    """The DALI .idx beside a shard must list exactly its frames (offset, framed size).
+
+    It is read with `tfrecord.parse_index`, as the trainer reads it, so an index the DALI
+    input would refuse is refused here too. A missing index is only a note: the tf.data
+    input does not need one.
+    """
+    path = result.target.path + schema.INDEX_SUFFIX
+    try:
+        exists = fs.exists(path)
+        if exists:
+            text = fs.read_bytes(path).decode("utf-8", "replace")
+    except Exception as exc:
+        problems.append(Problem(path, f"cannot read: {short(exc)}"))
+        return
+    if not exists:
+        if result.num_examples and result.target.expected is not None:
+            notes.append(f"{path}: missing (the DALI input needs it; make it with tfrecord2idx)")
+        return
+    try:
+        got = tfrecord.parse_index(text)
+    except ValueError as exc:
+        problems.append(Problem(path, f"not a DALI index: {exc}"))
+        return
+    expected = [(offset, tfrecord.record_span(length)) for offset, length in result.offsets]
+    if got != expected:
+        bad = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+        problems.append(Problem(path, f"DALI index disagrees with the shard at entry {bad} "
+                                      f"({len(got)} entries for {len(expected)} records)"))
