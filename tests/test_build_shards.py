@@ -481,3 +481,23 @@ def test_summary_has_each_splits_time_and_rate(synth_tree, tmp_path, capsys):
     train, val = (next(r.split() for r in table if r.startswith(s)) for s in ("train ", "val "))
     assert train[6:8] == ["2.0", f"{info.splits['train'].num_examples / 2:.0f}"]
     assert val[6:8] == ["-", "-"]
+
+
+def test_header_mode_runs_end_to_end_without_tensorflow(synth_tree, tmp_path):
+    """`--verify-images header` needs no TensorFlow anywhere: not in the launcher, not in
+    Beam's worker processes (a `tensorflow` that fails to import is first on their path)."""
+    fake = tmp_path / "no_tf" / "tensorflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('tensorflow is not installed here (test)')\n")
+    out = str(tmp_path / "out")
+    env = {**os.environ, "PYTHONPATH": str(fake.parent)}
+    cmd = [sys.executable, "-m", "detrec.pipelines.cli", "preprocess", "--input", synth_tree, "--output", out,
+           "--verify-images", "header", "--num-shards", "train=2,val=1", "--direct_num_workers=2"]
+    proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    info = dataset_info.load(out)
+    for split in ("train", "val"):
+        records = [schema.decode(r.numpy()) for r in tf.data.TFRecordDataset(dataset_info.shard_files(info, out, split))]
+        assert len(records) == info.splits[split].num_examples > 0
+        assert all(tf.io.decode_jpeg(r.encoded, channels=3).shape[-1] == 3 for r in records)
