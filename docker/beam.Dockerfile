@@ -31,8 +31,12 @@ COPY pipelines/dataflow/requirements.txt pipelines/dataflow/requirements.txt
 RUN pip install -r pipelines/dataflow/requirements.txt
 
 COPY pyproject.toml setup.py ./
+# Every folder pyproject.toml's package-dir maps into `detrec` (tests/test_docker.py checks).
+COPY detrec detrec
+COPY core core
 COPY preprocess preprocess
 COPY train train
+COPY inspector inspector
 COPY pipelines pipelines
 # --no-deps: every dependency is already pinned above; pip check proves the set is consistent,
 # and the import proves the worker SDK is the version the launcher uses.

@@ -28,8 +28,12 @@ RUN apt-get update \
 WORKDIR /opt/detrec/src
 COPY pipelines/dataflow/requirements.txt pipelines/dataflow/requirements.txt
 COPY pyproject.toml setup.py ./
+# Every folder pyproject.toml's package-dir maps into `detrec` (tests/test_docker.py checks).
+COPY detrec detrec
+COPY core core
 COPY preprocess preprocess
 COPY train train
+COPY inspector inspector
 COPY pipelines pipelines
 
 # detrec's own dependencies, pinned by the same file the Dataflow workers use (-c: constraints,

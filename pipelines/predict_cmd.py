@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
 from detrec.pipelines import argtypes
 
 HELP = "top-k classes of image files with an exported model"
-
-
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

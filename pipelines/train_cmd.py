@@ -1,10 +1,10 @@
 """`detrec train --data OUT --model-dir DIR`: train a CNN streaming from the shards.
 
-Flags in, `train.loop.Trainer` out. Running the same command again resumes from the latest
-checkpoint in DIR. Exit codes: 0 trained (and exported), 130 stopped by ^C after saving,
-2 a user error (bad path, incomplete dataset, DIR holding another model, corrupt shard).
+Flags in, `detrec.train.trainer.Trainer` out. Running the same command again resumes from
+the latest checkpoint in DIR. Exit codes: 0 trained (and exported), 130 stopped by ^C after
+saving, 2 a user error (bad path, incomplete dataset, DIR holding another model, corrupt shard).
 
-Scaling out (train/loop.py explains the semantics):
+Scaling out (train/distribute.py and train/data.py explain the semantics):
 
     # every machine, i = 0 (the chief) .. N-1, the same other flags:
     detrec train ... --worker-hosts 10.0.0.1:2222,10.0.0.2:2222 --worker-index i
@@ -36,10 +36,6 @@ them one --model-dir on shared storage (gs://...): the chief writes it, the othe
 scratch copies to DIR/.worker-<i>. --batch-size stays the global batch (over all workers).
 """
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
-
-
-
-
 
 
 def _rate(text: str) -> float:
@@ -92,7 +88,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--data-service", metavar="grpc://HOST:PORT", default=None,
                        help="run the training input pipeline on this tf.data service dispatcher "
                             "(`detrec data-service`); tf.data decoder only; a mid-epoch resume is "
-                            "not example-exact (see train/loop.py)")
+                            "not example-exact (see train/data.py)")
     scale.add_argument("--record-keys", action="store_true",
                        help="write the key of every training example each worker consumed to "
                             "DIR/keys/epoch-<e>-worker-<i>.txt (audit what an epoch trained on)")
@@ -119,23 +115,24 @@ def tf_config(worker_hosts: str, worker_index: int | None) -> str:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from detrec.train import loop, models  # not train.input yet: importing it runs TF ops (see below)
+    from detrec.train import data as data_lib
+    from detrec.train import distribute, models
+    from detrec.train import input as input_lib
+    from detrec.train.config import TrainConfig
+    from detrec.train.trainer import Trainer
 
     if args.worker_hosts is not None:
         os.environ["TF_CONFIG"] = tf_config(args.worker_hosts, args.worker_index)
     elif args.worker_index is not None:
         raise UserError("--worker-index needs --worker-hosts")
-    # Before any TF op (train.input's import runs some): collective ops are configured at
-    # start-up only.
-    strategy = loop.make_strategy()
-    from detrec.train import input as input_lib
-
-    data, steps = loop.make_data(strategy, args.data, batch_size=args.batch_size,
-                                 image_size=args.image_size, decoder=args.decoder,
-                                 preprocess=args.preprocess, seed=args.seed,
-                                 skip_corrupt=args.skip_corrupt, data_service=args.data_service,
-                                 with_keys=args.record_keys)
-    config = loop.TrainConfig(
+    # Before any TF op (make_data runs some): collective ops are configured at start-up only.
+    strategy = distribute.make_strategy()
+    data, steps = data_lib.make_data(strategy, args.data, batch_size=args.batch_size,
+                                     image_size=args.image_size, decoder=args.decoder,
+                                     preprocess=args.preprocess, seed=args.seed,
+                                     skip_corrupt=args.skip_corrupt, data_service=args.data_service,
+                                     with_keys=args.record_keys)
+    config = TrainConfig(
         model_dir=args.model_dir,
         model=models.ModelConfig(args.model, len(data.classes), args.image_size, args.weights),
         epochs=args.epochs, batch_size=args.batch_size,
@@ -149,11 +146,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
           f"{'cpu on ' + args.data_service if args.data_service else input_lib.resolve_decoder(args.decoder)}",
           flush=True)
     with input_lib.shard_errors():  # a corrupt shard: one line naming the file
-        return loop.Trainer(config, data, strategy).run()
+        return Trainer(config, data, strategy).run()
 
 
 def _where(strategy) -> str:
-    from detrec.train import loop
+    from detrec.train import distribute
 
-    workers, index = loop.worker_position(strategy)
+    workers, index = distribute.worker_position(strategy)
     return f" on {workers} workers (this is worker {index})" if workers > 1 else ""

@@ -1,4 +1,4 @@
-"""train/dali.py in DALI's CPU mode (device_id=None): the same contract as the tf.data path.
+"""train/input/dali.py in DALI's CPU mode (device_id=None): the same contract as the tf.data path.
 
 The GPU mode is the same pipeline with device="mixed" for the decoders; it needs a GPU to
 run, so here the CPU mode is held to the tf.data decoder's outputs example by example:
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from detrec.core import schema
+from detrec.core import dataset_info, schema
 from tests.test_input import SIZE, corrupt_copy, decode, epoch, keys_of, record_offsets, records_by_key, seed_reference
 from detrec.train import input as input_lib
 
@@ -153,12 +153,12 @@ def test_skip_corrupt_drops_the_shard_and_counts(dataset_dir, tmp_path, capsys):
 
 
 def test_random_crop_window_is_in_height_width_order(dataset_dir):
-    """train/dali.py maps boxes with fn.random_crop_generator's window as (y, x) / (h, w)."""
+    """train/input/dali.py maps boxes with fn.random_crop_generator's window as (y, x) / (h, w)."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from detrec.train import dali
+    from detrec.train.input import dali
 
-    paths = dali.usable_shards(dataset_dir, "val")
+    paths = dali.usable_shards(input_lib.split_shards(dataset_info.load(dataset_dir), dataset_dir, "val"))
 
     @pipeline_def(batch_size=8, num_threads=1, device_id=None, seed=3)
     def pipe():

@@ -130,6 +130,18 @@ def test_every_copy_source_exists_and_is_in_the_build_context(name):
         assert not ignored(src, patterns), f"{path}: COPY source {src!r} is excluded by .dockerignore"
 
 
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_every_package_folder_reaches_the_image(name):
+    """`pip install .` in the image needs every folder pyproject.toml maps into `detrec`."""
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        folders = set(tomllib.load(f)["tool"]["setuptools"]["package-dir"].values())
+    copied = {src.rstrip("/") for kw, rest in instructions(DOCKERFILES[name]) if kw == "COPY"
+              for src in copy_sources(rest)[0]}
+    assert folders <= copied, f"{DOCKERFILES[name]} does not copy {sorted(folders - copied)}"
+
+
 def test_dockerignore_keeps_local_state_out():
     patterns = dockerignore_patterns()
     for private in (".venv", ".git", "tests", "demo_out", "some_dataset/train-00000-of-00001.tfrecord",

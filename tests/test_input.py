@@ -1,4 +1,4 @@
-"""train/input.py (tf.data decoder) and train/augment.py against the real preprocess output.
+"""detrec.train.input (the tf.data line) and train/augment.py against the real preprocess output.
 
 Expected values never come from the code under test: labels come from the records read
 through detrec.core.schema.decode (and, once, from the synth tree's XML), pixels of the seed
@@ -36,6 +36,11 @@ def records_by_key(data_dir: str, split: str) -> dict[str, schema.Record]:
         rec = schema.decode(record.numpy())
         out[rec.sha256] = rec
     return out
+
+
+def split_size(data_dir: str, split: str) -> int:
+    """Examples in a split, from dataset_info.json."""
+    return dataset_info.load(data_dir).split(split, data_dir).num_examples
 
 
 def epoch(data_dir: str, split: str, *, batch_size: int = 8, decoder: str = "cpu", training: bool = False,
@@ -399,7 +404,7 @@ def test_auto_decoder_is_tfdata_without_a_gpu():
 
 
 def test_split_size_and_plans(dataset_dir):
-    assert input_lib.split_size(dataset_dir, "train") == 96
+    assert split_size(dataset_dir, "train") == 96
     plan = input_lib.epoch_plan(dataset_dir, "train", batch_size=10, training=True, decoder="cpu")
     assert (plan.num_examples, plan.steps) == (96, 9)
 

@@ -24,7 +24,7 @@ import tensorflow as tf
 from detrec.pipelines import cli
 from detrec.core import dataset_info, schema
 from detrec.core.errors import UserError
-from detrec.train import data_service, loop
+from detrec.train import data_service, distribute, rundir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12  # 96 train examples // global batch 8
@@ -93,7 +93,7 @@ def checkpoint_contents(directory: str) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def assert_identical_weights(model_dir: str, total_steps: int) -> None:
-    chief, chief_state = checkpoint_contents(os.path.join(model_dir, loop.CHECKPOINTS))
+    chief, chief_state = checkpoint_contents(os.path.join(model_dir, rundir.CHECKPOINTS))
     other, other_state = checkpoint_contents(os.path.join(model_dir, ".worker-1"))
     assert len(chief) > 10 and chief.keys() == other.keys()
     for name, value in chief.items():
@@ -114,7 +114,7 @@ def assert_each_worker_trained_its_shards_once(data_dir: str, model_dir: str, ep
     assert len(shards) == 4
     seen = []
     for worker in range(2):
-        with open(loop.keys_path(model_dir, epoch, worker)) as f:
+        with open(rundir.keys_path(model_dir, epoch, worker)) as f:
             keys = f.read().split()
         # Worker i reads shard files i, i+2: disjoint files, each example once.
         expected = shards[worker] + shards[worker + 2]
@@ -124,7 +124,7 @@ def assert_each_worker_trained_its_shards_once(data_dir: str, model_dir: str, ep
 
 
 def metrics(model_dir: str) -> dict:
-    with open(os.path.join(model_dir, loop.METRICS)) as f:
+    with open(os.path.join(model_dir, rundir.METRICS)) as f:
         return json.load(f)
 
 
@@ -139,7 +139,7 @@ def test_two_workers_train_identically_on_disjoint_shards_and_resume_together(da
     assert 0 <= doc["epochs"][0]["val_top1"] <= 1
     assert_identical_weights(model_dir, STEPS)
     assert_each_worker_trained_its_shards_once(dataset_dir, model_dir, 1)
-    assert sorted(os.listdir(os.path.join(model_dir, loop.EXPORT))) == ["labels.json", "model.keras"]
+    assert sorted(os.listdir(os.path.join(model_dir, rundir.EXPORT))) == ["labels.json", "model.keras"]
 
     # The same command with one more epoch: both workers resume from the chief's checkpoint.
     chief_log, _ = run_cluster(dataset_dir, model_dir, str(tmp_path), "--epochs", "2")
@@ -202,11 +202,11 @@ def test_bad_worker_flags_are_one_line_errors(dataset_dir, tmp_path, capsys, fla
 def test_tf_config_is_checked(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(UserError, match="TF_CONFIG is not a JSON object"):
-        loop.make_strategy()
+        distribute.make_strategy()
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"], "ps": ["c:1"]},
                                                 "task": {"type": "ps", "index": 0}}))
     with pytest.raises(UserError, match="task type 'ps'"):
-        loop.make_strategy()
+        distribute.make_strategy()
     # A cluster of one task is just a single-process run.
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}))
-    assert loop.make_strategy().num_replicas_in_sync == 1
+    assert distribute.make_strategy().num_replicas_in_sync == 1

@@ -1,4 +1,5 @@
-"""`detrec train` (train/loop.py, pipelines/train_cmd.py) on real shards made by `detrec preprocess`.
+"""`detrec train` (train/trainer.py, train/data.py, pipelines/train_cmd.py) on real shards made by
+`detrec preprocess`.
 
 Small runs on the session `dataset_dir` (96 train / 32 val images, 5 classes + background):
 semi_alexnet at 64 px, batch 8, so an epoch is 12 steps. Killed runs are real subprocesses;
@@ -24,7 +25,8 @@ from detrec.core import schema
 from detrec.preprocess import synth
 from tests.conftest import run_preprocess
 from detrec.train import input as input_lib
-from detrec.train import loop
+from detrec.train import rundir
+from detrec.train.data import make_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12  # 96 train examples // batch 8
@@ -36,7 +38,7 @@ def train(data: str, model_dir: str, *flags: str) -> int:
 
 
 def metrics(model_dir: str) -> dict:
-    with open(os.path.join(model_dir, loop.METRICS)) as f:
+    with open(os.path.join(model_dir, rundir.METRICS)) as f:
         return json.load(f)
 
 
@@ -55,7 +57,7 @@ def spawn(data: str, model_dir: str, log: str, *flags: str) -> subprocess.Popen:
 
 def wait_for_checkpoint(proc: subprocess.Popen, model_dir: str, timeout: float = 300) -> None:
     """Polls until the run has listed a checkpoint; fails if the process ends first."""
-    directory = os.path.join(model_dir, loop.CHECKPOINTS)
+    directory = os.path.join(model_dir, rundir.CHECKPOINTS)
     deadline = time.monotonic() + timeout
     while tf.train.get_checkpoint_state(directory) is None:
         assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before any checkpoint"
@@ -65,27 +67,37 @@ def wait_for_checkpoint(proc: subprocess.Popen, model_dir: str, timeout: float =
 
 def checkpoint_state(model_dir: str) -> dict:
     """The run state (epoch, position, total_steps) stored inside the latest checkpoint."""
-    path = tf.train.latest_checkpoint(os.path.join(model_dir, loop.CHECKPOINTS))
+    path = tf.train.latest_checkpoint(os.path.join(model_dir, rundir.CHECKPOINTS))
     reader = tf.train.load_checkpoint(path)
     key = next(k for k in reader.get_variable_to_shape_map() if k.startswith("state/"))
     return json.loads(reader.get_tensor(key))
 
 
 def all_checkpoints_readable(model_dir: str) -> list[str]:
-    state = tf.train.get_checkpoint_state(os.path.join(model_dir, loop.CHECKPOINTS))
+    state = tf.train.get_checkpoint_state(os.path.join(model_dir, rundir.CHECKPOINTS))
     paths = list(state.all_model_checkpoint_paths)
     for path in paths:
         assert tf.train.load_checkpoint(path).get_variable_to_shape_map(), path
     return paths
 
 
+def evaluate(model, dataset: tf.data.Dataset) -> dict:
+    """Top-1 of `model` over `dataset` of (images, labels), and how many examples it saw."""
+    correct = count = 0
+    for images, labels in dataset:
+        logits = model(images, training=False)
+        correct += int(np.sum(np.argmax(logits, -1) == labels.numpy()))
+        count += int(labels.shape[0])
+    return {"top1": correct / max(count, 1), "count": count}
+
+
 def evaluate_export(data: str, model_dir: str) -> dict:
     """Top-1 of the exported model over the val split, through the real input pipeline."""
     import keras
 
-    model = keras.saving.load_model(os.path.join(model_dir, loop.EXPORT, loop.EXPORT_MODEL))
+    model = keras.saving.load_model(os.path.join(model_dir, rundir.EXPORT, rundir.EXPORT_MODEL))
     ds = input_lib.make_dataset(data, "val", batch_size=16, image_size=64, training=False, decoder="cpu")
-    return loop.evaluate(model, ds)
+    return evaluate(model, ds)
 
 
 def copy_dataset(dataset_dir: str, tmp_path) -> str:
@@ -202,8 +214,8 @@ def test_run_writes_metrics_logs_checkpoints_export_and_resumes(dataset_dir, tmp
 
 def test_epoch_input_order_is_reproducible(dataset_dir):
     """What resume relies on: epoch e's batches are the same every time its input is rebuilt."""
-    data, steps = loop.make_data(tf.distribute.get_strategy(), dataset_dir, batch_size=8, image_size=64,
-                                 decoder="cpu", preprocess="inception", seed=0)
+    data, steps = make_data(tf.distribute.get_strategy(), dataset_dir, batch_size=8, image_size=64,
+                            decoder="cpu", preprocess="inception", seed=0)
     assert steps == STEPS
 
     def first(epoch, n=4):
@@ -222,15 +234,18 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from detrec.train import loop, models
+from detrec.train import models
+from detrec.train.config import TrainConfig
+from detrec.train.data import make_data
+from detrec.train.trainer import Trainer
 data_dir, model_dir, replicas = sys.argv[1], sys.argv[2], int(sys.argv[3])
 strategy = (tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)]) if replicas > 1
             else tf.distribute.get_strategy())
-data, steps = loop.make_data(strategy, data_dir, batch_size=8, image_size=64, decoder="cpu",
-                             preprocess="inception", seed=0)
-cfg = loop.TrainConfig(model_dir=model_dir, model=models.ModelConfig("semi_alexnet", len(data.classes), 64),
-                       epochs=1, batch_size=8, steps_per_epoch=steps)
-trainer = loop.Trainer(cfg, data, strategy)
+data, steps = make_data(strategy, data_dir, batch_size=8, image_size=64, decoder="cpu",
+                        preprocess="inception", seed=0)
+cfg = TrainConfig(model_dir=model_dir, model=models.ModelConfig("semi_alexnet", len(data.classes), 64),
+                  epochs=1, batch_size=8, steps_per_epoch=steps)
+trainer = Trainer(cfg, data, strategy)
 rc = trainer.run()
 print(json.dumps({"rc": rc, "replicas": strategy.num_replicas_in_sync, "val_examples": trainer.val_examples}))
 """
@@ -301,7 +316,7 @@ def test_sigint_saves_then_stops_and_the_rerun_finishes(dataset_dir, tmp_path):
     assert "Traceback" not in text
     state = checkpoint_state(model_dir)  # saved at the step where ^C arrived
     assert state["total_steps"] >= 3 and state["epoch"] * STEPS + state["position"] == state["total_steps"]
-    assert not os.path.exists(os.path.join(model_dir, loop.EXPORT))
+    assert not os.path.exists(os.path.join(model_dir, rundir.EXPORT))
 
     proc = spawn(dataset_dir, model_dir, log, *flags)
     assert proc.wait(timeout=600) == 0
@@ -317,7 +332,7 @@ def test_synthetic_10_classes_reach_80_percent_val_top1_within_10_minutes(tmp_pa
                                             seed=0))["root"]
     data = str(tmp_path / "data")
     assert run_preprocess(root, data, "--num-shards", "train=8,val=2",
-                          "--labels", os.path.join(root, "devkit", "data", "map_det.txt")) == 0
+                          "--synset-map", os.path.join(root, "devkit", "data", "map_det.txt")) == 0
     model_dir = str(tmp_path / "model")
     start = time.perf_counter()
     assert cli.main(["train", "--data", data, "--model-dir", model_dir, "--image-size", "96",

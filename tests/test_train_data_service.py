@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from detrec.pipelines import cli
 from detrec.core import dataset_info, schema
-from detrec.train import data_service, loop
+from detrec.train import data_service, rundir
 
 STEPS = 12  # 96 // 8
 SMALL = ["--image-size", "64", "--batch-size", "8", "--seed", "0", "--record-keys"]
@@ -46,12 +46,12 @@ def train(data: str, model_dir: str, address: str, *flags: str) -> int:
 
 
 def metrics(model_dir: str) -> dict:
-    with open(os.path.join(model_dir, loop.METRICS)) as f:
+    with open(os.path.join(model_dir, rundir.METRICS)) as f:
         return json.load(f)
 
 
 def trained_keys(model_dir: str, epoch: int) -> list[str]:
-    with open(loop.keys_path(model_dir, epoch, 0)) as f:
+    with open(rundir.keys_path(model_dir, epoch, 0)) as f:
         return f.read().split()
 
 
@@ -75,13 +75,13 @@ def test_an_epoch_through_the_service_trains_on_every_example_once(dataset_dir, 
     assert epoch["steps"] == STEPS and epoch["images_per_sec"] > 0
     assert 0 <= epoch["val_top1"] <= epoch["val_top5"] <= 1
     assert collections.Counter(trained_keys(model_dir, 1)) == train_keys(dataset_dir)
-    assert sorted(os.listdir(os.path.join(model_dir, loop.EXPORT))) == ["labels.json", "model.keras"]
+    assert sorted(os.listdir(os.path.join(model_dir, rundir.EXPORT))) == ["labels.json", "model.keras"]
 
     # A run that died after its step-10 checkpoint (the state file rolled back to it, as a
     # SIGKILL before the epoch-end save leaves it): the rerun trains the epoch's last 2
     # steps from a fresh service epoch - documented as not example-exact - and ends with the
     # same totals as an uninterrupted run.
-    directory = os.path.join(model_dir, loop.CHECKPOINTS)
+    directory = os.path.join(model_dir, rundir.CHECKPOINTS)
     paths = list(tf.train.get_checkpoint_state(directory).all_model_checkpoint_paths)
     assert len(paths) == 3  # steps 5, 10 and the epoch end (12)
     tf.compat.v1.train.update_checkpoint_state(directory, paths[1], all_model_checkpoint_paths=paths[:2])

@@ -21,7 +21,7 @@ from detrec.core import images
 from detrec.core.errors import UserError
 from detrec.train import augment
 from detrec.train import input as input_lib
-from detrec.train import loop
+from detrec.train import rundir
 
 BATCH = 32
 
@@ -44,7 +44,7 @@ class Result:
 
 
 def eval_image(encoded: tf.Tensor, image_size: int, preprocess: str) -> tf.Tensor:
-    """The input pipeline's evaluation transform of one JPEG (see train/input.py's contract)."""
+    """The input pipeline's evaluation transform of one JPEG (see detrec.train.input's contract)."""
     size = input_lib.as_size(image_size)
     dtype = input_lib.output_dtype(preprocess)
     if preprocess == "seed":
@@ -72,9 +72,9 @@ class Predictor:
 
         from detrec.train import models  # noqa: F401  (registers detrec's custom layers for loading)
 
-        export_dir = os.path.join(model_dir, loop.EXPORT)
-        model_path = os.path.join(export_dir, loop.EXPORT_MODEL)
-        labels_path = os.path.join(export_dir, loop.EXPORT_LABELS)
+        export_dir = os.path.join(model_dir, rundir.EXPORT)
+        model_path = os.path.join(export_dir, rundir.EXPORT_MODEL)
+        labels_path = os.path.join(export_dir, rundir.EXPORT_LABELS)
         for path in (model_path, labels_path):
             if not tf.io.gfile.exists(path):
                 raise UserError(f"{path} not found: {model_dir} has no exported model "

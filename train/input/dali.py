@@ -1,15 +1,15 @@
-"""The DALI input: the same contract as train/input.py, with JPEG decode on the GPU (nvJPEG).
+"""The DALI input line: the package's contract, with JPEG decode on the GPU (nvJPEG).
 
 `nvidia.dali.plugin.tf.DALIDataset` runs a DALI pipeline over the same shards and their
 `.idx` files. One pipeline definition serves both devices: decoders get device="mixed"
 (host parses, GPU decodes; the A100/H100 hardware JPEG decoder where present) when a GPU is
 used and "cpu" otherwise (`device_id=None`, how CI tests this code); every later operator
-follows its input's device. Callers use train.input.make_dataset(decoder="dali"|"auto").
+follows its input's device. Callers use detrec.train.input.make_dataset(decoder="dali"|"auto").
 
 What differs from tf.data, by necessity:
 * A DALIDataset is endless and, on a GPU, must be the last dataset (TensorFlow has no GPU
   kernels for map/take/...). Evaluation therefore pads each worker's last batch with repeats
-  of its last example (`pad_last_batch`), and `input.take_epoch` cuts them off.
+  of its last example (`pad_last_batch`), and `take_epoch` cuts them off.
 * Workers split records, not files (`shard_id`/`num_shards`): worker i of k reads records
   [N*i//k, N*(i+1)//k) of the split in dataset_info order.
 * DALI does not check TFRecord CRCs, so shards are checked against dataset_info.json (size)
@@ -24,9 +24,10 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from detrec.core import dataset_info, fs, schema, tfrecord
+from detrec.core import schema, tfrecord
 from detrec.train import augment
-from detrec.train.input import CorruptShardError, SkipCounter, gpu_visible
+from detrec.train.input.common import CorruptShardError, SkipCounter, SplitShards, gpu_visible
+from detrec.train.input.config import InputConfig
 
 _DALI_DTYPES = {tf.float32: "FLOAT", tf.float16: "FLOAT16"}
 MAX_THREADS = 8
@@ -61,37 +62,32 @@ def _index_problem(path: str, expected: int, num_bytes: int) -> str | None:
     return None
 
 
-def usable_shards(data_dir: str, split: str, skip_corrupt: bool = False,
-                  counter: SkipCounter | None = None, quiet: bool = False) -> list[tuple[str, int]]:
+def usable_shards(split: SplitShards, skip_corrupt: bool = False, counter: SkipCounter | None = None,
+                  quiet: bool = False) -> list[tuple[str, int]]:
     """(path, num_examples) of the split's shards that DALI can read.
 
     A bad shard raises CorruptShardError, or with skip_corrupt is left out (named on stderr
     and counted in `counter` unless `quiet`).
     """
-    info = dataset_info.load(data_dir)
-    dataset_info.shard_files(info, data_dir, split)  # the UserError for an empty split
     usable = []
-    for shard in info.split(split, data_dir).shards:
-        if shard.num_examples <= 0:
-            continue
-        path = fs.join(data_dir, shard.file)
-        problem = _index_problem(path, shard.num_examples, shard.num_bytes)
+    for shard in split.shards:
+        problem = _index_problem(shard.path, shard.num_examples, shard.num_bytes)
         if problem is None:
-            usable.append((path, shard.num_examples))
+            usable.append((shard.path, shard.num_examples))
         elif not skip_corrupt:
-            raise CorruptShardError(path, problem)
+            raise CorruptShardError(shard.path, problem)
         elif not quiet:
-            print(f"detrec: skipping corrupt shard {path}: {problem}", file=sys.stderr)
+            print(f"detrec: skipping corrupt shard {shard.path}: {problem}", file=sys.stderr)
             if counter is not None:
                 counter.add(shard.num_examples)
     if not usable:
-        raise CorruptShardError(data_dir, f"no readable shard left in split {split!r}")
+        raise CorruptShardError(split.data_dir, f"no readable shard left in split {split.name!r}")
     return usable
 
 
-def worker_sizes(data_dir: str, split: str, num_workers: int, skip_corrupt: bool = False) -> list[int]:
+def worker_sizes(split: SplitShards, num_workers: int, skip_corrupt: bool = False) -> list[int]:
     """Records each DALI reader shard holds: DALI's split [N*i//k, N*(i+1)//k)."""
-    total = sum(n for _, n in usable_shards(data_dir, split, skip_corrupt, quiet=True))
+    total = sum(n for _, n in usable_shards(split, skip_corrupt, quiet=True))
     return [total * (i + 1) // num_workers - total * i // num_workers for i in range(num_workers)]
 
 
@@ -202,34 +198,35 @@ def _boxes(record, hw, start, window_hw, flip, max_boxes):
     return [boxes, labels]
 
 
-def make_dataset(data_dir: str, split: str, *, batch_size: int, size: tuple[int, int], training: bool,
-                 preprocess: str, dtype: tf.DType, seed: int | None, num_workers: int, worker_index: int,
-                 skip_corrupt: bool, counter: SkipCounter | None, with_boxes: bool, with_keys: bool,
-                 max_boxes: int, shuffle_buffer: int, device_id: int | None = None) -> tf.data.Dataset:
-    """A DALIDataset with input.make_dataset's contract (arguments already validated there)."""
+def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
+    """A DALIDataset of `split` for one worker, with the package's `make_dataset` contract."""
     from nvidia.dali import pipeline_def
     from nvidia.dali.plugin.tf import DALIDataset
 
+    c = config
+    dtype = c.images_dtype()
     if dtype not in _DALI_DTYPES:
         raise ValueError(f"DALI cannot produce {dtype.name} images; use float32 or float16")
+    device_id = c.device_id
     if device_id is None and gpu_visible():
         device_id = 0
     if device_id is not None and not gpu_visible():
         raise ValueError(f"device_id={device_id} but TensorFlow sees no GPU")
-    paths = usable_shards(data_dir, split, skip_corrupt, counter)
+    paths = usable_shards(split, c.skip_corrupt, c.counter)
     threads = max(1, min(os.cpu_count() or 1, MAX_THREADS))
-    pipe_seed = None if seed is None else seed * 1009 + worker_index  # augmentation differs per worker
+    pipe_seed = None if c.seed is None else c.seed * 1009 + c.worker_index  # augmentation differs per worker
+    size, batch_size = c.size, c.batch_size
     pipe = pipeline_def(_graph, batch_size=batch_size, num_threads=threads, device_id=device_id,
                         seed=pipe_seed)(
-        paths, size=size, training=training, preprocess=preprocess, dtype=dtype, with_boxes=with_boxes,
-        with_keys=with_keys, max_boxes=max_boxes, shard_id=worker_index, num_shards=num_workers,
-        order_seed=seed, initial_fill=shuffle_buffer, gpu=device_id is not None)
+        paths, size=size, training=c.training, preprocess=c.preprocess, dtype=dtype, with_boxes=c.with_boxes,
+        with_keys=c.with_keys, max_boxes=c.max_boxes, shard_id=c.worker_index, num_shards=c.num_workers,
+        order_seed=c.seed, initial_fill=c.shuffle_buffer, gpu=device_id is not None)
     shapes = [(batch_size, size[0], size[1], 3), (batch_size,)]
     dtypes = [dtype, tf.int64]
-    if with_boxes:
-        shapes += [(batch_size, max_boxes, 4), (batch_size, max_boxes)]
+    if c.with_boxes:
+        shapes += [(batch_size, c.max_boxes, 4), (batch_size, c.max_boxes)]
         dtypes += [tf.float32, tf.int64]
-    if with_keys:
+    if c.with_keys:
         shapes.append((batch_size, 64))
         dtypes.append(tf.uint8)
     device = "/cpu:0" if device_id is None else f"/gpu:{device_id}"

@@ -1,0 +1,118 @@
+"""Which tf.distribute strategy a run uses, and where this process stands in its cluster.
+
+Several machines (MultiWorkerMirroredStrategy)
+----------------------------------------------
+`make_strategy()` returns a MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of
+several tasks (`detrec train --worker-hosts ... --worker-index i` writes TF_CONFIG). Every
+worker runs the same training loop in lockstep: each step's gradients and sums are
+all-reduced, so every worker holds the same weights after every step. Each worker's input
+pipeline reads its own disjoint set of shard files (`detrec.train.input.dataset_fn`); an
+epoch is the same number of steps on every worker (the smallest worker's share decides it,
+otherwise one worker would wait forever in a collective), and validation is split between
+the workers and summed. Checkpoint saves are collective, so every worker saves at the same
+steps: the chief to `DIR/checkpoints`, the others to a scratch `DIR/.worker-<i>` (same
+contents). On resume every worker restores the chief's checkpoint when it can see it (a
+shared model dir: gs://, NFS) and its own scratch copy otherwise (one local disk per
+machine); the workers then check that they all resumed at the same step before training
+(`check_same_step`: the same one-line error on every worker if not, instead of training
+diverging copies). Only the chief writes metrics, logs and the export. ^C's save-and-stop
+is for single-process runs (each worker would stop at a different step, and saves are
+collective): stop a multi-worker run by ending all its workers (SIGTERM/SIGKILL) and
+restart them all; they resume from the last checkpoint (`--checkpoint-every` bounds the
+work lost).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from detrec.core.errors import UserError
+
+
+def default_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over all local GPUs when there are several, else the default strategy."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def make_strategy() -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of several tasks, else
+    `default_strategy()`.
+
+    Call it before any other TensorFlow op: the strategy configures the process's collective
+    ops, which TensorFlow only allows at start-up. It starts this worker's gRPC server; the
+    first collective (restoring or initialising the model) waits for the other workers.
+
+    Raises:
+      UserError: TF_CONFIG is not JSON, or names a task type this trainer does not run.
+    """
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return default_strategy()
+    try:
+        config = json.loads(text)
+        cluster, task = config.get("cluster") or {}, config.get("task") or {}
+        tasks = sum(len(cluster.get(kind) or []) for kind in ("chief", "worker"))
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise UserError(f"TF_CONFIG is not a JSON object with 'cluster' and 'task' ({exc})") from None
+    if tasks <= 1:
+        return default_strategy()
+    if task.get("type") not in ("chief", "worker"):
+        raise UserError(f"TF_CONFIG task type {task.get('type')!r}: detrec train runs 'chief' or "
+                        "'worker' tasks of a MultiWorkerMirroredStrategy cluster")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def worker_position(strategy: tf.distribute.Strategy) -> tuple[int, int]:
+    """(number of worker processes, this one's index), the chief first; (1, 0) on one machine."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 1, 0
+    spec = resolver.cluster_spec().as_dict()
+    chiefs = len(spec.get("chief", []))
+    workers = chiefs + len(spec.get("worker", []))
+    index = resolver.task_id if resolver.task_type == "chief" else chiefs + resolver.task_id
+    return max(workers, 1), index
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes logs, metrics and the real checkpoints (multi-worker runs)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    spec = resolver.cluster_spec().as_dict()
+    if "chief" in spec:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def check_same_step(strategy: tf.distribute.Strategy, total_steps: int, workers: int) -> None:
+    """The same UserError on every worker unless all resumed at the same step.
+
+    Each worker contributes (1, x, x*x) for its step count x; with the sums (n, Sx, Sxx),
+    identical on every worker, n*Sxx == Sx*Sx holds exactly when all x are equal
+    (Cauchy-Schwarz), so every worker reaches the same verdict.
+
+    Args:
+      total_steps: the optimizer steps this worker's restored checkpoint has done.
+      workers: the number of worker processes (for the message).
+    """
+    steps = float(total_steps)
+    mine = tf.constant([1.0, steps, steps * steps], tf.float64)
+
+    @tf.function
+    def all_sums():
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(mine)),
+                               axis=None)
+
+    n, total, squares = (float(v) for v in all_sums().numpy())
+    if abs(n * squares - total * total) > 0.5:
+        raise UserError(
+            f"the {workers} workers resumed from different checkpoints (this one at step "
+            f"{int(steps)}, mean {total / n:g}): give every worker the same --model-dir on shared "
+            "storage, or start them all from empty model dirs")

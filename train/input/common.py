@@ -1,0 +1,190 @@
+"""What both input lines (tf.data and DALI) share: the shard list, worker shares, decoders, errors.
+
+Kept apart from either line so that `tfdata` and `dali` each import this module and never
+each other, and the package `__init__` alone chooses between them. Everything here is
+small and decoder-neutral: the typed shard list of a split, taken from dataset_info.json
+(never a glob); how workers divide it; which decoder runs; the images' dtype; what a
+corrupt shard raises and how skipped records are counted; and `take_epoch`, which walks
+exactly one epoch of either line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Iterator, Sequence
+
+import tensorflow as tf
+
+from detrec.core import dataset_info
+from detrec.core.dataset_info import DatasetInfo
+from detrec.core.errors import UserError
+
+DECODERS = ("auto", "cpu", "dali")
+PREPROCESS = ("inception", "seed")
+MAX_BOXES = 32
+# Records held for shuffling *before* decode (~100 KB of JPEG each, not 600 KB of pixels).
+SHUFFLE_BUFFER = 2048
+
+
+class CorruptShardError(UserError):
+    """A shard could not be read completely; names the file and what was readable."""
+
+    def __init__(self, path: str, detail: str):
+        super().__init__(f"corrupt shard {path}: {detail}")
+        self.path = path
+        self.detail = detail
+
+
+class SkipCounter:
+    """What skip_corrupt=True dropped: records lost and shards affected (tf.Variables).
+
+    Create it outside any distribution-strategy scope and pass it as `counter=`.
+    """
+
+    def __init__(self) -> None:
+        self.records = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_records")
+        self.shards = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_shards")
+
+    def add(self, records, shards=1) -> None:
+        self.records.assign_add(tf.cast(records, tf.int64))
+        self.shards.assign_add(tf.cast(shards, tf.int64))
+
+    def result(self) -> dict[str, int]:
+        return {"records": int(self.records.numpy()), "shards": int(self.shards.numpy())}
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochPlan:
+    """How one worker walks one epoch: `steps` batches, the first `rows(step)` rows real."""
+
+    batch_size: int
+    num_examples: int  # this worker's examples per epoch
+    steps: int
+
+    def rows(self, step: int) -> int:
+        return max(0, min(self.batch_size, self.num_examples - step * self.batch_size))
+
+
+# --- dataset_info -> shards -> this worker's shards ---------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """One shard file of a split, as dataset_info.json lists it."""
+
+    path: str  # full path (local or URL)
+    num_examples: int
+    num_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitShards:
+    """A split's non-empty shards in dataset_info order: what both input lines read."""
+
+    data_dir: str
+    name: str
+    shards: tuple[Shard, ...]
+
+
+def split_shards(info: DatasetInfo, data_dir: str, split: str) -> SplitShards:
+    """The non-empty shards of `split` from the typed dataset_info of `data_dir`.
+
+    Raises:
+      UserError: no such split, or it has no examples.
+    """
+    paths = dataset_info.shard_files(info, data_dir, split)  # UserError for a bad/empty split
+    listed = [s for s in info.split(split, data_dir).shards if s.num_examples > 0]
+    return SplitShards(data_dir, split, tuple(Shard(path, s.num_examples, s.num_bytes)
+                                              for path, s in zip(paths, listed)))
+
+
+def check_workers(num_workers: int, worker_index: int) -> None:
+    """ValueError unless `worker_index` is one of `num_workers` workers."""
+    if num_workers < 1 or not 0 <= worker_index < num_workers:
+        raise ValueError(f"need 0 <= worker_index < num_workers, got {worker_index} of {num_workers}")
+
+
+def worker_shards(shards: Sequence[Shard], num_workers: int,
+                  worker_index: int) -> tuple[tuple[Shard, ...], bool]:
+    """(shards this worker reads, whether records must be sharded instead of files)."""
+    check_workers(num_workers, worker_index)
+    if len(shards) >= num_workers:
+        return tuple(shards[worker_index::num_workers]), False
+    return tuple(shards), True
+
+
+# --- images: size and dtype ---------------------------------------------------------------
+def as_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(height, width) from an int or a pair; ValueError unless both are positive."""
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
+    return size  # type: ignore[return-value]
+
+
+def _policy_compute_dtype() -> str:
+    # Only a program that imported Keras can have set a mixed-precision policy; not importing
+    # it here keeps `detrec bench input` and the tests free of Keras' start-up time.
+    keras = sys.modules.get("keras")
+    return keras.mixed_precision.global_policy().compute_dtype if keras else "float32"
+
+
+def output_dtype(preprocess: str = "inception", dtype: tf.DType | str | None = None) -> tf.DType:
+    """The images' dtype: `dtype` if given, else float16 for "seed" (the article) or under a
+    mixed_float16 policy, float32 otherwise (a bfloat16 policy casts in its first layer)."""
+    if preprocess not in PREPROCESS:
+        raise ValueError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}")
+    if dtype is not None:
+        dtype = tf.as_dtype(dtype)
+        if dtype not in (tf.float32, tf.float16, tf.bfloat16):
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype.name}")
+        return dtype
+    if preprocess == "seed" or _policy_compute_dtype() == "float16":
+        return tf.float16
+    return tf.float32
+
+
+# --- decoders -----------------------------------------------------------------------------
+def gpu_visible() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali.plugin.tf  # noqa: F401
+    except Exception:  # ImportError, or the plugin failing to load against this TF
+        return False
+    return True
+
+
+def resolve_decoder(decoder: str = "auto") -> str:
+    """"cpu" or "dali": auto picks DALI where a GPU is visible and DALI loads, else tf.data."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if decoder == "auto":
+        return "dali" if gpu_visible() and dali_available() else "cpu"
+    if decoder == "dali" and not dali_available():
+        raise UserError("decoder 'dali' needs nvidia-dali and its TF plugin (see the Makefile)")
+    return decoder
+
+
+# --- consuming either line ----------------------------------------------------------------
+def key_strings(keys) -> list[str]:
+    """[B, 64] uint8 keys -> the sha256 hex strings."""
+    return [bytes(row).decode("ascii") for row in tf.convert_to_tensor(keys).numpy().tolist()]
+
+
+def take_epoch(iterator, plan: EpochPlan) -> Iterator[tuple]:
+    """One epoch from a long-lived iterator: `plan.steps` batches, padding rows cut off.
+
+    Works for both decoders (tf.data's short last batch is left as it is) and stops early if
+    a finite dataset ends first.
+    """
+    for step in range(plan.steps):
+        try:
+            element = next(iterator)
+        except StopIteration:
+            return
+        rows = plan.rows(step)
+        if rows < plan.batch_size:
+            element = tuple(t[:rows] for t in element)
+        yield element

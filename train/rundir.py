@@ -1,0 +1,109 @@
+"""The model dir of a training run: what lives where, and whether a run may resume in it.
+
+One place names every file and folder `detrec train` writes under DIR (the CLI's `--help`
+describes the same layout), so the trainer, the export, `detrec predict` and the tests
+cannot disagree on a name, and predict reads the export's names without loading the trainer.
+
+Crash safety of the small files: run_config.json, metrics.json, the export's labels and the
+`--record-keys` lists are written with `detrec.core.fs.write_atomic` (a temporary sibling,
+then a rename), so a reader, or a run killed mid-write, never sees half a file; `prepare`
+removes the temporaries such a kill leaves behind. Checkpoints have their own mechanism
+(see train/state.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from detrec.core import fs
+from detrec.core.errors import UserError
+
+RUN_CONFIG = "run_config.json"
+METRICS = "metrics.json"
+CHECKPOINTS = "checkpoints"
+BEST = "best"  # inside CHECKPOINTS: the best epoch's weights, by val top-1
+LOGS = "logs"
+EXPORT = "export"
+EXPORT_MODEL = "model.keras"
+EXPORT_LABELS = "labels.json"
+KEYS = "keys"
+# Fields of run_config.json that must match to resume: they define the weights' layout and
+# meaning (model, classes, size, input scaling, optimizer state layout) or the step and
+# input-position bookkeeping (batch size, steps per epoch, seed).
+RESUME_KEYS = ("model", "num_classes", "image_size", "synsets", "preprocess", "batch_size",
+               "steps_per_epoch", "seed", "mixed_precision")
+
+
+def keys_path(model_dir: str, epoch: int, worker_index: int) -> str:
+    """Where `--record-keys` lists the examples worker `worker_index` trained on in `epoch`
+    (1-based): one sha256 key per line, in training order."""
+    return os.path.join(model_dir, KEYS, f"epoch-{epoch:04d}-worker-{worker_index}.txt")
+
+
+def scratch_dir(model_dir: str, worker_index: int) -> str:
+    """Where a non-chief worker of a multi-worker run saves its checkpoints (see train/distribute.py)."""
+    return os.path.join(model_dir, f".worker-{worker_index}")
+
+
+def check_resumable(model_dir: str, wanted: dict) -> None:
+    """Raises UserError unless `model_dir`'s checkpoints come from a run like `wanted`.
+
+    Args:
+      wanted: this run's run_config.json content (`detrec.train.config.run_config_dict`).
+    """
+    path = os.path.join(model_dir, RUN_CONFIG)
+    if not tf.io.gfile.exists(path):
+        raise UserError(f"{model_dir} holds checkpoints but no {RUN_CONFIG}: not a detrec model "
+                        "dir; use an empty --model-dir")
+    try:
+        stored = json.loads(fs.read_bytes(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    diffs = []
+    for key in RESUME_KEYS:
+        if stored.get(key) != wanted[key]:
+            shown = (f"{len(stored.get(key) or [])} vs {len(wanted[key])} classes"
+                     if key == "synsets" else f"{stored.get(key)!r} there, {wanted[key]!r} now")
+            diffs.append(f"{key}: {shown}")
+    if diffs:
+        architecture = {"model", "num_classes", "image_size", "synsets"}
+        what = ("another model" if any(d.split(":")[0] in architecture for d in diffs)
+                else "a run with other settings")
+        raise UserError(f"{model_dir} holds a checkpoint of {what} ({'; '.join(diffs)}); "
+                        "use another --model-dir or the same settings")
+
+
+def remove_leftovers(model_dir: str) -> None:
+    """Removes the temporaries of writes a killed run left unfinished (the real files were
+    never replaced by them): in DIR, DIR/export and DIR/keys."""
+    for folder in (model_dir, os.path.join(model_dir, EXPORT), os.path.join(model_dir, KEYS)):
+        if not fs.isdir(folder):
+            continue
+        for name in fs.listdir(folder):
+            if fs.is_temp(name):
+                fs.remove(os.path.join(folder, name))
+
+
+def prepare(model_dir: str, wanted: dict, chief: bool) -> None:
+    """Creates the model dir, or checks that what it holds is this run's to resume.
+
+    The chief then clears leftovers and writes `wanted` as run_config.json (new, or resumed
+    with the same identity: epochs and lr may change).
+
+    Raises:
+      UserError: the dir cannot be made, is a file, or holds another run's checkpoints.
+    """
+    try:
+        tf.io.gfile.makedirs(model_dir)
+    except (tf.errors.OpError, OSError) as exc:
+        raise UserError(f"{model_dir}: cannot create the model dir ({exc})") from None
+    if not tf.io.gfile.isdir(model_dir):
+        raise UserError(f"{model_dir}: not a directory")
+    if tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINTS)):
+        check_resumable(model_dir, wanted)
+    if chief:
+        remove_leftovers(model_dir)
+        fs.write_atomic(os.path.join(model_dir, RUN_CONFIG), json.dumps(wanted, indent=2) + "\n")

@@ -1,0 +1,73 @@
+"""One training step and one evaluation step over a global batch, under any tf.distribute strategy.
+
+Each step runs its per-replica math through `strategy.run` and sums the replicas' results
+with `strategy.reduce`, which is what lets one loop serve the default strategy, Mirrored-
+and MultiWorkerMirroredStrategy alike. Steps return sums (not means) in float64, so that a
+batch split over replicas and workers, or an evaluation batch cut short, adds up as it
+would on one device (up to summation order); the trainer divides once, at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+
+def make_steps(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
+               *, num_classes: int, jit_compile: bool = False) -> tuple[Callable, Callable]:
+    """(train_step, eval_step), tf.functions taking one (images, labels) batch.
+
+    train_step applies one Adam update and returns [loss sum, correct, examples];
+    eval_step returns [loss sum, top-1 hits, top-5 hits, examples] (top-k with
+    k = min(5, num_classes)). Both are summed over the replicas.
+
+    Args:
+      jit_compile: XLA on the per-replica math, as Keras' own jit_compile does.
+    """
+    top_k = min(5, num_classes)
+
+    def train_replica(images, labels):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(images, training=True), tf.float32)
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            # Divides by the *global* batch, so summing gradients over replicas is right.
+            loss = tf.nn.compute_average_loss(per_example)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        correct = tf.equal(tf.argmax(logits, -1), labels)
+        return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float64)),
+                         tf.reduce_sum(tf.cast(correct, tf.float64)),
+                         tf.cast(tf.size(labels), tf.float64)])
+
+    def eval_replica(images, labels):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        top1 = tf.equal(tf.argmax(logits, -1), labels)
+        topk = tf.math.in_top_k(labels, logits, k=top_k)
+        return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float64)),
+                         tf.reduce_sum(tf.cast(top1, tf.float64)),
+                         tf.reduce_sum(tf.cast(topk, tf.float64)),
+                         tf.cast(tf.size(labels), tf.float64)])
+
+    if jit_compile:
+        train_replica = tf.function(train_replica, jit_compile=True)
+        eval_replica = tf.function(eval_replica, jit_compile=True)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(batch):
+        images, labels = batch
+        sums = strategy.run(train_replica, args=(images, labels))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+
+    @tf.function(reduce_retracing=True)
+    def eval_step(batch):
+        images, labels = batch
+        sums = strategy.run(eval_replica, args=(images, labels))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+
+    return train_step, eval_step
