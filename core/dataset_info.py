@@ -6,13 +6,21 @@ cross-checks every shard's count, size and sha256). `DatasetInfo.from_json` is t
 that validates the file; everything else reads typed fields. Layout::
 
     {"schema_version": 1, "created_by": "detrec 0.1.0", "layout": "det", "source": "...",
-     "num_classes": K + 1, "background_id": 0,
+     "num_classes": K + 1, "background_id": 0, "classes_from": "...",
      "classes": [{"id": 0, "synset": "background", "name": "background"}, ...],
      "options": {...},
      "splits": {"train": {"num_examples": N, "num_errors": E, "errors_by_reason": {...},
                           "converted_images": C, "errors_file": "errors-train.jsonl",
+                          "label_sources": {"folder": F, "xml": X, "csv": V},
+                          "box_sources": {"xml": X, "csv": V, "none": Z}, "label_mismatches": M,
                           "shards": [{"file": "train-00000-of-00004.tfrecord",
                                       "num_examples": n, "num_bytes": b, "sha256": "..."}]}}}
+
+`label_sources` counts records by where their class came from (the record's
+`image/detrec/label_source`), `box_sources` by where their boxes came from ("none": a class
+folder labels the image and it has no boxes), `label_mismatches` the folder-labelled records
+whose largest box names another class. Files written before these keys existed load with
+them empty (0).
 """
 
 from __future__ import annotations
@@ -51,6 +59,9 @@ class SplitInfo:
     errors_by_reason: Mapping[str, int] = dataclasses.field(default_factory=dict)
     converted_images: int = 0
     errors_file: str = ""
+    label_sources: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    box_sources: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    label_mismatches: int = 0
 
     @property
     def listed_examples(self) -> int:
@@ -73,6 +84,7 @@ class DatasetInfo:
     source: str = ""
     background_id: int = schema.BACKGROUND_ID
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    classes_from: str = ""  # where the class list came from (a synset map, class folders, the data)
 
     def split(self, name: str, where: str = "dataset") -> SplitInfo:
         """A split by name; UserError listing the ones there are."""
@@ -92,10 +104,13 @@ class DatasetInfo:
         out = {
             "schema_version": self.schema_version, "created_by": self.created_by, "layout": self.layout,
             "source": self.source, "num_classes": self.num_classes, "background_id": self.background_id,
+            "classes_from": self.classes_from,
             "classes": [dataclasses.asdict(c) for c in self.classes], "options": dict(self.options),
             "splits": {name: {"num_examples": s.num_examples, "num_errors": s.num_errors,
                               "errors_by_reason": dict(s.errors_by_reason), "converted_images": s.converted_images,
-                              "errors_file": s.errors_file, "shards": [dataclasses.asdict(sh) for sh in s.shards]}
+                              "errors_file": s.errors_file, "label_sources": dict(s.label_sources),
+                              "box_sources": dict(s.box_sources), "label_mismatches": s.label_mismatches,
+                              "shards": [dataclasses.asdict(sh) for sh in s.shards]}
                        for name, s in self.splits.items()},
         }
         return json.dumps(out, indent=2, ensure_ascii=False) + "\n"
@@ -162,6 +177,9 @@ def _parse(raw: Any) -> DatasetInfo:
             errors_by_reason=dict(_get(entry, "errors_by_reason", dict, where, {})),
             converted_images=_get(entry, "converted_images", int, where, 0),
             errors_file=_get(entry, "errors_file", str, where, ""),
+            label_sources=_counts(entry, "label_sources", where),
+            box_sources=_counts(entry, "box_sources", where),
+            label_mismatches=_get(entry, "label_mismatches", int, where, 0),
         )
     return DatasetInfo(
         schema_version=version,
@@ -173,7 +191,17 @@ def _parse(raw: Any) -> DatasetInfo:
         source=_get(raw, "source", str, top, ""),
         background_id=_get(raw, "background_id", int, top, schema.BACKGROUND_ID),
         options=_get(raw, "options", dict, top, {}),
+        classes_from=_get(raw, "classes_from", str, top, ""),
     )
+
+
+def _counts(entry: Any, key: str, where: str) -> dict[str, int]:
+    """A {name: count} object (absent: empty); every count a number of at least 0."""
+    counts = _get(entry, key, dict, where, {})
+    for name in counts:
+        if _get(counts, name, int, f"{where}: `{key}`") < 0:
+            raise _Malformed(f"{where}: `{key}`: `{name}` is negative")
+    return dict(counts)
 
 
 def path_in(data_dir: str) -> str:

@@ -124,14 +124,12 @@ class _Beam:
         self.fs, self.raw = FileSystems, CompressionTypes.UNCOMPRESSED
 
     def exists(self, path: str) -> bool:
-        return self.fs.exists(path)
+        return self.fs.exists(path) or self.isdir(path)
 
     def isdir(self, path: str) -> bool:
-        return self.fs.exists(path.rstrip("/") + "/") and not self._is_file(path)
-
-    def _is_file(self, path: str) -> bool:
-        found = self.fs.match([path])[0].metadata_list
-        return any(m.path.rstrip("/") == path.rstrip("/") for m in found)
+        """Object stores (gs://) have no folders, only names with slashes: a path is a folder
+        when some object's name starts with it and a slash (a console-made `dir/` marker too)."""
+        return bool(self.fs.match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
 
     def listdir(self, path: str) -> list[str]:
         prefix = path.rstrip("/") + "/"

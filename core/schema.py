@@ -42,6 +42,16 @@ CLASS_TEXT = "image/class/text"
 # Not in the OD API: what the source image was when detrec had to re-encode it ("" = bytes
 # kept untouched). Lets anyone audit which pixels are not the original file's.
 CONVERTED_FROM = "image/detrec/converted_from"
+# Not in the OD API: where `image/class/label` came from. LABEL_FROM_XML (the largest box of
+# the annotation file) is the default and is left out of the record, so records of trees
+# labelled by XML (DET, VOC) stay byte for byte what they were before this key existed.
+LABEL_SOURCE = "image/detrec/label_source"
+LABEL_FROM_XML = "xml"  # the largest box of the image's XML annotation
+LABEL_FROM_CSV = "csv"  # the largest box of its row in a solution CSV (LOC_val_solution.csv)
+LABEL_FROM_FOLDER = "folder"  # the class folder holding the image; its boxes may name others
+LABEL_SOURCES = (LABEL_FROM_XML, LABEL_FROM_CSV, LABEL_FROM_FOLDER)
+# Scalar keys a record may lack, and the value a missing one means (decode and parse_spec).
+DEFAULTS: dict[str, str] = {CONVERTED_FROM: "", LABEL_SOURCE: LABEL_FROM_XML}
 
 _BYTES, _INT, _FLOAT = "bytes", "int64", "float"
 # key -> (kind, per-object?)
@@ -65,6 +75,7 @@ KEYS: dict[str, tuple[str, bool]] = {
     CLASS_LABEL: (_INT, False),
     CLASS_TEXT: (_BYTES, False),
     CONVERTED_FROM: (_BYTES, False),
+    LABEL_SOURCE: (_BYTES, False),
 }
 OBJECT_KEYS = tuple(k for k, (_, per_object) in KEYS.items() if per_object)
 
@@ -88,6 +99,7 @@ class Box:
 
     @property
     def area(self) -> float:
+        """Share of the image it covers, from the stored (float32-rounded) coordinates."""
         return max(0.0, self.xmax - self.xmin) * max(0.0, self.ymax - self.ymin)
 
 
@@ -107,6 +119,7 @@ class Record:
     channels: int = 3
     format: str = IMAGE_FORMAT
     sha256: str = ""
+    label_source: str = LABEL_FROM_XML
 
     def __post_init__(self) -> None:
         if not self.sha256:
@@ -114,7 +127,9 @@ class Record:
 
 
 def _values(record: Record) -> dict[str, Sequence]:
+    """Each feature's values; the label source only when it is not the default (see LABEL_SOURCE)."""
     objs = record.objects
+    optional = {LABEL_SOURCE: [record.label_source]} if record.label_source != DEFAULTS[LABEL_SOURCE] else {}
     return {
         ENCODED: [record.encoded],
         FORMAT: [record.format],
@@ -135,6 +150,7 @@ def _values(record: Record) -> dict[str, Sequence]:
         CLASS_LABEL: [record.class_label],
         CLASS_TEXT: [record.class_text],
         CONVERTED_FROM: [record.converted_from],
+        **optional,
     }
 
 
@@ -204,6 +220,8 @@ def _read(feature_map: Mapping, key: str) -> list:
 
 
 def _scalar(feature_map: Mapping, key: str):
+    if key not in feature_map and key in DEFAULTS:
+        return DEFAULTS[key].encode("utf-8")
     values = _read(feature_map, key)
     if len(values) != 1:
         raise SchemaError(f"feature `{key}` has {len(values)} values, expected 1")
@@ -252,11 +270,15 @@ def decode(serialized: bytes) -> Record:
         class_label=_scalar(fmap, CLASS_LABEL),
         class_text=text(_scalar(fmap, CLASS_TEXT)),
         converted_from=text(converted[0]) if converted else "",
+        label_source=text(_scalar(fmap, LABEL_SOURCE)),
     )
 
 
 def check(record: Record, num_classes: int | None = None) -> None:
     """Raises SchemaError unless the record is internally consistent.
+
+    A class from the XML or a CSV row must be the largest box's (`is_largest_box_label`); a
+    class from the image's folder is a real class of its own, whatever its boxes name.
 
     Args:
       record: a decoded record.
@@ -276,27 +298,88 @@ def check(record: Record, num_classes: int | None = None) -> None:
             raise SchemaError(f"object {i}: box {coords} is empty or inverted")
         if box.label <= BACKGROUND_ID or (num_classes is not None and box.label >= num_classes):
             raise SchemaError(f"object {i}: label {box.label} outside 1..{(num_classes or 0) - 1}")
-    expected = largest_box_label(record.objects)
-    if record.class_label != expected[0] or record.class_text != expected[1]:
+    if record.label_source not in LABEL_SOURCES:
+        raise SchemaError(f"`{LABEL_SOURCE}` {record.label_source!r} is none of {', '.join(LABEL_SOURCES)}")
+    if record.label_source == LABEL_FROM_FOLDER:
+        if record.class_label <= BACKGROUND_ID or (num_classes is not None and record.class_label >= num_classes):
+            raise SchemaError(f"`{CLASS_LABEL}` {record.class_label} (from the image's folder) outside "
+                              f"1..{(num_classes or 0) - 1}")
+        return
+    if not is_largest_box_label(record.objects, record.class_label, record.class_text):
+        expected = largest_box_label(record.objects)
         raise SchemaError(
             f"`{CLASS_LABEL}` {record.class_label}/{record.class_text} is not the largest box's "
             f"{expected[0]}/{expected[1]}"
         )
 
 
-def largest_box_label(objects: Sequence[Box]) -> tuple[int, str]:
-    """The image's class: the largest box by area (ties: first in document order)."""
-    if not objects:
+# --- the largest-box rule -----------------------------------------------------------------
+# An image labelled by its boxes takes the class of the largest one; equal areas go to the
+# first box in document order. The writer decides with exact areas (pixels of the annotated
+# frame, `largest_box_label(boxes, pixel_areas)`): normalised to [0, 1], two boxes of equal
+# pixel area (10x20 and 20x10 in a 500x375 image) differ in the last bit and the tie breaks
+# by rounding. Readers only have the stored float32 corners, so `is_largest_box_label`
+# accepts every box whose stored area is within float32 rounding of the largest
+# (`AREA_SLACK`): writer and checker then agree on every record the writer makes.
+#
+# Bound: each corner c in [0, 1] is stored as float32 with |error| <= 2**-24, so a side w is
+# off by <= 2**-23 and an area w*h by <= (w + h) * 2**-23 (+ 2**-46). Two boxes of equal exact
+# area so differ by at most (sum of both boxes' sides) * 2**-23; AREA_SLACK doubles that for the
+# float64 arithmetic before storage. Areas closer than that are ties for a reader. The slack is
+# below 4 * 2**-22 < 1e-6 of the image (under 0.2 pixel of a 500x375 image), so it only ever
+# hides differences float32 corners cannot show anyway.
+AREA_SLACK = 2.0**-22
+
+
+def largest_box(areas: Sequence[float]) -> int | None:
+    """Index of the largest area, ties to the first (document order); None for no boxes."""
+    best = None
+    for i, area in enumerate(areas):
+        if best is None or area > areas[best]:
+            best = i
+    return best
+
+
+def largest_box_label(objects: Sequence[Box], areas: Sequence[float] | None = None) -> tuple[int, str]:
+    """The image's class when its boxes decide: the largest box's (ties: first in document order).
+
+    Args:
+      objects: the boxes, in document order.
+      areas: each box's exact area, in pixels of the annotated frame (what the writer has);
+        None: the boxes' own normalised areas (a reader's best).
+
+    Returns:
+      (label, text) of that box; (BACKGROUND_ID, BACKGROUND_TEXT) without boxes.
+    """
+    best = largest_box([o.area for o in objects] if areas is None else areas)
+    if best is None:
         return BACKGROUND_ID, BACKGROUND_TEXT
-    best = max(range(len(objects)), key=lambda i: (objects[i].area, -i))
     return objects[best].label, objects[best].text
+
+
+def largest_box_candidates(objects: Sequence[Box]) -> list[int]:
+    """Indexes of the boxes a writer may have found largest, judged from stored corners: those
+    whose area is within float32 rounding of the largest (see AREA_SLACK), in document order."""
+    if not objects:
+        return []
+    top = objects[largest_box([o.area for o in objects])]
+    top_sides = (top.xmax - top.xmin) + (top.ymax - top.ymin)
+    return [i for i, o in enumerate(objects)
+            if o.area >= top.area - (top_sides + (o.xmax - o.xmin) + (o.ymax - o.ymin)) * AREA_SLACK]
+
+
+def is_largest_box_label(objects: Sequence[Box], label: int, text: str) -> bool:
+    """Whether (label, text) is what `largest_box_label` gives for these boxes with exact areas."""
+    if not objects:
+        return (label, text) == (BACKGROUND_ID, BACKGROUND_TEXT)
+    return any((objects[i].label, objects[i].text) == (label, text) for i in largest_box_candidates(objects))
 
 
 def parse_spec() -> dict:
     """The `tf.io.parse_example` spec for batched parsing, for readers that run TensorFlow.
 
     Takes TensorFlow from the readers' process instead of importing it: this module is the
-    writers' too, and they run without it.
+    writers' too, and they run without it. Keys a record may lack (DEFAULTS) parse to their default.
     """
     tf = sys.modules.get("tensorflow")
     if tf is None:
@@ -308,7 +391,7 @@ def parse_spec() -> dict:
         if per_object:
             spec[key] = tf.io.VarLenFeature(dtype[kind])
         else:
-            default = b"" if key == CONVERTED_FROM else None
+            default = DEFAULTS[key].encode("utf-8") if key in DEFAULTS else None
             spec[key] = tf.io.FixedLenFeature([], dtype[kind], default_value=default)
     return spec
 

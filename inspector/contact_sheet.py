@@ -58,13 +58,11 @@ def contact_sheet(samples: Sequence[Sample], cols: int, rows: int, names: dict[i
         placed.append({"shard": sample.shard, "record": sample.index, "filename": record.filename,
                        "x": x0, "y": y0, "scale": round(w / image.width, 6)})
         rects = [(x0 + b.xmin * w, y0 + b.ymin * h, x0 + b.xmax * w, y0 + b.ymax * h) for b in record.objects]
-        label, text = schema.largest_box_label(record.objects)
-        largest = (max(range(len(record.objects)), key=lambda i: (record.objects[i].area, -i))
-                   if record.objects else None)
+        largest = schema.largest_box([b.area for b in record.objects])
         for i, rect in enumerate(rects):
             if i != largest:
                 _outline(draw, _pixels(rect), OTHER_BOX_COLOR)
-        caption = names.get(label, text)
+        caption = names.get(record.class_label, record.class_text)  # a folder's class may be no box's
         anchor = (x0 + 2, y0 + 2)
         if largest is not None:
             r = _pixels(rects[largest])

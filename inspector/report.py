@@ -20,19 +20,25 @@ Report keys (`detrec inspect --json` prints exactly this dict)::
     verified        true with --verify (schema check and JPEG decode of every record)
     problems        [{file, offset, record, reason}]  offset/record are null when not known
     notes           [str]  things worth knowing that are not failures
-    datasets        [{dir, source, created_by, num_classes, checked_shards, cross_check_ok}]
-                     source, created_by ("detrec 0.1.0"), num_classes from dataset_info.json
-                     (null without a readable one, or when the file does not say)
+    datasets        [{dir, source, created_by, num_classes, classes_from, checked_shards, cross_check_ok}]
+                     source, created_by ("detrec 0.1.0"), num_classes, classes_from (where the
+                     class list came from) from dataset_info.json (null without a readable one,
+                     or when the file does not say)
     classes         [{id, synset, name}]  the vocabulary used for names, background first
     splits          {split: {
                        num_examples, num_bytes, num_shards   counted from the files
-                       expected_examples, converted_images, num_errors, errors_by_reason
+                       expected_examples, converted_images, num_errors, errors_by_reason,
+                       label_sources, box_sources, label_mismatches
                                                               from dataset_info.json (or null)
+                         label_sources: {xml|csv|folder: records} where image classes came from
+                         box_sources: {xml|csv|none: records} where boxes came from
+                         label_mismatches: folder-labelled records whose largest box differs
                        shards: [{file, num_examples, num_bytes, sha256, complete}]
                                  complete: the whole file was walked (false after a problem)
                        -- the rest only in "full" mode --
                        records_read        records behind the statistics below
                        converted_counted   records whose image was re-encoded, by source format
+                       label_sources_counted  records by their `image/detrec/label_source`
                        labels: [{id, synset, name, images, objects}]  images = image class
                        objects_per_image: {min, max, mean, histogram: {"n": images}}
                        width, height: {min, max, mean}  pixels
@@ -40,14 +46,14 @@ Report keys (`detrec inspect --json` prints exactly this dict)::
                                  box area as a fraction of its image}}
     records         --show N: [{shard, record, offset, split, filename, source_id, width, height,
                      channels, format, encoded_bytes, sha256, class_label, class_text, class_name,
-                     converted_from, objects: [{label, text, name, xmin, ymin, xmax, ymax, area,
+                     label_source, converted_from, objects: [{label, text, name, xmin, ymin, xmax, ymax, area,
                      difficult, truncated}]}]  never the image bytes
     contact_sheet   --contact-sheet only: {file, width, height, cell, cols, rows,
                      cells: [{shard, record, filename, x, y, scale}]}
                      Each image is scaled to fit a cell x cell square and centred in it; x, y is
                      its top-left corner in the sheet, scale is sheet pixels per image pixel.
-                     The largest box is drawn in contact_sheet.LARGEST_BOX_COLOR with its
-                     class name, the others in contact_sheet.OTHER_BOX_COLOR.
+                     The largest box is drawn in contact_sheet.LARGEST_BOX_COLOR with the
+                     image's class name, the others in contact_sheet.OTHER_BOX_COLOR.
 """
 
 from __future__ import annotations
@@ -113,7 +119,7 @@ def record_fields(record: schema.Record, classes: Mapping[int, ClassInfo]) -> di
         "width": record.width, "height": record.height, "channels": record.channels, "format": record.format,
         "encoded_bytes": len(record.encoded), "sha256": record.sha256,
         "class_label": record.class_label, "class_text": record.class_text,
-        "class_name": name(record.class_label, record.class_text),
+        "class_name": name(record.class_label, record.class_text), "label_source": record.label_source,
         "converted_from": record.converted_from,
         "objects": [{"label": b.label, "text": b.text, "name": name(b.label, b.text),
                      "xmin": round(b.xmin, 6), "ymin": round(b.ymin, 6), "xmax": round(b.xmax, 6),
@@ -137,6 +143,9 @@ def _split_entry(shards: list[ShardResult], info: SplitInfo | None) -> dict[str,
         "converted_images": info.converted_images if info else None,
         "num_errors": info.num_errors if info else None,
         "errors_by_reason": dict(info.errors_by_reason) if info else None,
+        "label_sources": dict(info.label_sources) if info else None,
+        "box_sources": dict(info.box_sources) if info else None,
+        "label_mismatches": info.label_mismatches if info else None,
         "shards": [{"file": s.target.path, "num_examples": s.num_examples, "num_bytes": s.num_bytes,
                     "sha256": s.sha256, "complete": s.complete} for s in shards],
     }
@@ -165,6 +174,7 @@ def _report(found: Resolution, walker: Walker, results: list[ShardResult], optio
             "source": (d.info.source or None) if d.info else None,
             "created_by": (d.info.created_by or None) if d.info else None,
             "num_classes": d.info.num_classes if d.info else None,
+            "classes_from": (d.info.classes_from or None) if d.info else None,
             "checked_shards": len(d.shards),
             "cross_check_ok": d.info is not None and clean,
         })

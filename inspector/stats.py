@@ -2,7 +2,8 @@
 
 `SplitStats` is fed one decoded record at a time while shards are walked (nothing but
 numbers is kept, never image bytes), and `to_json` turns it into the report's per-split
-`labels`, `objects_per_image`, `width`, `height`, `box_area` and `converted_counted` entries.
+`labels`, `objects_per_image`, `width`, `height`, `box_area`, `converted_counted` and
+`label_sources_counted` entries.
 Kept apart from the reading so the summaries can be tested and changed on their own.
 """
 
@@ -32,10 +33,12 @@ class SplitStats:
         self.heights: list[int] = []
         self.areas: list[float] = []
         self.converted: collections.Counter[str] = collections.Counter()
+        self.label_sources: collections.Counter[str] = collections.Counter()
 
     def add(self, record: schema.Record) -> None:
-        """Counts one record: its image class, its boxes, its size, its conversion."""
+        """Counts one record: its image class and where it came from, its boxes, its size, its conversion."""
         self.records += 1
+        self.label_sources[record.label_source] += 1
         self.images_by_label[record.class_label] += 1
         self.texts.setdefault(record.class_label, record.class_text)
         self.objects_per_image[len(record.objects)] += 1
@@ -66,6 +69,7 @@ class SplitStats:
         return {
             "records_read": self.records,
             "converted_counted": dict(sorted(self.converted.items())),
+            "label_sources_counted": dict(sorted(self.label_sources.items())),
             "labels": labels,
             "objects_per_image": {**value_range(list(self.objects_per_image.elements())),
                                   "histogram": {str(k): v for k, v in sorted(self.objects_per_image.items())}},

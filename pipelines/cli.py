@@ -20,7 +20,7 @@ from detrec.core.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("detrec.pipelines.synth_cmd", "generate a synthetic ImageNet-DET tree (the embedded default data)"),
-    "preprocess": ("detrec.pipelines.preprocess_cmd", "Beam job: ILSVRC/VOC tree -> verified, sharded TFRecords"),
+    "preprocess": ("detrec.pipelines.preprocess_cmd", "Beam job: ILSVRC/VOC/image-folder tree -> verified, sharded TFRecords"),
     "inspect": ("detrec.pipelines.inspect_cmd", "look inside shards: counts, integrity, labels, pictures"),
     "train": ("detrec.pipelines.train_cmd", "train a CNN streaming from the shards"),
     "predict": ("detrec.pipelines.predict_cmd", "top-k classes of image files with an exported model"),

@@ -128,6 +128,8 @@ def render_text(report: dict[str, Any]) -> str:
     for d in report["datasets"]:
         extra = ", ".join(f"{k} {d[k]}" for k in ("created_by", "num_classes", "source") if d.get(k) is not None)
         out.append(f"dataset {d['dir']}" + (f" ({extra})" if extra else ""))
+        if d.get("classes_from"):
+            out.append(f"  classes from {d['classes_from']}")
     for split, s in report["splits"].items():
         out.append("")
         out.append(f"split {split}: {s['num_examples']:,} records in {s['num_shards']} shard(s), {_mb(s['num_bytes'])}")
@@ -136,6 +138,9 @@ def render_text(report: dict[str, Any]) -> str:
             out.append(f"  dataset_info.json: {s['expected_examples']:,} examples, "
                        f"{_fmt(s['converted_images'])} converted images, {_fmt(s['num_errors'])} rejected"
                        + (f" ({reasons})" if reasons else ""))
+            origins = _origins(s)
+            if origins:
+                out.append(f"  dataset_info.json: {origins}")
         width = max([len(_name(sh["file"])) for sh in s["shards"]] + [5])
         out.append(f"  {'shard':<{width}}  {'records':>9}  {'bytes':>13}  sha256")
         for sh in s["shards"]:
@@ -144,7 +149,9 @@ def render_text(report: dict[str, Any]) -> str:
         if not s.get("records_read"):
             continue
         out.append(f"  statistics from {s['records_read']:,} records")
-        out.append(f"  labels (image class = its largest box):")
+        out.append(f"  image classes from: {_counts(s.get('label_sources_counted'))} "
+                   "(xml/csv: the largest box's; folder: the image's class folder)")
+        out.append("  labels:")
         out.append(f"    {'id':>4}  {'synset':<12} {'name':<24} {'images':>8} {'objects':>8}")
         for row in s["labels"]:
             out.append(f"    {row['id']:>4}  {row['synset']:<12} {row['name'][:24]:<24} {row['images']:>8,} "
@@ -184,17 +191,32 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _counts(counts: dict[str, int] | None) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in (counts or {}).items()) or "-"
+
+
+def _origins(s: dict[str, Any]) -> str:
+    """Where a split's labels came from, as dataset_info.json counted them ("" when it does not say)."""
+    if not s.get("label_sources") and not s.get("box_sources"):
+        return ""
+    text = f"labels from {_counts(s['label_sources'])}; boxes from {_counts(s['box_sources'])}"
+    n = s.get("label_mismatches")
+    if n:
+        text += f"; {n:,} folder label{'s' if n != 1 else ''} unlike the largest box's"
+    return text
+
+
 def _record_lines(r: dict[str, Any]) -> list[str]:
     lines = [f"  {_name(r['shard'])} record {r['record']} (offset {r['offset']}, split {r['split']})",
              f"    filename {r['filename']}   source_id {r['source_id']}",
              f"    image {r['width']}x{r['height']}, {r['channels']} channels, {r['format']}, "
              f"{r['encoded_bytes']:,} bytes, sha256 {r['sha256'][:16]}",
-             f"    class {r['class_label']} {r['class_text']} ({r['class_name']})"
+             f"    class {r['class_label']} {r['class_text']} ({r['class_name']}), from {r['label_source']}"
              + (f", re-encoded from {r['converted_from']}" if r["converted_from"] else "")]
     for i, o in enumerate(r["objects"]):
         flags = " ".join(f for f in ("difficult", "truncated") if o[f])
         lines.append(f"    object {i}: {o['label']} {o['text']} ({o['name']})  x {o['xmin']:.3f}-{o['xmax']:.3f}  "
                      f"y {o['ymin']:.3f}-{o['ymax']:.3f}  area {o['area']:.3f} {flags}".rstrip())
     if not r["objects"]:
-        lines.append("    no objects (background image)")
+        lines.append("    no objects" + (" (background image)" if r["class_label"] == 0 else ""))
     return lines

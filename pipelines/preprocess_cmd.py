@@ -1,6 +1,6 @@
-"""`detrec preprocess`: the Beam job that turns an ILSVRC/VOC tree into verified TFRecord shards.
+"""`detrec preprocess`: the Beam job that turns an image tree into verified TFRecord shards.
 
-    detrec preprocess --input ROOT --output OUT [--splits train,val] [--layout auto|det|cls-loc|voc]
+    detrec preprocess --input ROOT --output OUT [--splits train,val] [--layout auto|det|cls-loc|voc|folder]
         [--synset-map FILE] [--num-shards train=64,val=8] [--target-shard-mb 128]
         [--verify-images full|header] [any Apache Beam pipeline option]
 
@@ -32,16 +32,20 @@ from detrec.preprocess import beam_compat, decode_check, sources, vocab as vocab
 from detrec.preprocess.dofns import NAMESPACE, split_time_metric
 from detrec.preprocess.graph import BuildShards, JobConfig
 
-HELP = "Beam job: ILSVRC/VOC tree -> verified, sharded TFRecords"
+HELP = "Beam job: ILSVRC/VOC/image-folder tree -> verified, sharded TFRecords"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="folder holding Annotations/ and Data/ (local or gs://)")
+    parser.add_argument("--input", required=True, help="folder holding Annotations/ and Data/ (or ILSVRC/), "
+                        "or the split folders of an image-folder tree (local or gs://)")
     parser.add_argument("--output", required=True, help="output folder for shards and metadata (local or gs://)")
     parser.add_argument("--splits", default="train,val", help="comma-separated splits (default train,val)")
-    parser.add_argument("--layout", default="auto", choices=sources.LAYOUTS, help="source tree layout")
+    parser.add_argument("--layout", default="auto", choices=sources.LAYOUTS,
+                        help="source tree layout: det, cls-loc (ImageNet CLS-LOC, as Kaggle ships it), voc, or "
+                        "folder (SPLIT/CLASS/IMAGE); auto tries them in that order")
     parser.add_argument("--synset-map", default="", help="class list (map_det.txt, LOC_synset_mapping.txt); "
-                        "default: the sorted synsets seen in the train split")
+                        "default: a folder tree's sorted train class folders, a CLS-LOC tree's "
+                        "LOC_synset_mapping.txt (in ROOT or its parent), else the sorted synsets seen in train")
     parser.add_argument("--num-shards", default="", metavar="SPLIT=N,...",
                         help="shards per split, e.g. train=64,val=8 (default: from --target-shard-mb)")
     parser.add_argument("--target-shard-mb", type=float, default=128.0, help="shard size when --num-shards "
@@ -128,19 +132,34 @@ def validate(args: argparse.Namespace, options: PipelineOptions) -> None:
             raise UserError(f"--synset-map: {exc}") from None
     if not fs.is_url(args.input) and not os.path.isdir(args.input):
         raise UserError(f"--input {args.input}: not a directory (pass the folder holding Annotations/ and Data/)")
-    if not fs.is_url(args.input):
-        splits = [s for s in args.splits.split(",") if s]
-        for split in splits:
-            try:
-                sources.resolve_layout(os.path.abspath(args.input), split, args.layout)
-            except ValueError as exc:
-                raise UserError(str(exc)) from None
+    _check_tree(args)
     if not fs.is_url(args.output):
         if os.path.isfile(args.output):
             raise UserError(f"--output {args.output} is a file; pass a directory")
         os.makedirs(args.output, exist_ok=True)
         if not os.access(args.output, os.W_OK):
             raise UserError(f"--output {args.output} is not writable")
+
+
+def _check_tree(args: argparse.Namespace) -> None:
+    """Every split is there in a layout detrec reads, and the class list found beside a
+    CLS-LOC tree parses: what the workers would otherwise fail on, as one line here."""
+    root = fs.absolute(args.input)
+    found = {}
+    for split in (s for s in args.splits.split(",") if s):
+        try:
+            found[split] = sources.resolve(root, split, args.layout)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        except Exception as exc:  # a bucket that cannot be listed: permissions, network
+            raise UserError(f"--input {args.input}: cannot list it ({str(exc).splitlines()[0][:200]})") from None
+    if not args.synset_map and any(f.layout == sources.CLS_LOC for f in found.values()):
+        mapping = sources.find_beside(next(iter(found.values())).root, vocab_lib.LOC_SYNSET_MAPPING)
+        try:
+            if mapping:
+                vocab_lib.parse_synset_map(fs.read_text(mapping), mapping)
+        except (vocab_lib.VocabError, UnicodeDecodeError) as exc:
+            raise UserError(f"{exc} (found beside the tree; fix it or pass --synset-map)") from None
 
 
 def _log_progress() -> None:
@@ -181,7 +200,8 @@ def split_seconds(result, splits: list[str]) -> dict[str, float]:
 
 
 def summary_table(info: dataset_info.DatasetInfo, seconds: dict[str, float]) -> str:
-    """Per split: examples, errors, converted, shards, MB, writing seconds and img/s, reasons."""
+    """Per split: examples, errors, converted, shards, MB, writing seconds and img/s, reasons;
+    then where each split's classes and boxes came from, and where the class list came from."""
     rows = [f"{'split':<8} {'examples':>9} {'errors':>7} {'converted':>9} {'shards':>6} {'MB':>9} "
             f"{'seconds':>8} {'img/s':>8}  errors by reason"]
     for split, entry in info.splits.items():
@@ -190,7 +210,25 @@ def summary_table(info: dataset_info.DatasetInfo, seconds: dict[str, float]) -> 
         timing = f"{took:>8.1f} {entry.num_examples / took:>8.0f}" if took else f"{'-':>8} {'-':>8}"
         rows.append(f"{split:<8} {entry.num_examples:>9} {entry.num_errors:>7} {entry.converted_images:>9} "
                     f"{len(entry.shards):>6} {entry.num_bytes / 1e6:>9.1f} {timing}  {reasons}")
+    rows.append("")
+    for split, entry in info.splits.items():
+        rows.append(f"{split:<8} {label_origins(entry)}")
+    rows.append(f"{info.num_classes - 1} classes + background, from {info.classes_from or 'the synset map'}")
     return "\n".join(rows)
+
+
+def label_origins(entry: dataset_info.SplitInfo) -> str:
+    """`labels from folder=96; boxes from csv=20 none=36 xml=40; 3 folder labels unlike the largest box's`
+    (read: where the image classes came from; where the boxes did; folder classes that are not
+    the class of the image's largest box, as ImageNet train has)."""
+    def counts(c) -> str:
+        return " ".join(f"{k}={v}" for k, v in c.items()) or "-"
+
+    text = f"labels from {counts(entry.label_sources)}; boxes from {counts(entry.box_sources)}"
+    n = entry.label_mismatches
+    if n:
+        text += f"; {n} folder label{'s' if n != 1 else ''} unlike the largest box's"
+    return text
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:

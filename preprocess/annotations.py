@@ -161,7 +161,7 @@ def normalise(
       label_of: synset -> class id (1..K), or None when the synset is unknown.
       where: the annotation's path, for messages.
     """
-    frame_w, frame_h = (ann.width, ann.height) if ann.width and ann.height else (image_width, image_height)
+    frame_w, frame_h = frame(ann, image_width, image_height)
     boxes = []
     for i, obj in enumerate(ann.objects):
         label = label_of(obj.name)
@@ -178,6 +178,24 @@ def normalise(
             )
         boxes.append(schema.Box(xmin, ymin, xmax, ymax, label, obj.name, obj.difficult, obj.truncated))
     return tuple(boxes)
+
+
+def frame(ann: Annotation, image_width: int, image_height: int) -> tuple[int, int]:
+    """The frame the boxes are in: the annotation's `<size>`, or the decoded image's without one."""
+    return (ann.width, ann.height) if ann.width and ann.height else (image_width, image_height)
+
+
+def pixel_areas(ann: Annotation, image_width: int, image_height: int) -> tuple[float, ...]:
+    """Each box's area in pixels of its frame, clipped as `normalise` clips it.
+
+    What `schema.largest_box_label` compares: exact for whole-pixel corners, so boxes of equal
+    pixel area tie (and go to document order) instead of being split by float rounding after
+    normalising.
+    """
+    frame_w, frame_h = frame(ann, image_width, image_height)
+    clip = lambda v, size: min(max(v, 0.0), float(size))  # noqa: E731
+    return tuple((clip(o.xmax, frame_w) - clip(o.xmin, frame_w)) * (clip(o.ymax, frame_h) - clip(o.ymin, frame_h))
+                 for o in ann.objects)
 
 
 def synsets(ann: Annotation) -> Sequence[str]:

@@ -21,8 +21,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from detrec.core import fs, images, schema, tfrecord
-from detrec.preprocess import annotations, decode_check, longlived, sources
-from detrec.preprocess.plan import Item, ShardKey, ShardPlan, plan_split
+from detrec.preprocess import annotations, decode_check, labels, longlived, pairing, solutions, sources
+from detrec.preprocess.pairing import Pair
+from detrec.preprocess.plan import BOXES_FROM_CSV, BOXES_FROM_NONE, Item, ShardKey, ShardPlan, plan_split
 from detrec.preprocess.vocab import Vocabulary, from_synsets as vocab_from_synsets
 
 T = TypeVar("T")
@@ -54,8 +55,8 @@ class Rejected:
     reason: str
 
     @classmethod
-    def of(cls, pair: sources.Pair, stage: str, code: str, reason: str) -> "Rejected":
-        return cls(pair.split, pair.annotation, pair.image, stage, code, reason)
+    def of(cls, pair: Pair, stage: str, code: str, reason: str) -> "Rejected":
+        return cls(pair.split, pair.label_file, pair.image, stage, code, reason)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False, sort_keys=True)
@@ -63,11 +64,22 @@ class Rejected:
 
 @dataclasses.dataclass(frozen=True)
 class ShardResult:
+    """A written shard, and what its records' labels came from (summed into dataset_info.json).
+
+    Attributes:
+      label_sources: records by where their class came from (schema.LABEL_FROM_*).
+      box_sources: records by where their boxes came from (plan.BOXES_FROM_*).
+      label_mismatches: folder-labelled records whose largest box names another class.
+    """
+
     key: ShardKey
     num_examples: int
     num_bytes: int
     sha256: str
     converted: int
+    label_sources: dict = dataclasses.field(default_factory=dict)
+    box_sources: dict = dataclasses.field(default_factory=dict)
+    label_mismatches: int = 0
 
 
 def _reject(r: Rejected):
@@ -90,10 +102,12 @@ class _DetrecDoFn(beam.DoFn):
 
 
 class ListAndAssign(_DetrecDoFn):
-    """(root, split, layout) -> a ShardPlan of Pairs per shard; Rejected for unpaired files.
+    """(root, split, layout) -> a ShardPlan of Pairs per shard; Rejected for unpaired files
+    and unusable solution-CSV lines; (split, SplitSource) on the LAYOUT output.
 
     Listing, pairing and shard assignment happen together, in one place per split: they need
-    the whole split's file names anyway, and doing them here saves two shuffles.
+    the whole split's file names anyway (and its solution CSV, read here once), and doing them
+    here saves two shuffles.
     """
 
     def __init__(self, num_shards: dict[str, int], target_bytes: int, warm_decoder: bool = False):
@@ -103,19 +117,20 @@ class ListAndAssign(_DetrecDoFn):
 
     def process(self, element: tuple[str, str, str]) -> Iterator:
         root, split, layout = element
-        resolved = sources.resolve_layout(root, split, layout)
-        yield beam.pvalue.TaggedOutput(LAYOUT, (split, resolved))
-        by_key: dict[str, list[sources.FileEntry]] = collections.defaultdict(list)
-        for entry in sources.list_split(sources.SplitSource(root, split, resolved)):
-            by_key[entry.key].append(entry)
-        log.info("listed %d files for split %s (%s layout)", sum(map(len, by_key.values())), split, resolved)
+        source = sources.resolve(root, split, layout)
+        yield beam.pvalue.TaggedOutput(LAYOUT, (split, source))
+        entries = list(sources.list_split(source))
+        log.info("listed %d files for split %s (%s layout)", len(entries), split, source.layout)
+        rows, bad_lines = pairing.solution_rows(source)
+        for bad in bad_lines:
+            yield _reject(Rejected(split, bad.where, "", "csv", bad.code, bad.reason))
         pairs = []
-        for key in sorted(by_key):
-            for out in sources.pair(split, key, by_key[key]):
-                if isinstance(out, sources.Pair):
-                    pairs.append(out)
-                else:
-                    yield _reject(Rejected(out.split, out.annotation, out.image, "pair", out.code, out.reason))
+        for out in pairing.pair_split(source, entries, rows):
+            if isinstance(out, Pair):
+                pairs.append(out)
+            else:
+                yield _reject(Rejected(out.split, out.annotation, out.image, "pair", out.code, out.reason))
+        del entries, rows
         Metrics.counter(NAMESPACE, "pairs").inc(len(pairs))
         yield from plan_split(split, pairs, self._num_shards.get(split), self._target)
 
@@ -125,7 +140,7 @@ class ParseShard(_DetrecDoFn):
     or parsed becomes a Rejected and leaves the plan (the others keep their order)."""
 
     def process(self, plan: ShardPlan) -> Iterator:
-        threads = _threads_for(plan.entries[0].annotation if plan.entries else "", local=1)
+        threads = _threads_for(plan.entries[0].image if plan.entries else "", local=1)
         items = []
         for outcome in ordered_map(_parse, plan.entries, threads):
             if isinstance(outcome, Rejected):
@@ -135,7 +150,7 @@ class ParseShard(_DetrecDoFn):
         yield ShardPlan(plan.key, tuple(items))
 
 
-def _read(pair: sources.Pair, path: str, what: str) -> bytes | Rejected:
+def _read(pair: Pair, path: str, what: str) -> bytes | Rejected:
     """A source file's bytes, or the Rejected saying why they cannot be read."""
     try:
         return fs.read_bytes(path)
@@ -143,7 +158,15 @@ def _read(pair: sources.Pair, path: str, what: str) -> bytes | Rejected:
         return Rejected.of(pair, "read", "unreadable_file", f"cannot read {what}: {_short(exc)}")
 
 
-def _parse(pair: sources.Pair) -> Item | Rejected:
+def _parse(pair: Pair) -> Item | Rejected:
+    """The pair's boxes: from its XML, else its solution-CSV row, else none (its folder labels it)."""
+    if not pair.annotation:
+        if not pair.csv_where:
+            return Item(pair, _NO_BOXES, BOXES_FROM_NONE)
+        try:
+            return Item(pair, solutions.parse_row(solutions.Row(pair.csv_where, pair.csv_boxes)), BOXES_FROM_CSV)
+        except annotations.AnnotationError as exc:
+            return Rejected.of(pair, "csv", exc.code, str(exc))
     data = _read(pair, pair.annotation, "annotation")
     if isinstance(data, Rejected):
         return data
@@ -153,9 +176,13 @@ def _parse(pair: sources.Pair) -> Item | Rejected:
         return Rejected.of(pair, "xml", exc.code, str(exc))
 
 
+_NO_BOXES = annotations.Annotation(0, 0, ())
+
+
 def shard_synsets(plan: ShardPlan) -> set[str]:
-    """The distinct object names of one parsed shard (the vocabulary's raw material)."""
-    return {obj.name for item in plan.entries for obj in item.annotation.objects}
+    """The distinct object names and class folders of one parsed shard (the vocabulary's raw material)."""
+    names = {obj.name for item in plan.entries for obj in item.annotation.objects}
+    return names | {item.pair.folder_class for item in plan.entries if item.pair.folder_class}
 
 
 class CollectVocabulary(beam.CombineFn):
@@ -248,7 +275,9 @@ class WriteShard(_DetrecDoFn):
         Metrics.distribution(NAMESPACE, split_time_metric(key.split, "start")).update(int(time.time() * 1000))
         final = fs.join(self._output, key.name)
         tmp = fs.temp_path(final)
-        converted, index_lines = 0, []
+        converted, index_lines, mismatches = 0, [], 0
+        label_sources: collections.Counter[str] = collections.Counter()
+        box_sources: collections.Counter[str] = collections.Counter()
         with _HashingWriter(tmp) as out:
             # Reading, checking and encoding may run on a few threads (file reads, the JPEG
             # decode and hashing release the GIL); records are written in plan order, so the
@@ -260,7 +289,10 @@ class WriteShard(_DetrecDoFn):
                 if isinstance(result, Rejected):
                     yield _reject(result)
                     continue
-                record, payload = result
+                record, payload, item, disagrees = result
+                label_sources[record.label_source] += 1
+                box_sources[item.boxes_from] += 1
+                mismatches += disagrees
                 index_lines.append(tfrecord.index_line(out.size, len(payload)))
                 head, tail = tfrecord.frame(payload)
                 for chunk in (head, payload, tail):
@@ -273,11 +305,14 @@ class WriteShard(_DetrecDoFn):
         Metrics.counter(NAMESPACE, "examples_written").inc(len(index_lines))
         Metrics.distribution(NAMESPACE, split_time_metric(key.split, "end")).update(int(time.time() * 1000))
         Metrics.counter(NAMESPACE, "converted_images").inc(converted)
+        Metrics.counter(NAMESPACE, "folder_labels_unlike_largest_box").inc(mismatches)
         log.info("wrote %s: %d examples, %.1f MB", key.name, len(index_lines), out.size / 1e6)
-        yield ShardResult(key, len(index_lines), out.size, out.sha256, converted)
+        yield ShardResult(key, len(index_lines), out.size, out.sha256, converted, dict(sorted(label_sources.items())),
+                          dict(sorted(box_sources.items())), mismatches)
 
-    def _record(self, item: Item, vocab: Vocabulary) -> tuple[schema.Record, bytes] | Rejected:
-        """One example, checked and serialized, or why it cannot be."""
+    def _record(self, item: Item, vocab: Vocabulary) -> tuple[schema.Record, bytes, Item, bool] | Rejected:
+        """One example, checked and serialized (with its item and whether its folder class
+        differs from its largest box's), or why it cannot be."""
         pair = item.pair
         data = _read(pair, pair.image, "image")
         if isinstance(data, Rejected):
@@ -287,14 +322,14 @@ class WriteShard(_DetrecDoFn):
         except images.ImageError as exc:
             return Rejected.of(pair, "image", exc.code, f"{pair.image}: {exc}")
         try:
-            boxes = annotations.normalise(item.annotation, image.width, image.height, vocab.id_of, pair.annotation)
+            got = labels.label_image(item.annotation, item.boxes_from, pair.folder_class, image.width, image.height,
+                                     vocab.id_of, pair.label_file or pair.image)
         except annotations.AnnotationError as exc:
-            stage = "label" if exc.code == "unknown_synset" else "box"
+            stage = "label" if exc.code in ("unknown_synset", "unknown_class", "empty_csv_row") else "box"
             return Rejected.of(pair, stage, exc.code, str(exc))
-        label, text = schema.largest_box_label(boxes)
         record = schema.Record(
             encoded=image.data, height=image.height, width=image.width, filename=pair.image_rel,
-            source_id=pair.source_id, objects=boxes, class_label=label, class_text=text,
-            converted_from=image.converted_from,
+            source_id=pair.source_id, objects=got.boxes, class_label=got.class_label, class_text=got.class_text,
+            converted_from=image.converted_from, label_source=got.source,
         )
-        return record, schema.encode(record)
+        return record, schema.encode(record), item, got.disagrees

@@ -13,6 +13,7 @@ from typing import Iterable
 from detrec.core import fs, schema
 from detrec.core.dataset_info import DatasetInfo, ShardInfo, SplitInfo
 from detrec.preprocess.dofns import Rejected, ShardResult
+from detrec.preprocess.sources import SplitSource
 from detrec.preprocess.vocab import Vocabulary
 
 log = logging.getLogger("detrec.preprocess")
@@ -31,6 +32,13 @@ def _remove_stale(output: str, splits: Iterable[str], keep: set[str]) -> list[st
     return removed
 
 
+def _sum(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: collections.Counter[str] = collections.Counter()
+    for c in counts:
+        total.update(c)
+    return dict(sorted(total.items()))
+
+
 def finalize(
     _,
     output: str,
@@ -38,7 +46,7 @@ def finalize(
     splits: list[str],
     options: dict,
     vocab: Vocabulary,
-    layouts: dict[str, str],
+    found: dict[str, SplitSource],
     shards: list[ShardResult],
     rejected: list[Rejected],
 ) -> DatasetInfo:
@@ -57,13 +65,17 @@ def finalize(
             converted_images=sum(s.converted for s in mine),
             errors_file=schema.errors_name(split),
             shards=tuple(ShardInfo(s.key.name, s.num_examples, s.num_bytes, s.sha256) for s in mine),
+            label_sources=_sum(s.label_sources for s in mine),
+            box_sources=_sum(s.box_sources for s in mine),
+            label_mismatches=sum(s.label_mismatches for s in mine),
         )
     removed = _remove_stale(output, splits, {s.key.name for s in shards})
     if removed:
         log.info("removed %d stale files: %s", len(removed), ", ".join(sorted(removed)[:10]))
     info = DatasetInfo(
-        layout=",".join(sorted(set(layouts.values()))) or options.get("layout", ""),
-        source=source,
+        layout=",".join(sorted({f.layout for f in found.values()})) or options.get("layout", ""),
+        source=next(iter(found.values())).root if found else source,  # ROOT/ILSVRC when given its parent
+        classes_from=vocab.origin,
         num_classes=vocab.num_classes,
         classes=vocab.classes(),
         options=options,

@@ -67,7 +67,7 @@ class BuildShards(beam.PTransform):
             | "Distribute" >> beam.Reshuffle()  # one element per split fans out: spread its shards over workers
             | "ParseXml" >> beam.ParDo(ParseShard(warm)).with_outputs(REJECTED, main="shards")
         )
-        vocab = self._vocabulary(pbegin, parsed.shards)
+        vocab = self._vocabulary(pbegin, parsed.shards, listed[LAYOUT])
         written = (
             parsed.shards
             | "WriteShards" >> beam.ParDo(WriteShard(output, cfg.verify_images), beam.pvalue.AsSingleton(vocab))
@@ -82,8 +82,10 @@ class BuildShards(beam.PTransform):
                 beam.pvalue.AsDict(listed[LAYOUT]), beam.pvalue.AsList(written.shards), beam.pvalue.AsList(rejected))
         )
 
-    def _vocabulary(self, pbegin: beam.pvalue.PBegin, shards: beam.PCollection) -> beam.PCollection:
-        """The class list: the synset map when given, else the sorted synsets of the train split."""
+    def _vocabulary(self, pbegin: beam.pvalue.PBegin, shards: beam.PCollection,
+                    found: beam.PCollection) -> beam.PCollection:
+        """The class list (vocab.py's rules): the synset map when given, else what the tree
+        fixes (class folders, LOC_synset_mapping.txt), else the sorted synsets of the train split."""
         if self.config.synset_map:
             return (
                 pbegin
@@ -95,4 +97,5 @@ class BuildShards(beam.PTransform):
             | "TrainOnly" >> beam.Filter(lambda plan: plan.key.split == TRAIN)
             | "Synsets" >> beam.Map(shard_synsets)
             | "SortedVocabulary" >> beam.CombineGlobally(CollectVocabulary())
+            | "TreeVocabulary" >> beam.Map(vocab_lib.of_tree, beam.pvalue.AsDict(found), list(self.config.splits))
         )

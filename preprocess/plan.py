@@ -16,7 +16,8 @@ import math
 from typing import Iterator
 
 from detrec.core import schema
-from detrec.preprocess import annotations, sources
+from detrec.preprocess import annotations
+from detrec.preprocess.pairing import Pair
 
 log = logging.getLogger("detrec.preprocess")
 
@@ -34,12 +35,20 @@ class ShardKey:
         return schema.shard_name(self.split, self.index, self.count)
 
 
+BOXES_FROM_XML, BOXES_FROM_CSV, BOXES_FROM_NONE = "xml", "csv", "none"
+
+
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """A paired, parsed example on its way to a shard (small: no image bytes)."""
+    """A paired, parsed example on its way to a shard (small: no image bytes).
 
-    pair: sources.Pair
+    `annotation` holds its boxes, from `boxes_from`: its XML, its solution-CSV row, or none
+    (an image its class folder labels, with an empty annotation).
+    """
+
+    pair: Pair
     annotation: annotations.Annotation
+    boxes_from: str = BOXES_FROM_XML
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +73,7 @@ def plan_shards(num_examples: int, total_bytes: int, requested: int | None, targ
     return max(1, min(wanted, num_examples))
 
 
-def plan_split(split: str, pairs: list[sources.Pair], requested: int | None,
+def plan_split(split: str, pairs: list[Pair], requested: int | None,
                target_bytes: int) -> Iterator[ShardPlan]:
     """Every shard of a split with its pairs in write order: the pairs are dealt to shards
     round-robin in the order of their hashed source ids."""

@@ -1,17 +1,26 @@
 """The class vocabulary: synset <-> id (1..K), names; 0 is background.
 
-Built from a synset-map file (the devkit's `map_det.txt`: `synset id name`, or
-`LOC_synset_mapping.txt`: `synset name...`; VOC class-name lists work too) or, without one,
-from the sorted set of synsets seen in the train split, so ids are stable across runs.
+Built, first that applies:
+  1. from `--synset-map` (the devkit's `map_det.txt`: `synset id name`, or
+     `LOC_synset_mapping.txt`: `synset name...`; VOC class-name lists work too);
+  2. from the tree itself: an image-folder tree's sorted train class folders (Keras and
+     torchvision number them so), a CLS-LOC tree's LOC_synset_mapping.txt in ROOT or its
+     parent (the Kaggle download: 1000 synsets, in the file's order);
+  3. from the sorted set of synsets seen in the train split (box names and class folders).
+Each way gives ids that are stable across runs; `origin` says which one was taken.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
-from detrec.core import schema
+from detrec.core import fs, schema
 from detrec.core.dataset_info import ClassInfo
+from detrec.preprocess import sources
+
+LOC_SYNSET_MAPPING = "LOC_synset_mapping.txt"
+TRAIN = "train"
 
 
 class VocabError(ValueError):
@@ -22,6 +31,7 @@ class VocabError(ValueError):
 class Vocabulary:
     synsets: tuple[str, ...]  # synsets[i] has id i + 1
     names: tuple[str, ...]
+    origin: str = ""  # where the list came from, for dataset_info.json and the summary
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_ids", {s: i + 1 for i, s in enumerate(self.synsets)})
@@ -44,9 +54,33 @@ class Vocabulary:
         return "".join(f"{c.id}\t{c.synset}\t{c.name}\n" for c in self.classes())
 
 
-def from_synsets(synsets: Iterable[str]) -> Vocabulary:
+def from_synsets(synsets: Iterable[str], origin: str = "synsets seen in the train split") -> Vocabulary:
+    """Sorted distinct names, each its own display name (class folders, box names)."""
     ordered = tuple(sorted(set(synsets)))
-    return Vocabulary(ordered, ordered)
+    return Vocabulary(ordered, ordered, origin)
+
+
+def of_tree(collected: Vocabulary, found: Mapping[str, sources.SplitSource], splits: Sequence[str]) -> Vocabulary:
+    """The vocabulary the tree fixes itself (rule 2 of the module docstring), else `collected`.
+
+    Args:
+      collected: the synsets seen in the train split (rule 3).
+      found: each split's resolved source (root and layout).
+      splits: the splits of this run; the folder layout numbers the class folders of `train`
+        when the tree has it (so a val-only run gets the same ids), else of the first split.
+    """
+    if not found:
+        return collected
+    root = next(iter(found.values())).root
+    layouts = {s.layout for s in found.values()}
+    if sources.FOLDER in layouts:
+        split = TRAIN if TRAIN in found or fs.isdir(fs.join(root, TRAIN)) else splits[0]
+        return from_synsets(sources.class_folders(root, split), f"class folders of {fs.join(root, split)}")
+    if sources.CLS_LOC in layouts:
+        path = sources.find_beside(root, LOC_SYNSET_MAPPING)
+        if path:
+            return parse_synset_map(fs.read_text(path), path)
+    return collected
 
 
 def parse_synset_map(text: str, where: str = "synset map") -> Vocabulary:
@@ -72,4 +106,4 @@ def parse_synset_map(text: str, where: str = "synset map") -> Vocabulary:
     dupes = sorted({s for s in synsets if synsets.count(s) > 1})
     if dupes:
         raise VocabError(f"{where}: synsets listed twice: {', '.join(dupes[:5])}")
-    return Vocabulary(tuple(synsets), tuple(r[3] for r in rows))
+    return Vocabulary(tuple(synsets), tuple(r[3] for r in rows), where)

@@ -367,14 +367,14 @@ def test_cls_loc_layout_with_synset_mapping(tmp_path):
 
 # --- the per-shard plan -------------------------------------------------------------------
 def _pairs(tmp_path, n: int, bad: set[int] = frozenset()):
-    from detrec.preprocess import sources
+    from detrec.preprocess import pairing
 
     pairs = []
     for i in range(n):
         xml = tmp_path / f"{i}.xml"
         xml.write_text("<annotation><size><width>10</width><height>10</height></size></annotation>"
                        if i not in bad else "<annotation><unclosed>")
-        pairs.append(sources.Pair("train", f"id{i}", str(xml), str(tmp_path / f"{i}.JPEG"), f"{i}.JPEG", 1000))
+        pairs.append(pairing.Pair("train", f"id{i}", str(xml), str(tmp_path / f"{i}.JPEG"), f"{i}.JPEG", 1000))
     return pairs
 
 

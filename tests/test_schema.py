@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -63,7 +64,11 @@ def _protobuf_encode(record: Record) -> bytes:
     Record(encoded=bytes(range(256)) * 700, height=2**40, width=300, filename="dossier/ünïcödé 画像.JPEG",
            source_id="ü/画像", objects=tuple(Box(0.0625 * i, 0.125, 0.75, 1.0, 200 + i, f"n{i}") for i in range(9)),
            class_label=127, class_text="n128", converted_from="png"),
-], ids=["golden", "empty", "large-unicode"])
+    Record(encoded=b"\xff\xd8x\xff\xd9", height=5, width=7, filename="golden retriever/x.png", source_id="g/x.png",
+           objects=(), class_label=3, class_text="golden retriever", converted_from="png", label_source="folder"),
+    Record(encoded=b"\xff\xd8y\xff\xd9", height=5, width=7, filename="v.JPEG", source_id="v",
+           objects=(Box(0.0, 0.0, 0.5, 0.5, 2, "n2"),), class_label=2, class_text="n2", label_source="csv"),
+], ids=["golden", "empty", "large-unicode", "from-folder", "from-csv"])
 def test_hand_encoder_matches_protobuf(record):
     """The writer's wire-format encoder is byte-identical to protobuf's deterministic output."""
     assert schema.encode(record) == _protobuf_encode(record)
@@ -134,7 +139,105 @@ def test_our_example_class_parses_as_tensorflows_does():
 def test_largest_box_ties_go_to_document_order():
     boxes = (Box(0, 0, 0.5, 0.5, 2, "b"), Box(0.5, 0.5, 1, 1, 1, "a"))
     assert schema.largest_box_label(boxes) == (2, "b")
+    assert schema.largest_box_label(boxes[::-1]) == (1, "a")
     assert schema.largest_box_label(()) == (0, "background")
+    assert schema.largest_box([]) is None and schema.largest_box([3.0, 5.0, 5.0, 1.0]) == 1
+
+
+# --- where the class came from: image/detrec/label_source ---------------------------------
+def test_the_default_label_source_is_left_out_and_others_round_trip():
+    """xml (the default) is not written, so DET/VOC records keep their bytes; csv and folder are."""
+    xml = golden_record()
+    assert xml.label_source == schema.LABEL_FROM_XML
+    assert schema.LABEL_SOURCE.encode() not in schema.encode(xml)
+    for source in (schema.LABEL_FROM_CSV, schema.LABEL_FROM_FOLDER):
+        record = Record(**{**xml.__dict__, "label_source": source})
+        data = schema.encode(record)
+        assert schema.LABEL_SOURCE.encode() in data and len(data) > len(schema.encode(xml))
+        assert schema.decode(data) == record
+
+
+def test_parse_spec_defaults_a_missing_label_source_to_xml():
+    folder = Record(encoded=b"x", height=2, width=3, filename="c/b.png", source_id="c/b.png", objects=(),
+                    class_label=4, class_text="c", label_source=schema.LABEL_FROM_FOLDER)
+    parsed = tf.io.parse_example(tf.constant([schema.encode(golden_record()), schema.encode(folder)]),
+                                 schema.parse_spec())
+    assert parsed[schema.LABEL_SOURCE].numpy().tolist() == [b"xml", b"folder"]
+    assert parsed[schema.CLASS_LABEL].numpy().tolist() == [1, 4]
+
+
+def test_check_accepts_a_folder_class_whatever_the_boxes_say():
+    """ImageNet labels a train image by its folder: its largest box may name another class."""
+    record = Record(**{**golden_record().__dict__, "class_label": 3, "class_text": "n01443537",
+                       "label_source": schema.LABEL_FROM_FOLDER})
+    schema.check(record, num_classes=4)
+    schema.check(Record(**{**record.__dict__, "objects": ()}), num_classes=4)  # no boxes at all
+    with pytest.raises(SchemaError, match="from the image's folder"):
+        schema.check(Record(**{**record.__dict__, "class_label": 0, "class_text": "background"}))
+    with pytest.raises(SchemaError, match="largest box"):  # from a CSV row: the largest box's again
+        schema.check(Record(**{**record.__dict__, "label_source": schema.LABEL_FROM_CSV}))
+    with pytest.raises(SchemaError, match="none of xml, csv, folder"):
+        schema.check(Record(**{**record.__dict__, "label_source": "guess"}))
+
+
+# --- the largest-box rule: writer (pixels) and reader (stored float32) agree -----------------
+def _stored(boxes: tuple[Box, ...]) -> tuple[Box, ...]:
+    """Boxes as a reader gets them back: through a record's float32 features."""
+    record = Record(encoded=b"x", height=1, width=1, filename="a", source_id="a", objects=boxes,
+                    class_label=boxes[0].label, class_text=boxes[0].text)
+    return schema.decode(schema.encode(record)).objects
+
+
+def _boxes(sizes, w: int, h: int, at=(0, 0)) -> tuple[Box, ...]:
+    x, y = at
+    return tuple(Box(x / w, y / h, (x + bw) / w, (y + bh) / h, i + 1, f"n{i + 1}") for i, (bw, bh) in enumerate(sizes))
+
+
+def _float_split_tie(w: int, h: int):
+    """A box size a x b whose twin b x a (same pixel area) has another area once normalised
+    and stored as float32: the case where rounding used to break the tie."""
+    for a in range(1, 80):
+        for b in range(a + 1, 80):
+            pair = _stored(_boxes([(a, b), (b, a)], w, h, at=(3, 7)))
+            if pair[0].area != pair[1].area:
+                return a, b
+    raise AssertionError("no rounding-split tie found")
+
+
+@pytest.mark.parametrize("w, h", [(500, 375), (375, 500), (333, 500)])
+def test_ties_in_both_orders_go_to_the_first_box_for_writer_and_reader(w, h):
+    a, b = _float_split_tie(w, h)
+    for sizes in ([(a, b), (b, a)], [(b, a), (a, b)]):
+        boxes = _boxes(sizes, w, h, at=(3, 7))
+        pixels = [float(bw * bh) for bw, bh in sizes]
+        assert schema.largest_box_label(boxes, pixels) == (1, "n1")  # the writer: exact tie, first wins
+        stored = _stored(boxes)
+        assert schema.largest_box_candidates(stored) == [0, 1]  # the reader: a tie within rounding
+        assert schema.is_largest_box_label(stored, 1, "n1")
+    # Without the pixel areas one of the two orders goes to the second box: the old bug.
+    naive = {schema.largest_box_label(_stored(_boxes(s, w, h, at=(3, 7))))[1] for s in ([(a, b), (b, a)],
+                                                                                          [(b, a), (a, b)])}
+    assert naive != {"n1"}
+
+
+def test_10x20_and_20x10_in_a_non_square_image():
+    for order in ([(10, 20), (20, 10)], [(20, 10), (10, 20)]):
+        boxes = _boxes(order, 500, 333, at=(41, 17))
+        assert schema.largest_box_label(boxes, [200.0, 200.0]) == (1, "n1")
+        stored = _stored(boxes)
+        assert schema.is_largest_box_label(stored, 1, "n1") and schema.is_largest_box_label(stored, 2, "n2")
+        schema.check(Record(encoded=b"x", height=333, width=500, filename="a", source_id="a", objects=stored,
+                            class_label=1, class_text="n1", sha256=hashlib.sha256(b"x").hexdigest()))
+
+
+def test_one_pixel_more_is_never_a_tie():
+    """The slack only covers float32 rounding: a box one pixel larger must win, in a large image too."""
+    for w, h in ((500, 375), (4000, 3000)):
+        boxes = _stored(_boxes([(10, 20), (10, 20), (201, 1)], w, h, at=(5, 5)))
+        big = _stored(_boxes([(10, 20), (201, 1)], w, h, at=(5, 5)))
+        assert schema.largest_box_candidates(big) == [1]
+        assert not schema.is_largest_box_label(big, 1, "n1")
+        assert schema.largest_box_candidates(boxes) == [2]
 
 
 def test_shard_names():

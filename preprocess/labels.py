@@ -1,0 +1,71 @@
+"""An image's boxes and class from what labels it (pure: no Beam, no I/O).
+
+Two rules, one per kind of label (pairing.py decides which an image has):
+  * a class folder labels the image (CLS-LOC train, the folder layout): the folder's class,
+    whatever its boxes say; where the largest box names another class it is counted, since
+    ImageNet's own classification label is the folder's;
+  * otherwise its boxes do: the largest box's class (`schema.largest_box_label`, compared in
+    pixels of the annotated frame so equal areas tie exactly and go to document order), and
+    background for an XML without objects (a DET negative). A solution-CSV row exists only to
+    label its image, so one without boxes is that image's error, never a silent background.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from detrec.core import schema
+from detrec.preprocess import annotations
+from detrec.preprocess.annotations import AnnotationError
+
+# The record's label source for boxes from each place (plan.BOXES_FROM_*).
+_LABEL_SOURCE_OF_BOXES = {"xml": schema.LABEL_FROM_XML, "csv": schema.LABEL_FROM_CSV}
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+    """What a record says about its image's content.
+
+    Attributes:
+      boxes: normalised, clipped, with class ids, in document order.
+      class_label, class_text: the image's class.
+      source: where the class came from (schema.LABEL_FROM_*).
+      disagrees: the class came from a folder and the largest box names another one.
+    """
+
+    boxes: tuple[schema.Box, ...]
+    class_label: int
+    class_text: str
+    source: str
+    disagrees: bool = False
+
+
+def label_image(ann: annotations.Annotation, boxes_from: str, folder: str, image_width: int, image_height: int,
+                id_of: Callable[[str], int | None], where: str = "<image>") -> Labels:
+    """Boxes and class of one image.
+
+    Args:
+      ann: its boxes (an empty Annotation when it has none).
+      boxes_from: where they came from: "xml", "csv" or "none".
+      folder: the class folder that labels it, "" when its boxes do.
+      image_width, image_height: the decoded image's size (the frame of boxes without `<size>`).
+      id_of: class name -> id (1..K), None when the vocabulary lacks it.
+      where: the annotation (or image) path, for messages.
+
+    Raises:
+      AnnotationError: `unknown_synset` (a box), `unknown_class` (the folder), `empty_csv_row`
+        (a CSV row without boxes labels nothing), or a box error.
+    """
+    boxes = annotations.normalise(ann, image_width, image_height, id_of, where)
+    largest = schema.largest_box_label(boxes, annotations.pixel_areas(ann, image_width, image_height))
+    if not folder:
+        source = _LABEL_SOURCE_OF_BOXES.get(boxes_from, schema.LABEL_FROM_XML)
+        if source == schema.LABEL_FROM_CSV and not boxes:
+            raise AnnotationError("empty_csv_row", f"{where}: no boxes, so no class for the image")
+        return Labels(boxes, largest[0], largest[1], source)
+    label = id_of(folder)
+    if label is None:
+        raise AnnotationError("unknown_class", f"{where}: class folder {folder!r} is not a class of this dataset "
+                                               "(not a train class folder, nor in the synset map)")
+    return Labels(boxes, label, folder, schema.LABEL_FROM_FOLDER, disagrees=bool(boxes) and largest[1] != folder)
