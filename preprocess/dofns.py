@@ -21,6 +21,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from detrec.core import fs, images, schema, tfrecord
+from detrec.core.crashpoints import crashpoint
 from detrec.preprocess import annotations, decode_check, labels, longlived, pairing, solutions, sources
 from detrec.preprocess.pairing import Pair
 from detrec.preprocess.plan import BOXES_FROM_CSV, BOXES_FROM_NONE, Item, ShardKey, ShardPlan, plan_split
@@ -132,6 +133,7 @@ class ListAndAssign(_DetrecDoFn):
                 yield _reject(Rejected(out.split, out.annotation, out.image, "pair", out.code, out.reason))
         del entries, rows
         Metrics.counter(NAMESPACE, "pairs").inc(len(pairs))
+        crashpoint("listed")
         yield from plan_split(split, pairs, self._num_shards.get(split), self._target)
 
 
@@ -300,6 +302,7 @@ class WriteShard(_DetrecDoFn):
                 converted += bool(record.converted_from)
         with fs.open(tmp + schema.INDEX_SUFFIX, "wb") as f:
             f.write("".join(index_lines).encode("ascii"))
+        crashpoint("shard-written")
         fs.replace(tmp + schema.INDEX_SUFFIX, final + schema.INDEX_SUFFIX)
         fs.replace(tmp, final)
         Metrics.counter(NAMESPACE, "examples_written").inc(len(index_lines))

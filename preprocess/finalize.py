@@ -11,6 +11,7 @@ import logging
 from typing import Iterable
 
 from detrec.core import fs, schema
+from detrec.core.crashpoints import crashpoint
 from detrec.core.dataset_info import DatasetInfo, ShardInfo, SplitInfo
 from detrec.preprocess.dofns import Rejected, ShardResult
 from detrec.preprocess.sources import SplitSource
@@ -81,5 +82,6 @@ def finalize(
         options=options,
         splits=info_splits,
     )
+    crashpoint("finalize")
     fs.write_atomic(fs.join(output, schema.DATASET_INFO), info.to_json())
     return info
