@@ -1,8 +1,15 @@
-"""Errors a user can fix. The CLI prints them as one line (no traceback) and exits 2."""
+"""Errors the CLI prints as one line, never a traceback: UserError (exit 2) for a mistake the
+user can fix (a flag, a path), IOFailure (exit 1) for the machine's own trouble (a full disk,
+a read-only file system)."""
 
 
 class UserError(Exception):
     """A bad flag, path or input that the user must fix; the message says what to do."""
+
+
+class IOFailure(Exception):
+    """Reading or writing failed for a reason outside detrec's inputs (disk full, read-only
+    or vanished file system, permissions); the message names the path and the cause."""
 
 
 class InputError(ValueError):

@@ -18,6 +18,7 @@ import contextlib
 import glob as _glob
 import os
 import posixpath
+import re
 import sys
 import uuid
 from typing import IO, Iterator
@@ -52,9 +53,14 @@ def temp_path(path: str) -> str:
     return join(dirname(path), f".{basename(path)}{TEMP_MARK}{uuid.uuid4().hex}")
 
 
+# `.NAME.tmp-<32 hex>`, plus an extension a writer may need to add (shards' `.idx`, Keras'
+# `.keras`): strict, so a user's `.draft.tmp-notes` is never taken for detrec's leftover.
+_TEMP_NAME = re.compile(r"\..+" + re.escape(TEMP_MARK) + r"[0-9a-f]{32}(\.[a-z]+)?")
+
+
 def is_temp(name: str) -> bool:
     """Whether a file name is one `temp_path` makes (a leftover of an interrupted write)."""
-    return name.startswith(".") and TEMP_MARK in name
+    return _TEMP_NAME.fullmatch(name) is not None
 
 
 class _Local:

@@ -16,7 +16,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from detrec.preprocess import longlived
-from detrec.core.errors import UserError
+from detrec.core.errors import IOFailure, UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("detrec.pipelines.synth_cmd", "generate a synthetic ImageNet-DET tree (the embedded default data)"),
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"detrec {name}: error: {exc}", file=sys.stderr)
         return 2
+    except IOFailure as exc:
+        print(f"detrec {name}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"detrec {name}: interrupted", file=sys.stderr)
         return 130

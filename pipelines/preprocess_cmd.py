@@ -11,10 +11,15 @@ the DirectRunner (default here: multi-processing on all cores) or on Dataflow.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import logging
+import math
 import os
+import re
 import sys
 import time
+from typing import Iterator
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (
@@ -27,8 +32,8 @@ from apache_beam.options.pipeline_options import (
 )
 
 from detrec.core import dataset_info, fs, schema
-from detrec.core.errors import UserError
-from detrec.preprocess import beam_compat, decode_check, sources, vocab as vocab_lib
+from detrec.core.errors import IOFailure, UserError
+from detrec.preprocess import beam_compat, decode_check, output_folder, sources, vocab as vocab_lib
 from detrec.preprocess.dofns import NAMESPACE, split_time_metric
 from detrec.preprocess.graph import BuildShards, JobConfig
 
@@ -58,7 +63,7 @@ def parse_num_shards(text: str, splits: list[str]) -> dict[str, int]:
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         split, sep, value = part.partition("=")
-        if not sep or not value.strip().isdigit() or int(value) < 1:
+        if not sep or not re.fullmatch(r"\s*[0-9]+\s*", value) or int(value) < 1:
             raise UserError(f"--num-shards wants SPLIT=N pairs such as train=64,val=8, got {part!r}")
         if split.strip() not in splits:
             raise UserError(f"--num-shards names split {split.strip()!r}, which is not in --splits {','.join(splits)}")
@@ -133,12 +138,8 @@ def validate(args: argparse.Namespace, options: PipelineOptions) -> None:
     if not fs.is_url(args.input) and not os.path.isdir(args.input):
         raise UserError(f"--input {args.input}: not a directory (pass the folder holding Annotations/ and Data/)")
     _check_tree(args)
-    if not fs.is_url(args.output):
-        if os.path.isfile(args.output):
-            raise UserError(f"--output {args.output} is a file; pass a directory")
-        os.makedirs(args.output, exist_ok=True)
-        if not os.access(args.output, os.W_OK):
-            raise UserError(f"--output {args.output} is not writable")
+    if not fs.is_url(args.output) and os.path.isfile(args.output):
+        raise UserError(f"--output {args.output} is a file; pass a folder")
 
 
 def _check_tree(args: argparse.Namespace) -> None:
@@ -162,10 +163,27 @@ def _check_tree(args: argparse.Namespace) -> None:
             raise UserError(f"{exc} (found beside the tree; fix it or pass --synset-map)") from None
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is logged (tools and tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _log_progress() -> None:
     """Shows detrec's per-stage/per-shard log lines (visible progress on long runs), from
-    this process (in-memory runner) and from Beam's worker processes (multi-processing)."""
-    handler = logging.StreamHandler()
+    this process (in-memory runner) and from Beam's worker processes (multi-processing).
+
+    Beam's own report of a failing DoFn (a traceback logged before the job fails) is kept
+    quiet: the failure reaches the user once, as the launcher's one-line error or, for a
+    bug, as the exception itself."""
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     own = logging.getLogger("detrec")
     own.setLevel(logging.INFO)
@@ -237,34 +255,39 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise UserError("--splits is empty; pass e.g. --splits train,val")
     args.splits = ",".join(splits)
     num_shards = parse_num_shards(args.num_shards, splits)
-    if args.target_shard_mb <= 0:
-        raise UserError("--target-shard-mb must be positive")
+    if not (math.isfinite(args.target_shard_mb) and args.target_shard_mb > 0):
+        raise UserError(f"--target-shard-mb must be a positive number of MB, got {args.target_shard_mb}")
     options = pipeline_options(extra)
     validate(args, options)
     dry_run = bool(options.get_all_options().get("dry_run"))
     _log_progress()
+    config = job_config(args, num_shards)
     if not dry_run:
-        # dataset_info.json marks a complete dataset: remove it first, rewrite it last.
-        stale = dataset_info.path_in(args.output)
-        if fs.exists(stale):
-            fs.remove(stale)
+        folder = output_folder.check(args.output)
+        config = dataclasses.replace(config, previous=folder.previous)
+        with _io_errors(args.output):
+            fs.makedirs(args.output)
+            # dataset_info.json marks a complete dataset: remove it first, rewrite it last.
+            if folder.previous is not None:
+                fs.remove(dataset_info.path_in(args.output))
     start = time.perf_counter()
     try:
         pipeline = beam.Pipeline(runner=beam_compat.local_runner(options), options=options)
     except ValueError as exc:  # Beam's own option validation (project id, locations...)
         raise UserError(" ".join(str(exc).split())) from None
-    _ = pipeline | "BuildShards" >> BuildShards(job_config(args, num_shards))
-    result = pipeline.run()
+    _ = pipeline | "BuildShards" >> BuildShards(config)
+    with _io_errors(args.output, clean=not dry_run):
+        result = pipeline.run()
+        finished = dry_run or _detached(options) or result.wait_until_finish()
     if dry_run:
         print("dry run: pipeline graph built and validated; nothing was submitted")
         return 0
-    if options.view_as(GoogleCloudOptions).template_location or options.view_as(StandardOptions).no_wait_until_finish:
+    if _detached(options):
         print(f"submitted; {schema.DATASET_INFO} appears in {args.output} when the job has finished")
         return 0
-    state = result.wait_until_finish()
     seconds = time.perf_counter() - start
-    if str(state).split(".")[-1] not in ("DONE", "None"):
-        raise UserError(f"the pipeline ended in state {state}; see the runner's logs "
+    if str(finished).split(".")[-1] not in ("DONE", "None"):
+        raise UserError(f"the pipeline ended in state {finished}; see the runner's logs "
                         "(Dataflow: pipelines/dataflow/runbook.md)")
     info = dataset_info.load(args.output)
     print(summary_table(info, split_seconds(result, list(info.splits))))
@@ -272,6 +295,44 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     print(f"{total} examples in {seconds:.1f}s ({total / max(seconds, 1e-9):.0f} img/s, start-up included) -> "
           f"{args.output} (details: dataset_info.json, errors-<split>.jsonl)")
     return 0
+
+
+def _detached(options: PipelineOptions) -> bool:
+    """Whether the launcher submits the job and returns without waiting for it."""
+    return bool(options.view_as(GoogleCloudOptions).template_location
+                or options.view_as(StandardOptions).no_wait_until_finish)
+
+
+@contextlib.contextmanager
+def _io_errors(output: str, clean: bool = False) -> Iterator[None]:
+    """The machine's I/O failures (a full disk, a read-only file system, permissions) as one
+    IOFailure line instead of a traceback; with `clean`, the run's temporary files in
+    `output` are removed first, so a full disk is not left full of them."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        cause = _os_error(exc)
+        if cause is None:
+            raise
+        if clean:
+            with contextlib.suppress(Exception):
+                for name in fs.listdir(output):
+                    if fs.is_temp(name):
+                        fs.remove(fs.join(output, name))
+        raise IOFailure(f"writing {output} failed: {cause}") from None
+
+
+def _os_error(exc: BaseException) -> str | None:
+    """The OSError behind a failure, as one line; Beam's workers report theirs as text."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    match = re.search(r"(?:OSError|PermissionError|FileNotFoundError): (\[Errno \d+\][^\n]*)", str(exc))
+    return match.group(1) if match else None
 
 
 def main(argv: list[str] | None = None) -> int:

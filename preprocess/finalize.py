@@ -2,6 +2,10 @@
 
 Runs once, after every shard is written (it takes all shard results as a side input), and
 writes dataset_info.json last and atomically: its presence means the dataset is complete.
+It deletes only files of detrec's own names (output_folder.py): stale shards of the splits it
+wrote, detrec's temporary files, and the splits of the previous dataset in the folder that
+this run's class list no longer fits (those it cannot keep consistent); the previous
+dataset's other splits are kept and listed, so the folder always holds one whole dataset.
 """
 
 from __future__ import annotations
@@ -33,6 +37,26 @@ def _remove_stale(output: str, splits: Iterable[str], keep: set[str]) -> list[st
     return removed
 
 
+def _carry_over(output: str, previous: DatasetInfo | None, splits: list[str],
+                classes: tuple) -> dict[str, SplitInfo]:
+    """The previous dataset's splits this run did not write: kept (and listed again) when
+    their labels mean what this run's do, else removed with their files."""
+    kept: dict[str, SplitInfo] = {}
+    for name, entry in (previous.splits.items() if previous else ()):
+        if name in splits:
+            continue
+        if previous.classes == classes:
+            kept[name] = entry
+            continue
+        files = [f for s in entry.shards for f in (s.file, s.file + schema.INDEX_SUFFIX)] + [entry.errors_file]
+        for file in filter(None, files):
+            if fs.exists(fs.join(output, file)):
+                fs.remove(fs.join(output, file))
+        log.warning("removed split %s of the previous dataset: its labels used another class list "
+                    "(convert it again with --splits %s)", name, ",".join([*splits, name]))
+    return kept
+
+
 def _sum(counts: Iterable[dict[str, int]]) -> dict[str, int]:
     total: collections.Counter[str] = collections.Counter()
     for c in counts:
@@ -46,6 +70,7 @@ def finalize(
     source: str,
     splits: list[str],
     options: dict,
+    previous: DatasetInfo | None,
     vocab: Vocabulary,
     found: dict[str, SplitSource],
     shards: list[ShardResult],
@@ -53,7 +78,7 @@ def finalize(
 ) -> DatasetInfo:
     """Writes labels.txt, errors-<split>.jsonl, removes stale files, writes dataset_info.json."""
     fs.write_atomic(fs.join(output, schema.LABELS_FILE), vocab.labels_txt())
-    info_splits = {}
+    info_splits = _carry_over(output, previous, splits, vocab.classes())
     for split in splits:
         errors = sorted((r for r in rejected if r.split == split),
                         key=lambda r: (r.annotation, r.image, r.stage, r.code))

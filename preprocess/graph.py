@@ -14,6 +14,7 @@ from typing import Mapping
 import apache_beam as beam
 
 from detrec.core import fs
+from detrec.core.dataset_info import DatasetInfo
 from detrec.preprocess import vocab as vocab_lib
 from detrec.preprocess.dofns import (
     LAYOUT, REJECTED, CollectVocabulary, ListAndAssign, ParseShard, WriteShard, shard_synsets,
@@ -35,6 +36,9 @@ class JobConfig:
     num_shards: Mapping[str, int] = dataclasses.field(default_factory=dict)
     target_shard_mb: float = 128.0
     verify_images: str = "full"
+    # The dataset already in `output` (output_folder.check): its other splits are kept when
+    # this run's class list is the same, so a `--splits train` rerun leaves a whole dataset.
+    previous: DatasetInfo | None = None
 
     def options(self) -> dict:
         """The record of these choices kept in dataset_info.json."""
@@ -78,7 +82,7 @@ class BuildShards(beam.PTransform):
             pbegin
             | "Finish" >> beam.Create([None])
             | "WriteDatasetInfo" >> beam.Map(
-                finalize, output, root, list(cfg.splits), cfg.options(), beam.pvalue.AsSingleton(vocab),
+                finalize, output, root, list(cfg.splits), cfg.options(), cfg.previous, beam.pvalue.AsSingleton(vocab),
                 beam.pvalue.AsDict(listed[LAYOUT]), beam.pvalue.AsList(written.shards), beam.pvalue.AsList(rejected))
         )
 
