@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, help="training batch (default: detrec train's)")
     args = parser.parse_args(argv)
+    batch = ["--batch-size", str(args.batch_size)] if args.batch_size else []
 
     out = os.path.abspath(args.out)
     source, data, model_dir = (os.path.join(out, d) for d in ("source", "shards", "model"))
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stage(f"4/5 train: semi_alexnet, {args.epochs} epochs at {args.image_size}px, validation every epoch")
     check(cli.main(["train", "--data", data, "--model-dir", model_dir, "--model", "semi_alexnet",
-                    "--epochs", str(args.epochs), "--image-size", str(args.image_size), "--seed", "0"]), "train")
+                    "--epochs", str(args.epochs), "--image-size", str(args.image_size), "--seed", "0", *batch]),
+          "train")
 
     stage("5/5 predict: the exported model on a few val images")
     images = sorted(glob.glob(os.path.join(root, "Data", "DET", "val", "*.JPEG")))[:4]
