@@ -12,11 +12,15 @@ ARG DALI_VERSION=2.4.0
 
 # Ubuntu-based images may mark the system Python as externally managed (PEP 668); this image
 # exists to hold one application, so installing into it is the intent.
+# TF_FORCE_GPU_ALLOW_GROWTH: TensorFlow takes GPU memory as it needs it instead of nearly
+# all of it at start-up, leaving DALI's decoder room (`detrec train` also sets it itself:
+# train/gpu.py; this covers anything else run in the image).
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_BREAK_SYSTEM_PACKAGES=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    TF_CPP_MIN_LOG_LEVEL=2
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    TF_FORCE_GPU_ALLOW_GROWTH=true
 
 # The DALI TensorFlow plugin compiles against the TensorFlow already in the image, so it needs a
 # C++ compiler and must be installed after TensorFlow with --no-build-isolation (an isolated

@@ -47,6 +47,8 @@ def contact_sheet(samples: Sequence[Sample], cols: int, rows: int, names: dict[i
     for k, sample in enumerate(samples[: cols * rows]):
         record = sample.record
         try:
+            # The stored pixels, EXIF orientation ignored (Pillow applies it only when asked):
+            # the frame both training decoders see and the boxes are in (detrec.core.images).
             image = Image.open(io.BytesIO(record.encoded)).convert("RGB")
         except Exception:  # unreadable JPEG: leave the cell dark, --verify names it
             continue

@@ -18,6 +18,10 @@ Measured in one process on the same images, the pipelines taking turns (img/s):
 Targets (ratios, measured in turns so that other processes' load falls on all alike): ours >= 1.0x the
 decode ceiling and >= 2.5x the article at 224x224 on a 2-core CPU; on a GPU machine, DALI
 should pass 10,000 img/s on one H100.
+
+The DALI row runs through TensorFlow (DALIDataset), so it measures nvJPEG only where
+TensorFlow itself sees the GPU (its GPU build); on a GPU machine with a CPU-only TensorFlow
+(or none) pipelines/dali_bench.py measures the DALI pipeline alone.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import sys
 import time
 
 from detrec.pipelines import benchutil
+from detrec.pipelines.train_cmd import add_dali_flags, dali_tuning
 from detrec.core.errors import UserError
 
 HELP = "input pipeline img/s vs the decode ceiling, raw reads and the article's pipeline"
@@ -51,6 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="turns each row takes, interleaved with the others (default 3)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_dali_flags(parser)
 
 
 class Contender:
@@ -103,7 +109,16 @@ def _ours(args, decoder: str):
 
     return input_lib.make_dataset(args.data, args.split, batch_size=args.batch_size,
                                   image_size=args.image_size, training=True, decoder=decoder,
-                                  repeat=True, dtype="float32")
+                                  repeat=True, dtype="float32", dali=dali_tuning(args))
+
+
+def _cuda_devices() -> int:
+    """GPUs CUDA itself shows (through DALI, not TensorFlow); 0 when DALI is not there."""
+    try:
+        from nvidia.dali import backend
+        return int(backend.GetCUDADeviceCount())
+    except Exception:  # no DALI, or no CUDA driver
+        return 0
 
 
 def _ceiling(args, files: list[str]):
@@ -186,13 +201,20 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise UserError(f"unknown arguments: {' '.join(extra)}")
     from detrec.core import dataset_info
+    from detrec.train import gpu
     from detrec.train import input as input_lib
 
+    gpu.enable_memory_growth()  # before any TensorFlow op touches a GPU (train/gpu.py)
     files = dataset_info.shard_files(dataset_info.load(args.data), args.data, args.split)
     ours = input_lib.resolve_decoder(args.decoder)
     dali_device = None
+    note = ""
     if input_lib.dali_available() and (args.decoder != "cpu"):
         dali_device = "gpu (mixed: nvJPEG)" if input_lib.gpu_visible() else "cpu (DALI CPU decoder)"
+        if not input_lib.gpu_visible() and _cuda_devices():
+            note = ("CUDA shows a GPU but TensorFlow does not (a CPU-only build?): the DALI row ran DALI's CPU "
+                    "decoder; pipelines/dali_bench.py measures nvJPEG without TensorFlow")
+            print(f"detrec bench input: note: {note}", file=sys.stderr)
     count_images = lambda batch: int(batch[1].shape[0])  # noqa: E731  (labels: [B])
     contenders = []
     if args.decoder != "dali":
@@ -238,6 +260,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         "image_size": args.image_size,
         "batch_size": args.batch_size,
         "ours": ours_key,
+        "dali": {"threads": args.dali_threads, "hw_decoder_load": args.dali_hw_load,
+                 "preallocate": list(args.dali_preallocate), "note": note} if dali_device else None,
         "rows": rows,
         "ratios": ratios,
         "targets": {k: v for k, v in TARGETS.items() if k in ratios},

@@ -24,8 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from detrec.train import predict
+    from detrec.train import gpu, predict
 
+    gpu.enable_memory_growth()  # before the model touches a GPU (train/gpu.py)
     predictor = predict.Predictor(args.model_dir)
     results = predictor.predict(args.images, top=args.top)
     for result in results:

@@ -25,6 +25,9 @@ from detrec.pipelines import argtypes
 HELP = "train a CNN streaming from the shards"
 # The same as train.models.MODELS (a test checks), spelled out so `--help` needs no Keras.
 MODELS = ("semi_alexnet", "resnet50", "mobilenet_v3_small", "efficientnet_b0")
+# The same as train.input.config's DALI defaults (a test checks), for the same reason.
+HW_DECODER_LOAD = 0.65
+PREALLOCATE = (0, 0)
 EPILOG = """\
 DIR gets: run_config.json (what must match to resume), checkpoints/ (latest few, plus
 checkpoints/best/ by val top-1), logs/ (TensorBoard), metrics.json (per-epoch history) and,
@@ -46,6 +49,46 @@ def _rate(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"wants a positive number, got {text!r}")
     return value
+
+
+def _load(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"wants a share between 0 and 1, got {text!r}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        width = height = -1
+    if width < 0 or height < 0:
+        raise argparse.ArgumentTypeError(f"wants WIDTHxHEIGHT such as 5980x6430 (0x0: off), got {text!r}")
+    return width, height
+
+
+def add_dali_flags(parser: argparse.ArgumentParser) -> None:
+    """DALI's host and hardware-decoder settings (`detrec train` and `detrec bench input`)."""
+    group = parser.add_argument_group("DALI (GPU decode)")
+    group.add_argument("--dali-threads", type=argtypes.positive, default=None, metavar="N",
+                       help="CPU threads per DALI pipeline (default: this process's cores / its GPUs, at most 8)")
+    group.add_argument("--dali-hw-load", type=_load, default=HW_DECODER_LOAD, metavar="SHARE",
+                       help=f"share of JPEGs for the A100/H100 hardware decoder (default {HW_DECODER_LOAD})")
+    group.add_argument("--dali-preallocate", type=_size, default=PREALLOCATE, metavar="WxH",
+                       help="largest image the hardware decoder preallocates for (default "
+                            f"{PREALLOCATE[0]}x{PREALLOCATE[1]}: no hint; ImageNet's largest is 5980x6430)")
+
+
+def dali_tuning(args: argparse.Namespace):
+    """The DaliTuning the DALI flags ask for."""
+    from detrec.train.input.config import DaliTuning
+
+    return DaliTuning(threads=args.dali_threads, hw_decoder_load=args.dali_hw_load,
+                      preallocate=args.dali_preallocate)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +135,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--record-keys", action="store_true",
                        help="write the key of every training example each worker consumed to "
                             "DIR/keys/epoch-<e>-worker-<i>.txt (audit what an epoch trained on)")
+    add_dali_flags(parser)
 
 
 def tf_config(worker_hosts: str, worker_index: int | None) -> str:
@@ -116,7 +160,7 @@ def tf_config(worker_hosts: str, worker_index: int | None) -> str:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from detrec.train import data as data_lib
-    from detrec.train import distribute, models
+    from detrec.train import distribute, gpu, models
     from detrec.train import input as input_lib
     from detrec.train.config import TrainConfig
     from detrec.train.trainer import Trainer
@@ -125,13 +169,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         os.environ["TF_CONFIG"] = tf_config(args.worker_hosts, args.worker_index)
     elif args.worker_index is not None:
         raise UserError("--worker-index needs --worker-hosts")
-    # Before any TF op (make_data runs some): collective ops are configured at start-up only.
+    # Before any TF op (make_data runs some): memory growth and collective ops can only be
+    # configured before the runtime starts.
+    gpu.enable_memory_growth()
     strategy = distribute.make_strategy()
     data, steps = data_lib.make_data(strategy, args.data, batch_size=args.batch_size,
                                      image_size=args.image_size, decoder=args.decoder,
                                      preprocess=args.preprocess, seed=args.seed,
                                      skip_corrupt=args.skip_corrupt, data_service=args.data_service,
-                                     with_keys=args.record_keys)
+                                     with_keys=args.record_keys, dali=dali_tuning(args))
     config = TrainConfig(
         model_dir=args.model_dir,
         model=models.ModelConfig(args.model, len(data.classes), args.image_size, args.weights),

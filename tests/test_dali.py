@@ -176,3 +176,185 @@ def test_random_crop_window_is_in_height_width_order(dataset_dir):
     assert (crop[:, :2] == shape).all()
     assert (shape[:, 1] < shape[:, 0]).all()  # width/height in 0.5..0.6: (h, w) order
     assert (start + shape <= hw).all() and (start >= 0).all()
+
+
+# --- the GPU graph, built (not run) on this CPU machine -----------------------------------
+def _gpu_graph_ops(dataset_dir, training: bool, preprocess: str = "inception"):
+    """The pipeline train/input/dali.py builds for device 0, defined but never run here.
+
+    Reads DALI's op instances (`Pipeline._ops`, `_init_args`): private, so a DALI upgrade
+    that moves them fails this test loudly rather than letting the GPU graph drift unseen.
+    """
+    from nvidia.dali import pipeline_def
+
+    from detrec.train.input import dali
+
+    paths = dali.usable_shards(input_lib.split_shards(dataset_info.load(dataset_dir), dataset_dir, "train"))
+    pipe = pipeline_def(dali._graph, batch_size=4, num_threads=1, device_id=0, seed=1)(
+        paths, size=(32, 32), training=training, preprocess=preprocess, dtype=tf.float32, with_boxes=True,
+        with_keys=True, max_boxes=4, shard_id=0, num_shards=1, order_seed=1, initial_fill=16, gpu=True,
+        tuning=input_lib.DaliTuning(hw_decoder_load=0.8, preallocate=(640, 480)))
+    pipe._build_graph()
+    ops = {}
+    for op in pipe._ops:
+        ops.setdefault(type(op._op).__name__, []).append((op._op._device, op._op._init_args))
+    return ops, [node.device for node in pipe._graph_outputs]
+
+
+@pytest.mark.parametrize("training,preprocess,decoder", [(True, "inception", "ImageSlice"),
+                                                         (False, "inception", "Image"), (False, "seed", "Image")])
+def test_gpu_graph_decodes_on_the_gpu_like_libjpeg_and_ignores_exif(dataset_dir, training, preprocess, decoder):
+    ops, devices = _gpu_graph_ops(dataset_dir, training, preprocess)
+    ((device, args),) = ops[decoder]
+    assert device == "mixed"
+    assert args["adjust_orientation"] is False and args["jpeg_fancy_upsampling"] is True
+    assert (args["hw_decoder_load"], args["preallocate_width_hint"], args["preallocate_height_hint"]) == (0.8, 640, 480)
+    ((_, peek),) = ops["PeekImageShape"]
+    assert peek["adjust_orientation"] is False
+    assert devices == ["gpu"] * 5  # images, labels, boxes, box labels, keys: all on the GPU
+
+
+def test_cpu_mode_decoders_get_no_gpu_settings():
+    from detrec.train.input import dali
+
+    args = dali.decoder_args(gpu=False, tuning=input_lib.DaliTuning(hw_decoder_load=0.1))
+    assert args["adjust_orientation"] is False and args["jpeg_fancy_upsampling"] is True
+    assert "hw_decoder_load" not in args and "preallocate_width_hint" not in args
+
+
+# --- host threads and tuning --------------------------------------------------------------
+@pytest.mark.parametrize("cores,pipelines,threads", [(64, 8, 8), (16, 8, 2), (4, 8, 1), (128, 8, 8), (2, 1, 2),
+                                                     (64, 1, 8), (12, 4, 3)])
+def test_threads_divide_the_cores_among_the_gpus(cores, pipelines, threads):
+    from detrec.train.input import dali
+
+    assert dali.pipeline_threads(None, pipelines, cores=cores) == threads
+    assert dali.pipeline_threads(5, pipelines, cores=cores) == 5  # asked for: taken as is
+
+
+def test_a_pipeline_is_built_with_its_share_of_the_threads(dataset_dir, monkeypatch):
+    from detrec.train.input import dali
+
+    asked = []
+    real = dali.pipeline_threads
+    monkeypatch.setattr(dali, "pipeline_threads", lambda requested, pipelines: asked.append((requested, pipelines))
+                        or real(requested, pipelines))
+    input_lib.make_dataset(dataset_dir, "val", batch_size=4, image_size=16, training=False, decoder="dali")
+    input_lib.make_dataset(dataset_dir, "val", batch_size=4, image_size=16, training=False, decoder="dali",
+                           dali=input_lib.DaliTuning(threads=3))
+    assert asked == [(None, 1), (3, 1)]  # no GPU here: one pipeline per process
+
+
+def test_tuning_is_checked():
+    with pytest.raises(ValueError, match="hw_decoder_load"):
+        input_lib.DaliTuning(hw_decoder_load=1.5)
+    with pytest.raises(ValueError, match="threads"):
+        input_lib.DaliTuning(threads=0)
+    with pytest.raises(ValueError, match="preallocate"):
+        input_lib.DaliTuning(preallocate=(-1, 3))
+
+
+def test_cli_defaults_are_the_library_defaults():
+    from detrec.pipelines import train_cmd
+    from detrec.train.input import config
+
+    assert (train_cmd.HW_DECODER_LOAD, train_cmd.PREALLOCATE) == (config.HW_DECODER_LOAD, config.PREALLOCATE)
+
+
+# --- one pipeline for the whole run -------------------------------------------------------
+@pytest.mark.parametrize("workers,batch", [(1, 10), (2, 7), (5, 4)])
+def test_one_training_pipeline_serves_every_epoch(dataset_dir, workers, batch):
+    """Built once, read epoch after epoch: each epoch every worker hands out `steps` full
+    batches of its own examples, none twice, in a new order; the partial batch and DALI's
+    padding are read past, so the next epoch starts clean on every worker at once."""
+    from detrec.train.input import streams
+
+    split = input_lib.split_shards(dataset_info.load(dataset_dir), dataset_dir, "train")
+    plans = [input_lib.plan_epoch(split, batch_size=batch, training=True, decoder="dali", num_workers=workers,
+                                  worker_index=i) for i in range(workers)]
+    assert len({p.stream_steps for p in plans}) == 1  # DALI pads every worker to the same epoch
+    steps = min(p.steps for p in plans)
+    epochs = [[] for _ in range(3)]
+    for i, plan in enumerate(plans):
+        config = input_lib.InputConfig(batch_size=batch, image_size=16, training=True, decoder="dali", seed=3,
+                                       repeat=True, with_keys=True, num_workers=workers, worker_index=i)
+        stream = streams.local_stream(split, config, plans[0])
+        stream.steps = steps  # the trainer's steps: the smallest share's
+        batches = stream.batches()
+        for e in range(3):
+            keys = [k for _ in range(steps) for k in input_lib.key_strings(next(batches)[2])]
+            assert len(keys) == len(set(keys)) == steps * batch
+            epochs[e].append(keys)
+        stream.close()
+    everything = set(records_by_key(dataset_dir, "train"))
+    for e in range(3):
+        seen = [k for keys in epochs[e] for k in keys]
+        assert len(seen) == len(set(seen)) and set(seen) <= everything  # disjoint workers
+    assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_epoch_stream_reads_past_a_partly_read_epoch():
+    from detrec.train.input import streams
+
+    counter = iter(range(1000))
+    stream = streams.EpochStream(lambda: (next(counter),), steps=3, stream_steps=5)
+    assert [b[0] for b in stream.epoch()] == [0, 1, 2]
+    gen = stream.batches()
+    assert [next(gen)[0] for _ in range(4)] == [5, 6, 7, 10]  # 3, 4 and 8, 9 are padding
+    assert stream.realign() == 4  # 11-14: the rest of the epoch 10 began
+    assert [b[0] for b in stream.epoch()] == [15, 16, 17]
+    with pytest.raises(ValueError):
+        streams.EpochStream(lambda: (0,), steps=4, stream_steps=3)
+
+
+# --- the random crop: one distribution for both decoders ----------------------------------
+def _ks(a: np.ndarray, b: np.ndarray) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic (largest gap between the two CDFs)."""
+    z = np.sort(np.concatenate([a, b]))
+    cdf = lambda x: np.searchsorted(np.sort(x), z, side="right") / len(x)  # noqa: E731
+    return float(np.max(np.abs(cdf(a) - cdf(b))))
+
+
+@pytest.mark.parametrize("hw", [(375, 500), (120, 160), (100, 400), (3, 5)])
+def test_random_windows_follow_dalis_distribution(hw):
+    """augment.random_window rebuilds DALI's random_crop_generator: 3000 windows from each
+    have the same distribution of area, aspect and offset (KS statistic below 0.05, where
+    chance alone exceeds 0.05 about once in 1,000 draws at this size)."""
+    from nvidia.dali import fn, pipeline_def
+
+    from detrec.train import augment
+
+    n, (h, w) = 3000, hw
+    window = tf.function(lambda seed: augment.random_window(tf.constant([h, w]), seed))
+    ours = np.array([window(tf.constant([i, 11], tf.int64)).numpy() for i in range(n)])
+
+    @pipeline_def(batch_size=n, num_threads=1, device_id=None, seed=5)
+    def pipe():
+        shape = fn.external_source(source=lambda: [np.array([h, w], np.int32)] * n, batch=True)
+        start, size = fn.random_crop_generator(shape, random_area=list(augment.AREA_RANGE),
+                                               random_aspect_ratio=list(augment.ASPECT_RATIO_RANGE),
+                                               num_attempts=augment.MAX_ATTEMPTS)
+        return start, size
+
+    p = pipe()
+    p.build()
+    start, size = (np.array(t.as_tensor()) for t in p.run())
+    theirs = np.concatenate([start, size], axis=1)
+    for windows in (ours, theirs):
+        assert (windows >= 0).all() and (windows[:, 0] + windows[:, 2] <= h).all()
+        assert (windows[:, 1] + windows[:, 3] <= w).all() and (windows[:, 2:] >= 1).all()
+    area = lambda x: x[:, 2] * x[:, 3] / (h * w)  # noqa: E731
+    aspect = lambda x: np.log(x[:, 3] / x[:, 2])  # noqa: E731
+    for stat in (area, aspect, lambda x: x[:, 0], lambda x: x[:, 1]):
+        assert _ks(stat(ours), stat(theirs)) < 0.05
+
+
+@pytest.mark.parametrize("hw,crop", [((20, 2000), (20, 26)), ((2000, 20), (26, 20))])
+def test_images_too_wide_or_tall_get_dalis_clamped_window(hw, crop):
+    """No draw fits an image 100 times wider than tall: both clamp the whole image to the
+    widest allowed aspect (4/3 of its height), where TensorFlow's sampler gave the whole image."""
+    from detrec.train import augment
+
+    for s in range(20):
+        y, x, h, w = augment.random_window(tf.constant(hw), tf.constant([s, 0], tf.int64)).numpy()
+        assert (h, w) == crop and 0 <= y <= hw[0] - h and 0 <= x <= hw[1] - w

@@ -239,9 +239,10 @@ from detrec.train.config import TrainConfig
 from detrec.train.data import make_data
 from detrec.train.trainer import Trainer
 data_dir, model_dir, replicas = sys.argv[1], sys.argv[2], int(sys.argv[3])
+decoder = sys.argv[4] if len(sys.argv) > 4 else "cpu"
 strategy = (tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)]) if replicas > 1
             else tf.distribute.get_strategy())
-data, steps = make_data(strategy, data_dir, batch_size=8, image_size=64, decoder="cpu",
+data, steps = make_data(strategy, data_dir, batch_size=8, image_size=64, decoder=decoder,
                         preprocess="inception", seed=0)
 cfg = TrainConfig(model_dir=model_dir, model=models.ModelConfig("semi_alexnet", len(data.classes), 64),
                   epochs=1, batch_size=8, steps_per_epoch=steps)
@@ -270,6 +271,60 @@ def test_mirrored_strategy_on_two_replicas_matches_one(dataset_dir, tmp_path):
     assert runs[1]["total_steps"] == runs[2]["total_steps"] == STEPS
     for key in ("train_loss", "train_accuracy", "val_loss", "val_top1"):
         assert runs[2]["epochs"][0][key] == pytest.approx(runs[1]["epochs"][0][key], rel=1e-4), key
+
+
+def test_mirrored_strategy_with_dali_gives_each_replica_its_own_pipeline(dataset_dir, tmp_path):
+    """DALI under MirroredStrategy (2 logical CPUs, DALI's CPU mode): one pipeline per replica,
+    each half the global batch and its own half of the records, joined per step."""
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    done = subprocess.run([sys.executable, str(script), dataset_dir, str(tmp_path / "m"), "2", "dali"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"rc": 0, "replicas": 2, "val_examples": 32}
+    assert metrics(str(tmp_path / "m"))["total_steps"] == STEPS
+
+
+def test_dali_builds_its_pipelines_once_per_run(dataset_dir, tmp_path, monkeypatch):
+    """Two epochs, one training pipeline and one validation pipeline; a rerun builds again."""
+    from detrec.train.input import dali
+
+    built = []
+    real = dali.make_dataset
+    monkeypatch.setattr(dali, "make_dataset", lambda split, config: built.append(config.training) or
+                        real(split, config))
+    model_dir = str(tmp_path / "m")
+    assert train(dataset_dir, model_dir, "--epochs", "2", "--decoder", "dali") == 0
+    assert built == [True, False]
+    doc = metrics(model_dir)
+    assert doc["total_steps"] == 2 * STEPS and [e["steps"] for e in doc["epochs"]] == [STEPS, STEPS]
+    assert train(dataset_dir, model_dir, "--epochs", "3", "--decoder", "dali") == 0
+    assert built == [True, False, True, False] and metrics(model_dir)["total_steps"] == 3 * STEPS
+
+
+def test_two_workers_with_dali(dataset_dir, tmp_path):
+    """MultiWorkerMirroredStrategy + DALI (CPU mode): TensorFlow 2.21 refuses the per-replica
+    input DALI on GPUs used to need; one pipeline per replica works under it. Both workers
+    end with the same weights; each epoch they trained on disjoint examples, none twice."""
+    from tests.test_multiworker import assert_identical_weights, run_cluster
+
+    model_dir = str(tmp_path / "model")
+    chief_log, _ = run_cluster(dataset_dir, model_dir, str(tmp_path), "--epochs", "2", "--decoder", "dali")
+    assert "2 replica(s) on 2 workers (this is worker 0), decoder dali" in chief_log
+    assert metrics(model_dir)["total_steps"] == 2 * STEPS
+    assert_identical_weights(model_dir, 2 * STEPS)
+    everything = set(schema.decode(r.numpy()).sha256 for r in tf.data.TFRecordDataset(
+        sorted(os.path.join(dataset_dir, f) for f in os.listdir(dataset_dir) if f.startswith("train-")
+               and f.endswith(".tfrecord"))))
+    for epoch in (1, 2):
+        keys = []
+        for worker in range(2):
+            with open(rundir.keys_path(model_dir, epoch, worker)) as f:
+                keys.append(f.read().split())
+        assert len(keys[0]) == len(keys[1]) == STEPS * 4
+        assert not set(keys[0]) & set(keys[1]) and len(set(keys[0] + keys[1])) == 2 * STEPS * 4
+        assert set(keys[0] + keys[1]) <= everything
 
 
 # --- interruption ---------------------------------------------------------------------------
@@ -301,6 +356,29 @@ def test_sigkill_mid_epoch_then_restart_matches_an_uninterrupted_run(dataset_dir
         assert [e[key] for e in got["epochs"]] == [e[key] for e in ref["epochs"]], key
     result = evaluate_export(dataset_dir, resumed)
     assert result["count"] == 32 and 0 <= result["top1"] <= 1
+
+
+def test_dali_resumes_mid_epoch_in_a_fresh_order_and_says_so(dataset_dir, tmp_path):
+    """DALI's pipeline is built once per run: a resumed epoch keeps its length and the run its
+    step count, and the log says the order is a fresh one (tf.data resumes exactly, above)."""
+    model_dir, log = str(tmp_path / "m"), str(tmp_path / "run.log")
+    flags = ("--epochs", "2", "--checkpoint-every", "3", "--decoder", "dali", "--record-keys")
+    proc = spawn(dataset_dir, model_dir, log, *flags)
+    wait_for_checkpoint(proc, model_dir)
+    proc.kill()
+    proc.wait()
+    state = checkpoint_state(model_dir)
+    assert state["epoch"] == 0 and 0 < state["position"] < STEPS
+    proc = spawn(dataset_dir, model_dir, log, *flags)
+    assert proc.wait(timeout=600) == 0
+    with open(log) as f:
+        text = f.read()
+    assert f"epoch 1 continues in a fresh order after its {state['position']} trained batches" in text
+    doc = metrics(model_dir)
+    assert doc["total_steps"] == 2 * STEPS and [e["steps"] for e in doc["epochs"]] == [STEPS, STEPS]
+    with open(rundir.keys_path(model_dir, 2, 0)) as f:  # the epoch after the resumed one is whole
+        keys = f.read().split()
+    assert len(keys) == len(set(keys)) == STEPS * 8
 
 
 def test_sigint_saves_then_stops_and_the_rerun_finishes(dataset_dir, tmp_path):

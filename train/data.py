@@ -2,9 +2,21 @@
 
 `make_data` reads dataset_info.json once, checks everything the trainer would otherwise
 trip over later (the splits, the batch against the replicas and each worker's share), and
-returns per-epoch training streams and a validation pass already shaped for the strategy.
-Epoch `e` reads a stream seeded by `epoch_seed(seed, e)`: the same batches every time it is
-rebuilt, which is what a resumed run relies on (see train/trainer.py).
+returns the training stream and a validation pass already shaped for the strategy.
+
+tf.data (`--decoder cpu`): epoch `e` reads a pipeline built for it and seeded by
+`epoch_seed(seed, e)`: the same batches every time it is rebuilt, which is what exact resume
+relies on (see train/trainer.py). Building a tf.data pipeline costs milliseconds.
+
+DALI: one pipeline per local replica, built when training starts (and again only after a
+resume) and read one epoch after the other (detrec.train.input.streams says why, and why
+that works under MultiWorkerMirroredStrategy too); validation on one replica keeps one DALI
+pipeline for the whole run as well. Epoch `e` of a run is the `e - e0`-th epoch of a
+stream built at epoch e0 from `epoch_seed(seed, e0)`: reproducible for a given start, but a
+stream cannot be started at an arbitrary epoch's state, so a run resumed mid-epoch reads
+past the batches already trained in a *fresh* order (`Data.resume == "realigned"`): the
+epoch keeps its length and the epochs after it are whole, yet the interrupted epoch may see
+some examples twice and others not at all. Use `--decoder cpu` where a resume must be exact.
 
 tf.data service (`--data-service`)
 ----------------------------------
@@ -35,6 +47,12 @@ from detrec.core.errors import UserError
 from detrec.train import data_service as service_lib
 from detrec.train import input as input_lib
 from detrec.train.distribute import worker_position
+from detrec.train.input import streams
+
+# How a run resumed mid-epoch gets the rest of that epoch (`Data.resume`).
+RESUME_EXACT = "exact"          # the epoch's stream is rebuilt as it was: skip the trained batches
+RESUME_REALIGNED = "realigned"  # a fresh order: skip as many batches, so epochs stay whole after it
+RESUME_FRESH = "fresh"          # no order to skip in (tf.data service): take the remaining count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +61,11 @@ class Data:
 
     Attributes:
       train: epoch -> an endless iterable of batches ((images, labels), distributed for the
-        strategy) whose order depends only on the epoch (see the module docstring).
+        strategy); see the module docstring for what its order depends on.
       val: () -> one pass over the validation split, every example exactly once.
       classes: the K+1 classes by id, background first.
       skipped: () -> records dropped so far by --skip-corrupt (None when not counting).
-      reproducible: whether `train(e)` gives the same batches every time it is rebuilt (the
-        tf.data service's order is not); resume skips trained batches only when it does.
+      resume: how a mid-epoch resume continues the epoch (RESUME_*).
       with_keys: train batches carry a third element, the examples' keys ([B, 64] uint8),
         which the trainer records (`rundir.keys_path`).
     """
@@ -57,8 +74,26 @@ class Data:
     val: Callable[[], Iterable]
     classes: Sequence[ClassInfo]
     skipped: Callable[[], int] | None = None
-    reproducible: bool = True
+    resume: str = RESUME_EXACT
     with_keys: bool = False
+
+    @property
+    def reproducible(self) -> bool:
+        """Whether `train(e)` gives the same batches every time it is rebuilt."""
+        return self.resume == RESUME_EXACT
+
+
+def resume_note(resume: str, epoch: int, position: int, steps: int) -> str:
+    """The line a run resumed `position` batches into `epoch` (from 0) of `steps` prints."""
+    if resume == RESUME_EXACT:
+        return f"skipping the {position} batches of epoch {epoch + 1} already trained"
+    if resume == RESUME_REALIGNED:
+        return (f"the DALI input is built once per run, so epoch {epoch + 1} continues in a fresh order "
+                f"after its {position} trained batches: some of its examples may be seen twice and others "
+                "missed, and its recorded keys are the resumed part's only (--decoder cpu resumes exactly)")
+    return (f"the input order is not reproducible (tf.data service): the remaining {steps - position} steps "
+            f"of epoch {epoch + 1} take their batches from a fresh epoch of the input, so this epoch may "
+            "repeat some examples and miss others")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -69,20 +104,22 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: int,
               image_size: int, decoder: str, preprocess: str, seed: int,
               skip_corrupt: bool = False, data_service: str | None = None,
-              with_keys: bool = False) -> tuple[Data, int]:
+              with_keys: bool = False, dali: input_lib.DaliTuning = input_lib.DaliTuning()) -> tuple[Data, int]:
     """`Data` from a detrec dataset through detrec.train.input, and the train steps per epoch.
 
-    Training goes through `strategy.distribute_datasets_from_function` (each input pipeline
-    reads its own disjoint part; DALI pipelines sit on their replica's GPU). Validation on
-    one replica walks exactly one epoch with `take_epoch` (which trims DALI's padded last
-    batch); on several replicas or workers it uses the tf.data decoder, whose last batch is
-    simply short, through `experimental_distribute_dataset`, which splits it across replicas
-    (and, under MultiWorkerMirroredStrategy, the val files across workers).
+    tf.data training goes through `strategy.distribute_datasets_from_function` (each input
+    pipeline reads its own disjoint part); DALI training through `streams.replica_stream`
+    (one pipeline per replica on its GPU, each its own part). Validation on one replica walks
+    exactly one epoch (DALI: of one pipeline kept for the run, its padded last batch trimmed);
+    on several replicas or workers it uses the tf.data decoder, whose last batch is simply
+    short, through `experimental_distribute_dataset`, which splits it across replicas (and,
+    under MultiWorkerMirroredStrategy, the val files across workers).
 
     Args:
       data_service: `grpc://HOST:PORT` of a tf.data service dispatcher: the training
         pipeline runs there (see the module docstring); validation stays local.
       with_keys: also deliver each training example's key (see `Data.with_keys`).
+      dali: DALI's threads and hardware-decoder settings (ignored by tf.data).
 
     Raises:
       UserError: a bad dataset or split, a batch that does not divide over the replicas or
@@ -102,28 +139,43 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
         raise UserError(f"--batch-size {batch_size} is not a multiple of the {replicas} replicas")
     workers, _ = worker_position(strategy)
     train_split = input_lib.split_shards(info, data_dir, "train")
-    # Every worker must run the same number of steps (each step is a collective), so the
+    # Who reads a disjoint part: each DALI pipeline (one per replica), each tf.data worker.
+    readers, who = (replicas, "replica") if decoder == "dali" else (workers, "worker")
+    # Every reader must run the same number of steps (each step is a collective), so the
     # smallest share decides; with even shards nothing is left out.
-    plans = [input_lib.plan_epoch(train_split, batch_size=batch_size // workers, training=True,
-                                  decoder=decoder, num_workers=workers, worker_index=i,
-                                  skip_corrupt=skip_corrupt) for i in range(workers)]
+    plans = [input_lib.plan_epoch(train_split, batch_size=batch_size // readers, training=True,
+                                  decoder=decoder, num_workers=readers, worker_index=i,
+                                  skip_corrupt=skip_corrupt) for i in range(readers)]
     steps = min(plan.steps for plan in plans)
     if steps < 1:
         smallest = min(plans, key=lambda plan: plan.steps)
-        share = f"worker {plans.index(smallest)}'s share of " if workers > 1 else ""
+        share = f"{who} {plans.index(smallest)}'s share of " if readers > 1 else ""
         raise UserError(f"{share}the train split of {data_dir} has {smallest.num_examples} examples, "
                         f"fewer than one batch of {smallest.batch_size}")
     val_split = input_lib.split_shards(info, data_dir, "val")  # UserError now, not after the first epoch
     counter = input_lib.SkipCounter() if skip_corrupt else None
-    # batch_size is global here: build_dataset_fn gives each input pipeline its share.
+    # batch_size is global here: build_dataset_fn / replica_stream give each pipeline its share.
     train_config = input_lib.InputConfig(batch_size=batch_size, image_size=image_size, training=True,
                                          decoder=decoder, preprocess=preprocess, repeat=True,
-                                         skip_corrupt=skip_corrupt, counter=counter, with_keys=with_keys)
+                                         skip_corrupt=skip_corrupt, counter=counter, with_keys=with_keys,
+                                         dali=dali)
     val_config = input_lib.InputConfig(batch_size=batch_size, image_size=image_size, training=False,
                                        decoder=decoder, preprocess=preprocess, skip_corrupt=skip_corrupt,
-                                       counter=counter)
+                                       counter=counter, dali=dali)
+    live: dict[str, object] = {}  # the DALI streams kept across epochs, and the epoch due next
+
+    def dali_train(epoch: int) -> Iterable:
+        if live.get("next_epoch") != epoch:  # the first epoch of this run, or a jump
+            if "train" in live:
+                live.pop("train").close()
+            live["train"] = streams.replica_stream(
+                train_split, train_config.replace(seed=epoch_seed(seed, epoch)), strategy, plans[0], steps)
+        live["next_epoch"] = epoch + 1
+        return live["train"].batches()
 
     def train(epoch: int) -> Iterable:
+        if decoder == "dali":
+            return dali_train(epoch)
         config = train_config.replace(seed=epoch_seed(seed, epoch))
         if service:
             # A SkipCounter cannot travel with the pipeline (it is a variable of this
@@ -137,14 +189,18 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
         if replicas == 1 and workers == 1:
             val_plan = input_lib.plan_epoch(val_split, batch_size=batch_size, training=False,
                                             decoder=decoder, skip_corrupt=skip_corrupt)
-            ds = input_lib.build_dataset(val_split, val_config.replace(repeat=decoder == "dali"))
-            return input_lib.take_epoch(iter(ds), val_plan)
+            if decoder == "dali":
+                if "val" not in live:
+                    live["val"] = streams.local_stream(val_split, val_config.replace(repeat=True), val_plan)
+                return live["val"].epoch(val_plan.rows)
+            return input_lib.take_epoch(iter(input_lib.build_dataset(val_split, val_config)), val_plan)
         ds = input_lib.build_dataset(val_split, val_config.replace(decoder="cpu"))
         return strategy.experimental_distribute_dataset(ds)
 
     skipped = (lambda: counter.result()["records"]) if counter else None
-    return Data(train=train, val=val, classes=list(info.classes), skipped=skipped,
-                reproducible=service is None, with_keys=with_keys), steps
+    resume = RESUME_FRESH if service else RESUME_REALIGNED if decoder == "dali" else RESUME_EXACT
+    return Data(train=train, val=val, classes=list(info.classes), skipped=skipped, resume=resume,
+                with_keys=with_keys), steps
 
 
 def _service_dataset_fn(split: input_lib.SplitShards, config: input_lib.InputConfig,

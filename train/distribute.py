@@ -6,7 +6,8 @@ Several machines (MultiWorkerMirroredStrategy)
 several tasks (`detrec train --worker-hosts ... --worker-index i` writes TF_CONFIG). Every
 worker runs the same training loop in lockstep: each step's gradients and sums are
 all-reduced, so every worker holds the same weights after every step. Each worker's input
-pipeline reads its own disjoint set of shard files (`detrec.train.input.dataset_fn`); an
+pipeline reads its own disjoint set of shard files (`detrec.train.input.dataset_fn`; with
+DALI, each replica's pipeline its own records, `detrec.train.input.streams`); an
 epoch is the same number of steps on every worker (the smallest worker's share decides it,
 otherwise one worker would wait forever in a collective), and validation is split between
 the workers and summed. Checkpoint saves are collective, so every worker saves at the same

@@ -2,9 +2,10 @@
 
 An image reaches the model along the same road a training image did: `detrec.core.images.
 prepare` (what the Beam job does to every source file: good JPEG bytes kept as they are, any
-other format or CMYK converted to an RGB JPEG with Pillow), then the input pipeline's own
-per-image evaluation transform from train/augment.py for the preprocessing the model was
-trained with. Nothing here re-implements either step, so predict cannot drift from training.
+other format or CMYK converted to an RGB JPEG with Pillow, an EXIF-rotated photo turned
+upright), then the input pipeline's own per-image evaluation transform from train/augment.py
+for the preprocessing the model was trained with. Nothing here re-implements either step,
+so predict cannot drift from training.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ def eval_image(encoded: tf.Tensor, image_size: int, preprocess: str) -> tf.Tenso
     return image
 
 
+def prepare_image(data: bytes, image_size: int, preprocess: str) -> tf.Tensor:
+    """A file's bytes as the model sees them: `images.prepare`, then the evaluation transform.
+
+    Raises:
+      ImageError: not an image that can become a record.
+    """
+    prepared = images.prepare(data, _decodes)
+    return eval_image(tf.constant(prepared.data), image_size, preprocess)
+
+
 def _decodes(data: bytes) -> bool:
     """Whether the training decoder, tf.io.decode_jpeg, accepts the bytes (else they are converted)."""
     try:
@@ -99,8 +110,7 @@ class Predictor:
                 data = f.read()
         except OSError as exc:
             raise images.ImageError("unreadable", exc.strerror or str(exc)) from None
-        prepared = images.prepare(data, _decodes)
-        return eval_image(tf.constant(prepared.data), self.image_size, self.preprocess)
+        return prepare_image(data, self.image_size, self.preprocess)
 
     def probabilities(self, batch: tf.Tensor) -> np.ndarray:
         logits = self.model(batch, training=False)

@@ -8,10 +8,10 @@ gives us the exact control over steps that resume needs.
 
 Resume and the input position
 -----------------------------
-Epoch `e` reads `data.train(e)`, a stream whose order is a pure function of the run's seed
-and `e` (`data.epoch_seed`; the input pipeline seeds its shuffles and per-example
-augmentation with it and keeps interleave and map order deterministic - tests/test_train.py
-checks this). The checkpoint stores the number of batches already consumed in the current
+Epoch `e` reads `data.train(e)`. With the tf.data decoder that is a stream whose order is a
+pure function of the run's seed and `e` (`data.epoch_seed`; the input pipeline seeds its
+shuffles and per-example augmentation with it and keeps interleave and map order
+deterministic - tests/test_train.py checks this). The checkpoint stores the number of batches already consumed in the current
 epoch (train/state.py); a resumed run rebuilds epoch `e`'s stream and drops that many
 batches from its iterator, so it sees exactly the batches the interrupted run had not yet
 trained on: same epochs, same optimizer steps, and (with deterministic ops) bit-for-bit the
@@ -22,7 +22,8 @@ an iterator checkpoint holds the shuffle and prefetch buffers (megabytes to giga
 records in every checkpoint), cannot capture a DALI pipeline, and ties the checkpoint to the
 exact graph of the input pipeline. The price is re-reading (and decoding) the dropped
 batches once per resume, at most one epoch's worth; `--checkpoint-every` bounds the work
-lost, not this cost. (The tf.data service's order is not reproducible: see train/data.py.)
+lost, not this cost. (The tf.data service's order is not reproducible, and DALI's stream is
+built once per run, so its resumed epoch continues in a fresh order: see train/data.py.)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from detrec.core.errors import UserError
 from detrec.train import distribute, models, rundir
 from detrec.train import input as input_lib
 from detrec.train.config import TrainConfig, run_config_dict
+from detrec.train import data as data_lib
 from detrec.train.data import Data
 from detrec.train.export import export_model
 from detrec.train.interrupt import StopRequested
@@ -241,19 +243,18 @@ class Trainer:
         steps = cfg.steps_per_epoch
         iterator = iter(self.data.train(epoch))
         keys: list[str] | None = [] if self.data.with_keys else None
-        if s.position and self.data.reproducible:
-            # The input position: this epoch's order is fixed by its seed, so dropping the
-            # batches the interrupted run trained on leaves exactly the ones it had not.
-            self._log(f"skipping the {s.position} batches of epoch {epoch + 1} already trained")
+        if s.position:
+            self._log(data_lib.resume_note(self.data.resume, epoch, s.position, steps))
+        if s.position and self.data.resume != data_lib.RESUME_FRESH:
+            # The input position. Exact: this epoch's order is fixed by its seed, so dropping
+            # the batches the interrupted run trained on leaves exactly the ones it had not.
+            # Realigned (DALI): a fresh order, but dropping as many keeps the epochs whole.
+            exact = self.data.resume == data_lib.RESUME_EXACT
             for _ in tqdm(range(s.position), desc="  skip", unit="batch", file=sys.stderr,
                           disable=not self.chief, leave=False):
                 batch = next(iterator)
-                if keys is not None:  # the same batches the interrupted run trained on
+                if keys is not None and exact:  # the same batches the interrupted run trained on
                     keys += self._local_keys(batch[2])
-        elif s.position:
-            self._log(f"the input order is not reproducible (tf.data service): the remaining "
-                      f"{steps - s.position} steps of epoch {epoch + 1} take their batches from a "
-                      "fresh epoch of the input, so this epoch may repeat some examples and miss others")
         pending = tf.zeros([3], tf.float64)  # sums not yet read back from the device
         sums = s.sums
         last_shown = 0.0

@@ -7,21 +7,28 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
                  num_workers=1, worker_index=0, repeat=False,
                  skip_corrupt=False, counter=None,
                  with_boxes=False, with_keys=False, max_boxes=MAX_BOXES, dtype=None,
-                 shuffle_buffer=SHUFFLE_BUFFER, device_id=None)
+                 shuffle_buffer=SHUFFLE_BUFFER, device_id=None, dali=DaliTuning())
         -> tf.data.Dataset of (images, labels[, boxes, box_labels][, keys])
 
     epoch_plan(...) / take_epoch(iterator, plan)   one worker's epoch, for both decoders
     dataset_fn(...) / input_options(decoder)      tf.distribute.distribute_datasets_from_function
+    streams.replica_stream(...) / EpochStream     DALI under any strategy, built once per run
     shard_errors() / CorruptShardError / SkipCounter   corruption, see below
 
 * images: [B, H, W, 3] of `output_dtype(preprocess, dtype)`; `image_size` is an int or (H, W).
-  - preprocess="inception": pixels scaled to [-1, 1] (x / 127.5 - 1). Training takes an
-    Inception random-resized crop (decoding only the crop window) and a random flip;
-    evaluation decodes the whole image and resizes it to (H, W). Default dtype float32, or
-    float16 when the Keras policy is mixed_float16.
+  - preprocess="inception": pixels scaled to [-1, 1] (x / 127.5 - 1). Training takes a
+    random-resized crop (decoding only the crop window) and a random flip; evaluation
+    decodes the whole image and resizes it to (H, W). Default dtype float32, or float16 when
+    the Keras policy is mixed_float16. The crop window is drawn alike by both decoders (DALI's
+    `random_crop_generator`, rebuilt in `augment.random_window`): area uniform in 8-100%,
+    aspect ratio log-uniform in 3/4..4/3, 10 attempts, then the whole image clamped to that
+    aspect range; the draws themselves differ (different generators).
   - preprocess="seed": the original article's transform, identical in training and
     evaluation: resize_with_crop_or_pad to (H, W), cast float16, per_image_standardization
     (zero mean, unit variance per image). Default dtype float16, as the article's net saw it.
+  - pixels are the JPEG's stored pixels: EXIF orientation is ignored by both decoders, as
+    records are stored upright (detrec.core.images). A GPU decodes within a grey level of
+    the CPU (train/input/dali.py states the tolerance).
   - dtype=... overrides: tf.float32, tf.float16, or tf.bfloat16 (tf.data only: DALI has no
     bfloat16; with a bfloat16 policy the default is float32 and Keras casts on input).
 * labels: [B] int64, `image/class/label` (0 = background).
@@ -43,7 +50,11 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
 * Workers: `num_workers`/`worker_index` give disjoint parts that together cover the split.
   tf.data splits shard *files* (every k-th file; when there are fewer files than workers, every
   worker reads all files and keeps every k-th record); DALI splits records (`shard_id`).
-  `dataset_fn` + `input_options` plug this into `strategy.distribute_datasets_from_function`.
+  `dataset_fn` + `input_options` plug this into `strategy.distribute_datasets_from_function`
+  (tf.data under any strategy; DALI on GPUs only under MirroredStrategy, the only one that
+  implements per-replica input). `streams.replica_stream` runs DALI under every strategy,
+  MultiWorkerMirroredStrategy included: one pipeline per local replica, read epoch after
+  epoch; the trainer uses it.
 * Corruption: every shard's readable record count is checked against dataset_info.json. A
   corrupt, truncated or unreadable shard stops iteration with a TF error whose message names
   the file; inside `with shard_errors():` it is raised as `CorruptShardError` (a UserError:
@@ -57,12 +68,13 @@ The shard list always comes from dataset_info.json (never a glob), and records a
 only with `detrec.core.schema.parse_spec()`.
 
 Layout: `common` (shard list, worker shares, decoder choice, errors; what both lines use),
-`config` (`InputConfig`, the keyword arguments above as one validated value), `tfdata`
-(the tf.data line) and `dali` (the DALI line), which import `common` and never each other;
-this module chooses between them. The calls above take a folder and read its
-dataset_info.json; code that builds many pipelines from one dataset (the trainer) loads it
-once, takes `split_shards(info, data_dir, split)` and calls `build_dataset`,
-`build_dataset_fn` and `plan_epoch` with that and an `InputConfig`.
+`config` (`InputConfig` - the keyword arguments above as one validated value - and
+`DaliTuning`), `tfdata` (the tf.data line) and `dali` (the DALI line), which import
+`common` and never each other; this module chooses between them; `streams` keeps DALI
+pipelines for a whole run and feeds them to any strategy. The calls above take a folder and
+read its dataset_info.json; code that builds many pipelines from one dataset (the trainer)
+loads it once, takes `split_shards(info, data_dir, split)` and calls `build_dataset`,
+`build_dataset_fn`, `plan_epoch` or `streams.replica_stream` with that and an `InputConfig`.
 """
 
 from __future__ import annotations
@@ -79,11 +91,13 @@ from detrec.train.input.common import (DECODERS, MAX_BOXES, PREPROCESS, SHUFFLE_
                                        EpochPlan, Shard, SkipCounter, SplitShards, as_size, check_workers,
                                        dali_available, gpu_visible, key_strings, output_dtype, resolve_decoder,
                                        split_shards, take_epoch)
-from detrec.train.input.config import InputConfig
+from detrec.train.input.config import DaliTuning, InputConfig
+from detrec.train.input.streams import EpochStream
 from detrec.train.input.tfdata import shard_errors
 
 __all__ = [
-    "DECODERS", "MAX_BOXES", "PREPROCESS", "SHUFFLE_BUFFER", "CorruptShardError", "EpochPlan", "InputConfig",
+    "DECODERS", "MAX_BOXES", "PREPROCESS", "SHUFFLE_BUFFER", "CorruptShardError", "DaliTuning", "EpochPlan",
+    "EpochStream", "InputConfig",
     "Shard", "SkipCounter", "SplitShards", "as_size", "build_dataset", "build_dataset_fn", "dali_available",
     "dataset_fn", "epoch_plan", "gpu_visible", "input_options", "key_strings", "make_dataset", "output_dtype",
     "plan_epoch", "resolve_decoder", "shard_errors", "split_shards", "take_epoch",
@@ -97,7 +111,7 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, image_size: int 
                  repeat: bool = False, skip_corrupt: bool = False, counter: SkipCounter | None = None,
                  with_boxes: bool = False, with_keys: bool = False, max_boxes: int = MAX_BOXES,
                  dtype: tf.DType | str | None = None, shuffle_buffer: int = SHUFFLE_BUFFER,
-                 device_id: int | None = None) -> tf.data.Dataset:
+                 device_id: int | None = None, dali: DaliTuning = DaliTuning()) -> tf.data.Dataset:
     """The input pipeline of a split; see the module docstring for the full contract.
 
     Args:
@@ -118,6 +132,7 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, image_size: int 
       shuffle_buffer: records in the training shuffle buffer (tf.data; DALI uses it as
         its reader's `initial_fill`).
       device_id: DALI's GPU (None: the first visible GPU, CPU-only DALI when there is none).
+      dali: DALI's threads and hardware-decoder settings (`DaliTuning`).
 
     Raises:
       ValueError: a bad argument.
@@ -128,7 +143,7 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, image_size: int 
                          preprocess=preprocess, seed=seed, num_workers=num_workers, worker_index=worker_index,
                          repeat=repeat, skip_corrupt=skip_corrupt, counter=counter, with_boxes=with_boxes,
                          with_keys=with_keys, max_boxes=max_boxes, dtype=dtype, shuffle_buffer=shuffle_buffer,
-                         device_id=device_id)
+                         device_id=device_id, dali=dali)
     resolve_decoder(decoder)  # a bad decoder before a bad folder, as always
     return build_dataset(split_shards(dataset_info.load(data_dir), data_dir, split), config)
 
@@ -169,7 +184,8 @@ def plan_epoch(split: SplitShards, *, batch_size: int, training: bool, decoder: 
     """Steps per epoch and real rows per batch for one worker of `split`.
 
     Training: floor(n / batch) full batches. Evaluation: ceil(n / batch) batches for tf.data;
-    DALI pads every worker to the batches of the largest worker (its `pad_last_batch`).
+    DALI pads every worker to the batches of the largest worker (its `pad_last_batch`), and
+    in training the batches after the full ones are the plan's `padding_steps`.
     With skip_corrupt, DALI's plan leaves out the shards it will skip, but tf.data only learns
     what is unreadable while reading: evaluate with repeat=False there, so that take_epoch
     stops at the end of the (shorter) epoch instead of running into the next one.
@@ -178,8 +194,9 @@ def plan_epoch(split: SplitShards, *, batch_size: int, training: bool, decoder: 
     if resolve_decoder(decoder) == "dali":
         sizes = dali.worker_sizes(split, num_workers, skip_corrupt)
         n = sizes[worker_index]
-        steps = n // batch_size if training else math.ceil(max(sizes) / batch_size)
-        return EpochPlan(batch_size, n, steps)
+        stream_steps = math.ceil(max(sizes) / batch_size)
+        steps = n // batch_size if training else stream_steps
+        return EpochPlan(batch_size, n, steps, padding_steps=stream_steps - steps)
     n = tfdata.worker_examples(split, num_workers, worker_index)
     steps = n // batch_size if training else math.ceil(n / batch_size)
     return EpochPlan(batch_size, n, steps)
@@ -207,10 +224,20 @@ def build_dataset_fn(split: SplitShards,
     return fn
 
 
-def input_options(decoder: str = "auto") -> tf.distribute.InputOptions:
+def input_options(decoder: str = "auto",
+                  strategy: tf.distribute.Strategy | None = None) -> tf.distribute.InputOptions:
     """InputOptions matching `dataset_fn`: DALI on GPU builds one pipeline per replica, on
-    that replica's device, and must not be copied again; tf.data uses the defaults."""
+    that replica's device, and must not be copied again; tf.data uses the defaults.
+
+    Raises:
+      ValueError: DALI on GPUs under MultiWorkerMirroredStrategy, which implements no
+        per-replica input (TensorFlow 2.21 would raise NotImplementedError at the first
+        epoch): use `streams.replica_stream` there.
+    """
     if resolve_decoder(decoder) == "dali" and gpu_visible():
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise ValueError("MultiWorkerMirroredStrategy has no per-replica input for GPU-placed DALI "
+                             "datasets; use detrec.train.input.streams.replica_stream")
         return tf.distribute.InputOptions(
             experimental_place_dataset_on_device=True,
             experimental_fetch_to_device=False,

@@ -56,11 +56,22 @@ class SkipCounter:
 
 @dataclasses.dataclass(frozen=True)
 class EpochPlan:
-    """How one worker walks one epoch: `steps` batches, the first `rows(step)` rows real."""
+    """How one worker walks one epoch: `steps` batches, the first `rows(step)` rows real.
+
+    `padding_steps` more batches follow in an endless stream before the next epoch starts
+    (DALI pads every worker's training epoch to the same number of batches); `take_epoch`
+    and `streams.EpochStream` read past them.
+    """
 
     batch_size: int
     num_examples: int  # this worker's examples per epoch
     steps: int
+    padding_steps: int = 0
+
+    @property
+    def stream_steps(self) -> int:
+        """Batches one epoch of an endless stream holds, padding included."""
+        return self.steps + self.padding_steps
 
     def rows(self, step: int) -> int:
         return max(0, min(self.batch_size, self.num_examples - step * self.batch_size))
@@ -144,8 +155,15 @@ def output_dtype(preprocess: str = "inception", dtype: tf.DType | str | None = N
 
 
 # --- decoders -----------------------------------------------------------------------------
+# The GPU probe: every decision about GPUs in the input package (auto decoder, DALI's device,
+# its thread split) goes through these two, so tests can patch them on a machine without one.
+def local_gpu_count() -> int:
+    """GPUs this process sees (physical devices: listing them initialises nothing)."""
+    return len(tf.config.list_physical_devices("GPU"))
+
+
 def gpu_visible() -> bool:
-    return bool(tf.config.list_physical_devices("GPU"))
+    return local_gpu_count() > 0
 
 
 def dali_available() -> bool:
@@ -157,7 +175,12 @@ def dali_available() -> bool:
 
 
 def resolve_decoder(decoder: str = "auto") -> str:
-    """"cpu" or "dali": auto picks DALI where a GPU is visible and DALI loads, else tf.data."""
+    """"cpu" or "dali": auto picks DALI where a GPU is visible and DALI loads, else tf.data.
+
+    The same answer under every tf.distribute strategy: the trainer feeds DALI to several
+    replicas and workers through `streams` (one pipeline per local GPU), which needs none of
+    the input replication modes MultiWorkerMirroredStrategy refuses.
+    """
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     if decoder == "auto":
@@ -177,7 +200,8 @@ def take_epoch(iterator, plan: EpochPlan) -> Iterator[tuple]:
     """One epoch from a long-lived iterator: `plan.steps` batches, padding rows cut off.
 
     Works for both decoders (tf.data's short last batch is left as it is) and stops early if
-    a finite dataset ends first.
+    a finite dataset ends first. Read to its end, it also reads the epoch's padding batches,
+    so the next call starts on the next epoch's first batch.
     """
     for step in range(plan.steps):
         try:
@@ -188,3 +212,5 @@ def take_epoch(iterator, plan: EpochPlan) -> Iterator[tuple]:
         if rows < plan.batch_size:
             element = tuple(t[:rows] for t in element)
         yield element
+    for _ in range(plan.padding_steps):
+        next(iterator, None)

@@ -1,10 +1,11 @@
 """`InputConfig`: how to read a split, as one validated value instead of eighteen keywords.
 
-The trainer builds its input pipelines long after it has parsed its flags (at the start of
-every epoch, once per replica), and they pass through `dataset_fn` and tf.distribute on
-the way. One frozen value carries the settings along that road: it is checked once, when
-made (the ValueErrors `make_dataset` has always raised), and each step changes only what
-it owns with `replace` (a replica's batch and worker index, an epoch's seed).
+The trainer builds its input pipelines long after it has parsed its flags (once per run
+and replica for DALI, every epoch for tf.data), and they pass through `dataset_fn`,
+`streams` and tf.distribute on the way. One frozen value carries the settings along that
+road: it is checked once, when made (the ValueErrors `make_dataset` has always raised), and
+each step changes only what it owns with `replace` (a replica's batch and worker index, an
+epoch's seed). `DaliTuning` holds the knobs only the DALI line has.
 """
 
 from __future__ import annotations
@@ -15,6 +16,43 @@ import tensorflow as tf
 
 from detrec.train.input.common import (MAX_BOXES, SHUFFLE_BUFFER, SkipCounter, as_size, check_workers,
                                        output_dtype)
+
+
+# DALI's defaults until a GPU session measures better ones with `pipelines/dali_bench.py
+# --sweep` (it tries hardware-decoder shares, thread counts and ImageNet's preallocation):
+# the 0.65 share is NVIDIA's A100 measurement (DALI's default). No preallocation hint: DALI
+# preallocates the hardware decoder's pool anyway; NVIDIA's ImageNet example hints the
+# largest ImageNet image, 5980x6430, for every slot of the hardware decoder's batch, which
+# can take gigabytes of GPU memory next to the model - measure before making it a default.
+HW_DECODER_LOAD = 0.65
+PREALLOCATE = (0, 0)  # (width, height); 0x0: no hint
+IMAGENET_PREALLOCATE = (5980, 6430)  # the largest ImageNet image (NVIDIA's ResNet-50 example)
+
+
+@dataclasses.dataclass(frozen=True)
+class DaliTuning:
+    """How a DALI pipeline uses its host and GPU (ignored by tf.data and by DALI's CPU mode).
+
+    Attributes:
+      threads: CPU threads per pipeline; None divides this process's cores among its local
+        GPUs (one pipeline each), at most `dali.MAX_THREADS` - `min(cores, 8)` per pipeline
+        would put 64 threads plus nvJPEG's host work on an 8-GPU host's cores.
+      hw_decoder_load: share of each batch's JPEGs sent to the A100/H100 hardware decoder
+        (the rest go to nvJPEG's CUDA decoder, whose Huffman stage runs on these threads).
+      preallocate: (width, height) the hardware decoder preallocates for; (0, 0) = off.
+    """
+
+    threads: int | None = None
+    hw_decoder_load: float = HW_DECODER_LOAD
+    preallocate: tuple[int, int] = PREALLOCATE
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"DALI threads must be positive, got {self.threads}")
+        if not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise ValueError(f"hw_decoder_load must be in [0, 1], got {self.hw_decoder_load}")
+        if len(self.preallocate) != 2 or min(self.preallocate) < 0:
+            raise ValueError(f"preallocate must be (width, height) >= 0, got {self.preallocate!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +85,7 @@ class InputConfig:
     dtype: tf.DType | str | None = None
     shuffle_buffer: int = SHUFFLE_BUFFER
     device_id: int | None = None
+    dali: DaliTuning = DaliTuning()
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

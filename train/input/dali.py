@@ -8,12 +8,32 @@ follows its input's device. Callers use detrec.train.input.make_dataset(decoder=
 
 What differs from tf.data, by necessity:
 * A DALIDataset is endless and, on a GPU, must be the last dataset (TensorFlow has no GPU
-  kernels for map/take/...). Evaluation therefore pads each worker's last batch with repeats
-  of its last example (`pad_last_batch`), and `take_epoch` cuts them off.
+  kernels for map/take/...). Every worker's epoch is therefore padded to the same number of
+  batches, ceil(largest worker's share / batch), with repeats of its last example
+  (`pad_last_batch`): evaluation cuts the repeats off (`take_epoch`), training reads past
+  the partial batch (`EpochPlan.padding_steps`), so one pipeline serves every epoch of a run
+  (`streams.EpochStream`: nvJPEG starts once, the shuffle buffer fills once).
 * Workers split records, not files (`shard_id`/`num_shards`): worker i of k reads records
-  [N*i//k, N*(i+1)//k) of the split in dataset_info order.
+  [N*i//k, N*(i+1)//k) of the split in dataset_info order (training: of that epoch's shard
+  order, the same on every worker).
 * DALI does not check TFRecord CRCs, so shards are checked against dataset_info.json (size)
   and their .idx (count, extent) before the pipeline starts.
+
+Same pixels as tf.data: every decoder is told `adjust_orientation=False` (records are stored
+upright, see detrec.core.images; TensorFlow ignores EXIF, and so must DALI or a tagged record
+would come out turned) and `jpeg_fancy_upsampling=True` (libjpeg's chroma upsampling, which
+TensorFlow uses; nvJPEG's default is plain replication). DALI's CPU decoder is libjpeg-turbo
+with the accurate integer IDCT, as `augment.DCT_METHOD` asks of TensorFlow: pixels agree to a
+rounding error. nvJPEG's IDCT is not bit-identical: a GPU parity test allows a mean absolute
+difference of at most 1.0 grey level per image (DALI's own criterion for its mixed decoder
+with fancy upsampling against its CPU decoder) and a 99.9th percentile of 4
+(tests/test_gpu_dali.py, pipelines/dali_bench.py --parity). Both check ROI decodes too:
+whether nvJPEG keeps fancy upsampling when it decodes only a window (training's
+`image_slice`) has not been seen on a GPU yet.
+
+Host threads: each pipeline gets this process's cores divided among its local GPUs (one
+pipeline each), at most MAX_THREADS; `DaliTuning` overrides it and sets the hardware
+decoder's share and preallocation.
 """
 
 from __future__ import annotations
@@ -26,11 +46,49 @@ import tensorflow as tf
 
 from detrec.core import schema, tfrecord
 from detrec.train import augment
-from detrec.train.input.common import CorruptShardError, SkipCounter, SplitShards, gpu_visible
-from detrec.train.input.config import InputConfig
+from detrec.train.input import common
+from detrec.train.input.common import CorruptShardError, SkipCounter, SplitShards
+from detrec.train.input.config import DaliTuning, InputConfig
 
 _DALI_DTYPES = {tf.float32: "FLOAT", tf.float16: "FLOAT16"}
+# The GPU parity tolerance (module docstring), in grey levels per image: nvJPEG's IDCT is not
+# libjpeg's, bit for bit. tests/test_gpu_dali.py and pipelines/dali_bench.py hold GPUs to it.
+GPU_PARITY = {"mean_abs": 1.0, "p999_abs": 4.0}
+# Per pipeline: with the hardware decoder doing most JPEGs, more threads only contend.
 MAX_THREADS = 8
+
+
+def host_cores() -> int:
+    """Cores this process may run on (its affinity mask: a container's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def pipeline_threads(requested: int | None, pipelines: int, cores: int | None = None) -> int:
+    """Threads for one of `pipelines` DALI pipelines sharing this process's cores.
+
+    `requested` wins when given; otherwise the cores are divided evenly, at least 1 and at
+    most MAX_THREADS each (an 8-GPU host with 64 cores: 8 per pipeline, not 8 x 8 on top of
+    nvJPEG's own host work).
+    """
+    if requested is not None:
+        return requested
+    cores = host_cores() if cores is None else cores
+    return max(1, min(MAX_THREADS, cores // max(1, pipelines)))
+
+
+def decoder_args(gpu: bool, tuning: DaliTuning = DaliTuning()) -> dict:
+    """Keyword arguments of every DALI image decoder here (see the module docstring)."""
+    import nvidia.dali.types as types
+
+    args = dict(output_type=types.RGB, adjust_orientation=False, jpeg_fancy_upsampling=True)
+    if gpu:
+        width, height = tuning.preallocate
+        args.update(hw_decoder_load=tuning.hw_decoder_load, preallocate_width_hint=width,
+                    preallocate_height_hint=height)
+    return args
 
 
 def _index_problem(path: str, expected: int, num_bytes: int) -> str | None:
@@ -108,13 +166,14 @@ def _features(with_boxes: bool, with_keys: bool) -> dict:
 
 
 def _graph(paths, *, size, training, preprocess, dtype, with_boxes, with_keys, max_boxes, shard_id,
-           num_shards, order_seed, initial_fill, gpu):
+           num_shards, order_seed, initial_fill, gpu, tuning):
     """The pipeline body (called inside a DALI Pipeline); returns the output DataNodes."""
     import nvidia.dali.fn as fn
     import nvidia.dali.math as dmath
     import nvidia.dali.types as types
 
     decode_device = "mixed" if gpu else "cpu"
+    decode = decoder_args(gpu, tuning)
     height, width = size
     out_type = getattr(types, _DALI_DTYPES[dtype])
     shuffle = dict(random_shuffle=True, initial_fill=initial_fill, shuffle_after_epoch=True)
@@ -126,15 +185,18 @@ def _graph(paths, *, size, training, preprocess, dtype, with_boxes, with_keys, m
         features=_features(with_boxes, with_keys),
         shard_id=shard_id,
         num_shards=num_shards,
-        # Evaluation: each worker keeps its records and ends every epoch on a batch boundary.
-        **(shuffle if training else dict(stick_to_shard=True, pad_last_batch=True)),
+        # Every worker's epoch ends on the same batch boundary (padding with repeats of its
+        # last record), so epochs line up in an endless stream; evaluation keeps each
+        # worker's records, training draws a new shard order every epoch.
+        pad_last_batch=True,
+        **(shuffle if training else dict(stick_to_shard=True)),
         name="reader",
     )
     encoded = record[schema.ENCODED]
-    hw = fn.cast(fn.peek_image_shape(encoded)[0:2], dtype=types.INT32)
+    hw = fn.cast(fn.peek_image_shape(encoded, adjust_orientation=False)[0:2], dtype=types.INT32)
     flip = None
     if preprocess == "seed":
-        images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+        images = fn.decoders.image(encoded, device=decode_device, **decode)
         # resize_with_crop_or_pad's window: crop offset floor((h-th)/2), pad floor((th-h)/2).
         target = types.Constant(np.array([height, width], np.int32))
         start = dmath.max((hw - target) // 2, 0) - dmath.max((target - hw) // 2, 0)
@@ -152,10 +214,10 @@ def _graph(paths, *, size, training, preprocess, dtype, with_boxes, with_keys, m
                 num_attempts=augment.MAX_ATTEMPTS)
             # Decode only the window (nvJPEG ROI decode on a GPU), as tf.data does.
             images = fn.decoders.image_slice(encoded, start, window_hw, axes=[0, 1], device=decode_device,
-                                             output_type=types.RGB)
+                                             **decode)
             flip = fn.random.coin_flip(probability=0.5)
         else:
-            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+            images = fn.decoders.image(encoded, device=decode_device, **decode)
             start, window_hw = hw * 0, hw
         images = fn.resize(images, resize_x=width, resize_y=height, interp_type=types.INTERP_LINEAR,
                            antialias=False, dtype=types.FLOAT)
@@ -207,20 +269,21 @@ def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
     dtype = c.images_dtype()
     if dtype not in _DALI_DTYPES:
         raise ValueError(f"DALI cannot produce {dtype.name} images; use float32 or float16")
+    gpus = common.local_gpu_count()
     device_id = c.device_id
-    if device_id is None and gpu_visible():
+    if device_id is None and gpus:
         device_id = 0
-    if device_id is not None and not gpu_visible():
+    if device_id is not None and not gpus:
         raise ValueError(f"device_id={device_id} but TensorFlow sees no GPU")
     paths = usable_shards(split, c.skip_corrupt, c.counter)
-    threads = max(1, min(os.cpu_count() or 1, MAX_THREADS))
+    threads = pipeline_threads(c.dali.threads, pipelines=max(1, gpus))
     pipe_seed = None if c.seed is None else c.seed * 1009 + c.worker_index  # augmentation differs per worker
     size, batch_size = c.size, c.batch_size
     pipe = pipeline_def(_graph, batch_size=batch_size, num_threads=threads, device_id=device_id,
                         seed=pipe_seed)(
         paths, size=size, training=c.training, preprocess=c.preprocess, dtype=dtype, with_boxes=c.with_boxes,
         with_keys=c.with_keys, max_boxes=c.max_boxes, shard_id=c.worker_index, num_shards=c.num_workers,
-        order_seed=c.seed, initial_fill=c.shuffle_buffer, gpu=device_id is not None)
+        order_seed=c.seed, initial_fill=c.shuffle_buffer, gpu=device_id is not None, tuning=c.dali)
     shapes = [(batch_size, size[0], size[1], 3), (batch_size,)]
     dtypes = [dtype, tf.int64]
     if c.with_boxes:
