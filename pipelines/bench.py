@@ -1,5 +1,6 @@
-"""`detrec bench preprocess|input`: throughput benchmarks, each against baselines measured in
-the same run (ratios, not absolute numbers, are the targets)."""
+"""`detrec bench preprocess|input|dali`: throughput benchmarks, each against baselines measured
+in the same run (ratios, not absolute numbers, are the targets); `dali` is DALI's GPU decode
+path alone (pipelines/dali_bench.py, which also runs without detrec or TensorFlow installed)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ HELP = "throughput benchmarks"
 BENCHES = {
     "preprocess": "detrec.pipelines.bench_preprocess",
     "input": "detrec.pipelines.bench_input",
+    "dali": "detrec.pipelines.dali_bench",
 }
 
 
