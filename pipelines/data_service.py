@@ -6,6 +6,12 @@
 Each command serves until interrupted (Ctrl-C or SIGTERM, e.g. `docker stop`). Trainers then
 use `detrec train --data-service grpc://HOST:5050`. The servers are TensorFlow's own
 (train/data_service.py); nothing here is home-made.
+
+Security: both servers listen on every interface with no authentication (TensorFlow offers
+no bind address and no secure credentials), and anyone who reaches them can run TensorFlow
+ops on the workers. Each prints a one-line warning saying so when it starts; run them only
+on a trusted private network with the ports firewalled. `--workers` limits which worker
+addresses the dispatcher admits.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import threading
 
 from detrec.core.errors import UserError
 
-HELP = "run a tf.data service dispatcher or worker (input pipeline on other machines)"
+HELP = "run a tf.data service dispatcher or worker (input pipeline on other machines; trusted networks only)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +33,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     dispatcher.add_argument("--host", default=socket.gethostname(),
                             help="host name that workers and trainers use to reach this machine; only "
                                  "printed in the ready line (default: this machine's hostname)")
+    dispatcher.add_argument("--workers", default="", metavar="HOST[:PORT],...",
+                            help="admit only workers advertising one of these addresses (their "
+                                 "--worker-address); keeps out strays, not an attacker: the service has "
+                                 "no authentication, use it on a trusted network only")
     dispatcher.add_argument("--work-dir", default=None,
                             help="journal directory (local or gs://); turns on fault-tolerant mode so a "
                                  "restarted dispatcher resumes its jobs")
@@ -61,7 +71,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     try:
         if args.role == "dispatcher":
-            server = data_service.start_dispatcher(port=args.port, work_dir=args.work_dir)
+            server = data_service.start_dispatcher(port=args.port, work_dir=args.work_dir,
+                                                   workers=args.workers.split(","))
             address = data_service.dispatcher_address(server, host=args.host)
             return _serve(server, f"dispatcher ready at {address} (trainers: --data-service {address})")
         if "%port%" not in args.worker_address and ":" not in args.worker_address:

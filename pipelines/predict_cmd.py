@@ -2,7 +2,9 @@
 
 Loads DIR/export (written by `detrec train`). Any common image format works (JPEG, PNG,
 GIF, BMP, TIFF, WebP; CMYK and grey too). Exit codes: 0 every image predicted, 1 some
-image could not be read (one line each on stderr), 2 no usable model in DIR.
+image could not be read or prepared (one line each on stderr: not an image, truncated, too
+large or a decompression bomb, larger than 128 MB, not a regular file...; every other file
+is still answered), 2 no usable model in DIR (missing, unreadable, or weights not finite).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Flags in, `detrec.train.trainer.Trainer` out. Running the same command again resumes from
 the latest checkpoint in DIR. Exit codes: 0 trained (and exported), 130 stopped by ^C after
-saving, 2 a user error (bad path, incomplete dataset, DIR holding another model, corrupt shard).
+saving, 2 a user error (bad path, incomplete dataset, DIR holding another model or not a
+detrec run, corrupt shard), 1 the loss stopped being finite (nothing saved or exported after
+it; the message names the epoch and step).
 
 Scaling out (train/distribute.py and train/data.py explain the semantics):
 
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
+import sys
 
 from detrec.core.errors import UserError
 from detrec.pipelines import argtypes
@@ -31,7 +35,12 @@ PREALLOCATE = (0, 0)
 EPILOG = """\
 DIR gets: run_config.json (what must match to resume), checkpoints/ (latest few, plus
 checkpoints/best/ by val top-1), logs/ (TensorBoard), metrics.json (per-epoch history) and,
-at the end, export/ (model.keras + labels.json, used by `detrec predict`).
+at the end, export/ (model.keras + labels.json, used by `detrec predict`). DIR must be new,
+empty or a detrec run: any other non-empty folder is refused, untouched.
+
+A training or validation loss (or gradient) that stops being finite ends the run with exit 1,
+naming the epoch and step; nothing is saved or exported after it. Progress shows as bars on
+a terminal and as one whole line every 30 s in a log file.
 
 Several machines: start the same command on each with --worker-hosts (all workers' HOST:PORT,
 the chief first) and its own --worker-index, or with TF_CONFIG set by your scheduler. Give
@@ -46,8 +55,8 @@ def _rate(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"wants a positive number, got {text!r}")
+    if not (math.isfinite(value) and value > 0):  # "inf" parses, and trains to NaN
+        raise argparse.ArgumentTypeError(f"wants a positive finite number, got {text!r}")
     return value
 
 
@@ -163,7 +172,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from detrec.train import distribute, gpu, models
     from detrec.train import input as input_lib
     from detrec.train.config import TrainConfig
-    from detrec.train.trainer import Trainer
+    from detrec.train.trainer import Trainer, TrainingDiverged
 
     if args.worker_hosts is not None:
         os.environ["TF_CONFIG"] = tf_config(args.worker_hosts, args.worker_index)
@@ -173,6 +182,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     # configured before the runtime starts.
     gpu.enable_memory_growth()
     strategy = distribute.make_strategy()
+    address = distribute.server_address(strategy)
+    if address:
+        print(f"detrec train: warning: multi-worker training serves TensorFlow's gRPC on {address} with no "
+              "authentication or encryption, on every network interface (TensorFlow offers no bind address): "
+              "anyone who reaches it can run TensorFlow ops on this machine; use it only on a trusted private "
+              "network with its ports firewalled", file=sys.stderr, flush=True)
     data, steps = data_lib.make_data(strategy, args.data, batch_size=args.batch_size,
                                      image_size=args.image_size, decoder=args.decoder,
                                      preprocess=args.preprocess, seed=args.seed,
@@ -191,8 +206,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
           f"{strategy.num_replicas_in_sync} replica(s){_where(strategy)}, decoder "
           f"{'cpu on ' + args.data_service if args.data_service else input_lib.resolve_decoder(args.decoder)}",
           flush=True)
-    with input_lib.shard_errors():  # a corrupt shard: one line naming the file
-        return Trainer(config, data, strategy).run()
+    try:
+        with input_lib.shard_errors():  # a corrupt shard: one line naming the file
+            return Trainer(config, data, strategy).run()
+    except TrainingDiverged as exc:
+        print(f"detrec train: error: {exc}", file=sys.stderr, flush=True)
+        return 1
 
 
 def _where(strategy) -> str:

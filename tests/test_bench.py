@@ -14,6 +14,7 @@ import pytest
 from detrec.pipelines import benchutil, cli
 
 
+@pytest.mark.slow  # ~55 s: every preprocess contender on the synth tree
 def test_bench_preprocess_reports_every_contender(synth_tree, capsys):
     assert cli.main(["bench", "preprocess", synth_tree, "--small", "10", "--repeat", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -1,12 +1,19 @@
 """tf.data service on loopback: one dispatcher and two workers deliver an epoch of the real
 input pipeline (train.input.make_dataset over real detrec shards) exactly once, in-process and
-through the `detrec data-service` CLI."""
+through the `detrec data-service` CLI.
+
+Who served what: TensorFlow counts tasks per worker (`_num_tasks`), not elements. With the
+workers in separate processes (the CLI test) each element can say which worker made it: the
+dataset graph runs on the worker, so an op reading `/proc/self/stat` there reads that
+worker's pid. In-process workers share one pid, so those tests can only count tasks.
+"""
 
 from __future__ import annotations
 
 import collections
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -106,23 +113,64 @@ def ready_line(proc: subprocess.Popen) -> str:
     return line
 
 
-def one_epoch(address: str) -> list[int]:
-    distributed = data_service.distribute(tf.data.Dataset.range(200).batch(8), address)
-    return [int(v) for batch in distributed for v in batch.numpy()]
+def worker_pid() -> tf.Tensor:
+    """The pid of the process running the op: on the tf.data service, the worker's."""
+    return tf.strings.to_number(tf.strings.split(tf.io.read_file("/proc/self/stat"))[0], tf.int64)
 
 
+def one_epoch(address: str, n: int = 200, sharding=None) -> list[tuple[int, int]]:
+    """(value, pid of the worker that produced it) for one epoch of range(n) via the service:
+    detrec's `distribute`, or TensorFlow's with a static `sharding` policy."""
+    tagged = tf.data.Dataset.range(n).map(lambda x: (x, worker_pid())).batch(8)
+    if sharding is None:
+        distributed = data_service.distribute(tagged, address)
+    else:
+        distributed = tagged.apply(tf.data.experimental.service.distribute(processing_mode=sharding,
+                                                                         service=address))
+    return [(int(v), int(p)) for values, pids in distributed for v, p in zip(values.numpy(), pids.numpy())]
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("localhost", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.mark.slow  # ~10 s: three server processes
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux /proc to tell workers apart")
 def test_cli_dispatcher_and_workers_serve_an_epoch_and_stop_cleanly():
-    dispatcher = start_cli("dispatcher", "--port", "0", "--host", "localhost")
+    """Elements served per worker, counted by the pid each element carries.
+
+    detrec's mode, "distributed_epoch", hands out splits to whichever worker asks first, so
+    one fast worker may serve a whole small epoch: there the test checks that every element
+    came once and from one of the two worker processes. A second epoch with TensorFlow's
+    static sharding (each worker its fixed half: `ShardingPolicy.DATA`, which needs the
+    dispatcher's `--workers` list) shows each worker serving exactly its 200 elements.
+    """
+    ports = free_ports(2)
+    listed = ",".join(f"localhost:{port}" for port in ports)
+    dispatcher = start_cli("dispatcher", "--port", "0", "--host", "localhost", "--workers", listed)
     procs = [dispatcher]
     try:
         address = ready_line(dispatcher).split("ready at ", 1)[1].split()[0]
         assert address.startswith("grpc://localhost:")
-        workers = [start_cli("worker", "--dispatcher", address, "--port", "0", "--worker-address", "localhost:%port%")
-                   for _ in range(2)]
+        workers = [start_cli("worker", "--dispatcher", address, "--port", str(port), "--worker-address",
+                             f"localhost:{port}") for port in ports]
         procs += workers
         for worker in workers:
             ready_line(worker)
-        assert sorted(one_epoch(address)) == list(range(200))
+        pids = {worker.pid for worker in workers}
+        served = one_epoch(address, 400)
+        assert sorted(v for v, _ in served) == list(range(400))  # every element once
+        assert set(pid for _, pid in served) <= pids  # made by the worker processes, nowhere else
+        static = one_epoch(address, 400, sharding=tf.data.experimental.service.ShardingPolicy.DATA)
+        assert sorted(v for v, _ in static) == list(range(400))
+        assert collections.Counter(pid for _, pid in static) == {pid: 200 for pid in pids}
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)

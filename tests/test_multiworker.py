@@ -133,6 +133,9 @@ def test_two_workers_train_identically_on_disjoint_shards_and_resume_together(da
     model_dir = str(tmp_path / "model")  # shared by both workers, as a gs:// dir would be
     chief_log, worker_log = run_cluster(dataset_dir, model_dir, str(tmp_path), "--epochs", "1")
     assert "2 replica(s) on 2 workers (this is worker 0)" in chief_log
+    for log in (chief_log, worker_log):  # each says once that its gRPC port is open to anyone
+        warnings = [line for line in log.splitlines() if line.startswith("detrec train: warning:")]
+        assert len(warnings) == 1 and "no authentication" in warnings[0] and "127.0.0.1:" in warnings[0]
     assert "epoch 1/1: train loss" in chief_log and "epoch 1/1" not in worker_log  # chief reports
     doc = metrics(model_dir)
     assert doc["total_steps"] == STEPS and doc["epochs"][0]["steps"] == STEPS

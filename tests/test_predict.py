@@ -59,6 +59,7 @@ def sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+@pytest.mark.slow  # the module's model_dir fixture trains 15 epochs (~30 s)
 def test_predict_returns_the_classes_of_synth_images(model_dir, val_files, pipeline_view):
     results = predict.Predictor(model_dir).predict(val_files, top=3)
     correct = 0
@@ -73,6 +74,7 @@ def test_predict_returns_the_classes_of_synth_images(model_dir, val_files, pipel
     assert correct / len(val_files) >= 0.6, f"{correct}/{len(val_files)} right"
 
 
+@pytest.mark.slow  # the module's model_dir fixture trains 15 epochs (~30 s)
 def test_any_common_format_gives_the_same_answer(model_dir, val_files, tmp_path):
     p = predict.Predictor(model_dir)
     originals = p.predict(val_files)
@@ -95,6 +97,7 @@ def test_any_common_format_gives_the_same_answer(model_dir, val_files, tmp_path)
             assert result.top[0].id == originals[i].top[0].id, result.path
 
 
+@pytest.mark.slow  # the module's model_dir fixture trains 15 epochs (~30 s)
 def test_cli_text_and_json(model_dir, val_files, capsys):
     assert cli.main(["predict", "--model-dir", model_dir, *val_files[:2], "--top", "3", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -115,6 +118,7 @@ def test_cli_text_and_json(model_dir, val_files, capsys):
     assert first["synset"] in out[1] and first["name"] in out[1]
 
 
+@pytest.mark.slow  # the module's model_dir fixture trains 15 epochs (~30 s)
 def test_unreadable_images_are_reported_and_the_rest_predicted(model_dir, val_files, tmp_path, capsys):
     text = tmp_path / "notes.txt"
     text.write_text("not a picture\n")

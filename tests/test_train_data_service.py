@@ -61,6 +61,7 @@ def train_keys(data_dir: str) -> collections.Counter:
     return collections.Counter(schema.decode(r.numpy()).sha256 for r in tf.data.TFRecordDataset(files))
 
 
+@pytest.mark.slow  # ~6 s: two training runs through the service
 def test_an_epoch_through_the_service_trains_on_every_example_once(dataset_dir, service, tmp_path, capsys):
     address, workers = service
     tasks_before = sum(w._num_tasks() for w in workers)

@@ -39,11 +39,14 @@ def test_prepare_removes_the_temporaries_of_killed_writes_and_nothing_else(tmp_p
         with open(path, "w") as f:
             f.write("x")
     os.makedirs(rundir.scratch_dir(model_dir, 1))
-    rundir.prepare(model_dir, {"model": "semi_alexnet"}, chief=True)
+    wanted = {"model": "semi_alexnet", "num_classes": 3, "image_size": 64, "synsets": ["bg", "a", "b"]}
+    with open(os.path.join(model_dir, rundir.RUN_CONFIG), "w") as f:
+        json.dump(dict(wanted, epochs=1), f)  # a detrec run killed while rewriting it
+    rundir.prepare(model_dir, wanted, chief=True)
     assert [p for p in leftovers if os.path.exists(p)] == []
     assert all(os.path.exists(p) for p in keep) and os.path.isdir(rundir.scratch_dir(model_dir, 1))
     with open(os.path.join(model_dir, rundir.RUN_CONFIG)) as f:
-        assert json.load(f) == {"model": "semi_alexnet"}
+        assert json.load(f) == wanted
 
 
 def test_a_worker_that_is_not_the_chief_leaves_the_dir_alone(tmp_path):

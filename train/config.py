@@ -8,6 +8,7 @@ compares `run_config_dict` with what an earlier run stored (train/rundir.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 from detrec.core.dataset_info import ClassInfo
@@ -30,6 +31,10 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     keep_checkpoints: int = 3
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
 
 
 def run_config_dict(cfg: TrainConfig, classes: Sequence[ClassInfo]) -> dict:

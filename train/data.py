@@ -153,6 +153,9 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
         raise UserError(f"{share}the train split of {data_dir} has {smallest.num_examples} examples, "
                         f"fewer than one batch of {smallest.batch_size}")
     val_split = input_lib.split_shards(info, data_dir, "val")  # UserError now, not after the first epoch
+    if not skip_corrupt:  # every worker stops on a bad shard now, not only the one that reads it
+        for split in (train_split, val_split):
+            input_lib.check_framing(split)
     counter = input_lib.SkipCounter() if skip_corrupt else None
     # batch_size is global here: build_dataset_fn / replica_stream give each pipeline its share.
     train_config = input_lib.InputConfig(batch_size=batch_size, image_size=image_size, training=True,

@@ -81,6 +81,17 @@ def worker_position(strategy: tf.distribute.Strategy) -> tuple[int, int]:
     return max(workers, 1), index
 
 
+def server_address(strategy: tf.distribute.Strategy) -> str:
+    """HOST:PORT of the gRPC server a multi-worker strategy started in this process; "" for none.
+
+    TensorFlow's server listens on every interface and authenticates nobody: the CLI warns.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type or worker_position(strategy)[0] < 2:
+        return ""
+    return resolver.cluster_spec().task_address(resolver.task_type, resolver.task_id)
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes logs, metrics and the real checkpoints (multi-worker runs)."""
     resolver = getattr(strategy, "cluster_resolver", None)

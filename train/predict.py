@@ -6,6 +6,12 @@ other format or CMYK converted to an RGB JPEG with Pillow, an EXIF-rotated photo
 upright), then the input pipeline's own per-image evaluation transform from train/augment.py
 for the preprocessing the model was trained with. Nothing here re-implements either step,
 so predict cannot drift from training.
+
+One bad file costs that file only: whatever reading, preparing or decoding one file raises
+(an ImageError for a file that is no image or too large, an OSError, Pillow's decompression-
+bomb error, a TensorFlow error, running out of memory) becomes that file's error line, and
+the other files are still answered. Files are read with a size cap (`MAX_FILE_MB`) and never
+from a FIFO or device, so no single file can hang the call or take all memory.
 """
 
 from __future__ import annotations
@@ -13,18 +19,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from detrec.core import images
+from detrec.core import fs, images
 from detrec.core.errors import UserError
 from detrec.train import augment
 from detrec.train import input as input_lib
 from detrec.train import rundir
 
 BATCH = 32
+# The largest image file read: preprocess's default --max-image-mb (128), so predict accepts
+# every file a training run could have been given.
+MAX_FILE_MB = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +85,21 @@ def _decodes(data: bytes) -> bool:
         return False
 
 
+def file_error(exc: BaseException) -> str:
+    """One line saying why a file has no answer, quoting none of its bytes."""
+    if isinstance(exc, images.ImageError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "not enough memory to decode it"
+    if isinstance(exc, tf.errors.OpError):
+        text = " ".join((exc.message or "").split())
+        text = re.sub(r"\{\{[^}]*\}\}|\[\[.*", "", text).strip()
+        return f"TensorFlow cannot decode it ({text[:160] or type(exc).__name__})"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return f"cannot be read as an image ({type(exc).__name__})"
+
+
 class Predictor:
     """An exported model with its labels and preprocessing, from DIR/export."""
 
@@ -102,14 +127,22 @@ class Predictor:
             self.model = keras.saving.load_model(model_path)
         except (ValueError, OSError) as exc:
             raise UserError(f"{model_path}: cannot load the model ({exc})") from None
+        if not all(np.isfinite(w).all() for w in self.model.get_weights()):
+            # A model trained to NaN (detrec no longer exports one) would answer "nan%".
+            raise UserError(f"{model_path}: the model's weights are not finite (NaN or inf), so it has no "
+                            "answer for any image; train it again (a lower --lr)")
         self.meta = meta
 
     def _read(self, path: str) -> tf.Tensor:
+        limit = MAX_FILE_MB << 20
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = fs.read_capped(path, limit)
+        except fs.NotARegularFile:
+            raise images.ImageError("not_a_file", "not a regular file (a FIFO, device, socket or folder)") from None
         except OSError as exc:
             raise images.ImageError("unreadable", exc.strerror or str(exc)) from None
+        if len(data) > limit:
+            raise images.ImageError("file_too_large", f"file larger than {MAX_FILE_MB} MB, the most predict reads")
         return prepare_image(data, self.image_size, self.preprocess)
 
     def probabilities(self, batch: tf.Tensor) -> np.ndarray:
@@ -123,12 +156,17 @@ class Predictor:
         for i, path in enumerate(paths):
             try:
                 ready.append((i, self._read(path)))
-            except images.ImageError as exc:
-                results[i] = Result(path, error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - one file's problem, whatever it is (module docstring)
+                results[i] = Result(path, error=file_error(exc))
         k = max(1, min(top, len(self.classes)))
         for start in range(0, len(ready), BATCH):
             chunk = ready[start:start + BATCH]
-            probs = self.probabilities(tf.stack([image for _, image in chunk]))
+            try:
+                probs = self.probabilities(tf.stack([image for _, image in chunk]))
+            except (tf.errors.OpError, MemoryError) as exc:  # e.g. out of GPU memory: these files only
+                for i, _ in chunk:
+                    results[i] = Result(paths[i], error=f"the model could not run on it ({file_error(exc)})")
+                continue
             for (i, _), row in zip(chunk, probs):
                 best = np.argsort(-row, kind="stable")[:k]
                 results[i] = Result(paths[i], tuple(

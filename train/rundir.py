@@ -9,12 +9,18 @@ Crash safety of the small files: run_config.json, metrics.json, the export's lab
 then a rename), so a reader, or a run killed mid-write, never sees half a file; `prepare`
 removes the temporaries such a kill leaves behind. Checkpoints have their own mechanism
 (see train/state.py).
+
+Whose folder it is: detrec never overwrites what it did not write, so `prepare` writes only
+into a new folder, an empty one (detrec's own temporaries aside) or a detrec run - one whose
+run_config.json is detrec's (`is_run_config`). Any other non-empty folder is refused before
+anything is written: a user's metrics.json or export/model.keras must not be replaced.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 
 import tensorflow as tf
 
@@ -35,6 +41,12 @@ KEYS = "keys"
 # input-position bookkeeping (batch size, steps per epoch, seed).
 RESUME_KEYS = ("model", "num_classes", "image_size", "synsets", "preprocess", "batch_size",
                "steps_per_epoch", "seed", "mixed_precision")
+
+
+# The keys every run_config.json detrec has written holds: how a detrec run folder is told
+# apart from someone else's folder that happens to hold a file of that name.
+RUN_CONFIG_IDENTITY = ("model", "num_classes", "image_size", "synsets")
+_SCRATCH = re.compile(r"\.worker-\d+")
 
 
 def keys_path(model_dir: str, epoch: int, worker_index: int) -> str:
@@ -76,6 +88,34 @@ def check_resumable(model_dir: str, wanted: dict) -> None:
                         "use another --model-dir or the same settings")
 
 
+def is_run_config(doc: object) -> bool:
+    """Whether a parsed run_config.json is one detrec wrote."""
+    return isinstance(doc, dict) and all(key in doc for key in RUN_CONFIG_IDENTITY)
+
+
+def check_owned(model_dir: str) -> None:
+    """Raises UserError unless `model_dir` (an existing folder) may be written by a run.
+
+    Allowed: an empty folder (detrec's temporaries and the scratch dirs of multi-worker
+    runs do not count) or a detrec run, one holding detrec's run_config.json.
+    """
+    names = [name for name in fs.listdir(model_dir) if not fs.is_temp(name) and not _SCRATCH.fullmatch(name)]
+    if not names:
+        return
+    path = os.path.join(model_dir, RUN_CONFIG)
+    if RUN_CONFIG not in names:
+        shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+        raise UserError(f"{model_dir} is not empty ({shown}) and is not a detrec run (no {RUN_CONFIG}); "
+                        "detrec writes only into a new or empty folder or its own run: use another --model-dir")
+    try:
+        doc = json.loads(fs.read_bytes(path))
+    except (ValueError, UnicodeDecodeError, OSError, tf.errors.OpError):
+        doc = None
+    if not is_run_config(doc):
+        raise UserError(f"{path} was not written by detrec, so {model_dir} is not a detrec run; "
+                        "detrec writes only into a new or empty folder or its own run: use another --model-dir")
+
+
 def remove_leftovers(model_dir: str) -> None:
     """Removes the temporaries of writes a killed run left unfinished (the real files were
     never replaced by them): in DIR, DIR/export and DIR/keys."""
@@ -88,13 +128,14 @@ def remove_leftovers(model_dir: str) -> None:
 
 
 def prepare(model_dir: str, wanted: dict, chief: bool) -> None:
-    """Creates the model dir, or checks that what it holds is this run's to resume.
+    """Creates the model dir, or checks that it is a detrec run this run may resume.
 
     The chief then clears leftovers and writes `wanted` as run_config.json (new, or resumed
     with the same identity: epochs and lr may change).
 
     Raises:
-      UserError: the dir cannot be made, is a file, or holds another run's checkpoints.
+      UserError: the dir cannot be made, is a file, is a non-empty folder that is not a
+        detrec run (`check_owned`), or holds another run's checkpoints.
     """
     try:
         tf.io.gfile.makedirs(model_dir)
@@ -102,6 +143,7 @@ def prepare(model_dir: str, wanted: dict, chief: bool) -> None:
         raise UserError(f"{model_dir}: cannot create the model dir ({exc})") from None
     if not tf.io.gfile.isdir(model_dir):
         raise UserError(f"{model_dir}: not a directory")
+    check_owned(model_dir)
     if tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINTS)):
         check_resumable(model_dir, wanted)
     if chief:

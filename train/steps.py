@@ -19,14 +19,18 @@ def make_steps(model: keras.Model, optimizer: keras.optimizers.Optimizer, strate
                *, num_classes: int, jit_compile: bool = False) -> tuple[Callable, Callable]:
     """(train_step, eval_step), tf.functions taking one (images, labels) batch.
 
-    train_step applies one Adam update and returns [loss sum, correct, examples];
-    eval_step returns [loss sum, top-1 hits, top-5 hits, examples] (top-k with
+    train_step applies one Adam update and returns [loss sum, correct, examples, non-finite
+    gradient replicas]: the last is how many replicas got a gradient that is not finite, which
+    poisons the weights even while the loss still looks finite (a NaN that a max-pool hides
+    from the logits reaches the weights through the backward pass). Under a
+    LossScaleOptimizer, which skips such steps by design, it is always 0. eval_step returns [loss sum, top-1 hits, top-5 hits, examples] (top-k with
     k = min(5, num_classes)). Both are summed over the replicas.
 
     Args:
       jit_compile: XLA on the per-replica math, as Keras' own jit_compile does.
     """
     top_k = min(5, num_classes)
+    skips_bad_steps = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def train_replica(images, labels):
         with tf.GradientTape() as tape:
@@ -38,11 +42,15 @@ def make_steps(model: keras.Model, optimizer: keras.optimizers.Optimizer, strate
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
+        bad_grads = tf.constant(0.0, tf.float64)
+        if not skips_bad_steps:
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
+            bad_grads = 1.0 - tf.cast(finite, tf.float64)
         optimizer.apply(grads, model.trainable_variables)
         correct = tf.equal(tf.argmax(logits, -1), labels)
         return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float64)),
                          tf.reduce_sum(tf.cast(correct, tf.float64)),
-                         tf.cast(tf.size(labels), tf.float64)])
+                         tf.cast(tf.size(labels), tf.float64), bad_grads])
 
     def eval_replica(images, labels):
         logits = tf.cast(model(images, training=False), tf.float32)

@@ -35,12 +35,13 @@ import sys
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
 from detrec.core import fs
 from detrec.core.errors import UserError
-from detrec.train import distribute, models, rundir
+from detrec.train import distribute, models, progress, rundir
 from detrec.train import input as input_lib
 from detrec.train.config import TrainConfig, run_config_dict
 from detrec.train import data as data_lib
@@ -50,6 +51,15 @@ from detrec.train.interrupt import StopRequested
 from detrec.train.state import BestRecord, EpochSums, RunState
 from detrec.train.steps import make_steps
 from detrec.train.summaries import scalar_summary
+
+
+class TrainingDiverged(Exception):
+    """The loss (or the weights) stopped being finite: the run stops, saves and exports nothing.
+
+    The CLI prints the message as one line and exits 1. The checkpoints already written were
+    all taken before the loss went bad (every save follows a check), so the same command
+    resumes from the last sound one, e.g. with a lower --lr.
+    """
 
 
 class Trainer:
@@ -164,7 +174,11 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> int:
-        """Trains to `config.epochs` (resuming), exports; 0 when done, 130 when interrupted."""
+        """Trains to `config.epochs` (resuming), exports; 0 when done, 130 when interrupted.
+
+        Raises:
+          TrainingDiverged: a non-finite training or validation loss (nothing saved after it).
+        """
         policy = keras.mixed_precision.global_policy()
         if self.cfg.mixed_precision:
             gpu = bool(tf.config.list_logical_devices("GPU"))
@@ -233,6 +247,12 @@ class Trainer:
         self._write_metrics()
         return True
 
+    def _diverged(self, what: str) -> TrainingDiverged:
+        latest = self.manager.latest_checkpoint
+        where = (f"the last checkpoint, {latest}, is from before it: lower --lr and run the same command to "
+                 "resume from there" if latest else "no checkpoint was saved: lower --lr and run it again")
+        return TrainingDiverged(f"{what}: training stopped, nothing saved or exported after it; {where}")
+
     def _skipped_note(self) -> str:
         skipped = self.data.skipped() if self.data.skipped else 0
         return f" | --skip-corrupt: {skipped} unreadable records skipped so far" if skipped else ""
@@ -250,22 +270,33 @@ class Trainer:
             # the batches the interrupted run trained on leaves exactly the ones it had not.
             # Realigned (DALI): a fresh order, but dropping as many keeps the epochs whole.
             exact = self.data.resume == data_lib.RESUME_EXACT
-            for _ in tqdm(range(s.position), desc="  skip", unit="batch", file=sys.stderr,
-                          disable=not self.chief, leave=False):
-                batch = next(iterator)
-                if keys is not None and exact:  # the same batches the interrupted run trained on
-                    keys += self._local_keys(batch[2])
-        pending = tf.zeros([3], tf.float64)  # sums not yet read back from the device
+            with progress.bar(total=s.position, desc="  skip", unit="batch", enabled=self.chief) as skip_bar:
+                for _ in range(s.position):
+                    batch = next(iterator)
+                    if keys is not None and exact:  # the same batches the interrupted run trained on
+                        keys += self._local_keys(batch[2])
+                    skip_bar.update(1)
+        # Each step's sums stay on the device until the next sync reads them all back at once;
+        # kept apart (not summed on the device) so that the first step whose loss is not
+        # finite can be named, and so the epoch's sums add up the same whenever syncs happen.
+        pending: list[tf.Tensor] = []
+        pending_from = s.position  # the epoch step of pending[0]
         sums = s.sums
         last_shown = 0.0
-        bar = tqdm(total=steps, initial=s.position, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   unit="step", file=sys.stderr, disable=not self.chief, dynamic_ncols=True,
-                   leave=False)
+        bar = progress.bar(total=steps, initial=s.position, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           unit="step", enabled=self.chief)
 
         def sync() -> None:
-            nonlocal pending
-            sums.add_step_sums(pending.numpy())
-            pending = tf.zeros([3], tf.float64)
+            nonlocal pending, pending_from
+            if pending:
+                for i, row in enumerate(tf.stack(pending).numpy()):
+                    if not math.isfinite(row[0]) or row[3]:
+                        what = ("loss" if not math.isfinite(row[0]) else "gradient")
+                        raise self._diverged(
+                            f"the training {what} is not finite (mean loss {row[0] / max(row[2], 1.0)}) at epoch "
+                            f"{epoch + 1}, step {pending_from + i + 1} of {steps} (learning rate {self._lr():g})")
+                    sums.add_step_sums(row[:3])
+            pending, pending_from = [], s.position
 
         try:
             while s.position < steps:
@@ -279,7 +310,7 @@ class Trainer:
                 if keys is not None:
                     keys += self._local_keys(batch[2])
                     batch = batch[:2]
-                pending += self._train_step(batch)
+                pending.append(self._train_step(batch))
                 s.position += 1
                 s.total_steps += 1
                 bar.update(1)
@@ -308,7 +339,7 @@ class Trainer:
         return [key for part in self.strategy.experimental_local_results(keys)
                 for key in input_lib.key_strings(part)]
 
-    def _show(self, bar: tqdm, sums: EpochSums) -> None:
+    def _show(self, bar, sums: EpochSums) -> None:
         loss, acc, rate = sums.mean_loss, sums.accuracy, sums.images_per_sec
         bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", img_s=f"{rate:.0f}", refresh=False)
         step = self.state.total_steps
@@ -327,8 +358,7 @@ class Trainer:
     def _validate(self) -> dict | None:
         """Loss, top-1 and top-5 over the whole val split; None when interrupted."""
         totals = tf.zeros([4], tf.float64)
-        with tqdm(desc="  validate", unit="batch", file=sys.stderr, disable=not self.chief,
-                  leave=False, dynamic_ncols=True) as bar:
+        with progress.bar(desc="  validate", unit="batch", enabled=self.chief) as bar:
             for batch in self.data.val():
                 totals += self._eval_step(batch)
                 bar.update(1)
@@ -338,6 +368,9 @@ class Trainer:
         self.val_examples = int(count)  # each example exactly once, whatever the strategy
         if count == 0:
             raise UserError("the validation split yielded no example")
+        if not math.isfinite(loss):
+            raise self._diverged(f"the validation loss is not finite ({loss / count}) after epoch "
+                                 f"{self.state.epoch + 1}")
         return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count}
 
     # --- export -------------------------------------------------------------------------
@@ -348,6 +381,9 @@ class Trainer:
         best = self.best_manager.latest_checkpoint
         if best:
             self.best_checkpoint.read(best).expect_partial()
+        if not all(np.isfinite(w).all() for w in self.model.get_weights()):
+            raise TrainingDiverged(f"the best model's weights are not finite (NaN or inf): nothing exported "
+                                   f"to {os.path.join(self.dir, rundir.EXPORT)}")
         path = export_model(self.model, self.dir, self.cfg, self.data.classes,
                             best_epoch=int(self.best.epoch), val_top1=float(self.best.val_top1))
         self._log(f"exported the best model (epoch {self.best.epoch}, val top-1 "

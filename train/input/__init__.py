@@ -13,7 +13,7 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
     epoch_plan(...) / take_epoch(iterator, plan)   one worker's epoch, for both decoders
     dataset_fn(...) / input_options(decoder)      tf.distribute.distribute_datasets_from_function
     streams.replica_stream(...) / EpochStream     DALI under any strategy, built once per run
-    shard_errors() / CorruptShardError / SkipCounter   corruption, see below
+    check_framing / shard_errors() / CorruptShardError / SkipCounter   corruption, see below
 
 * images: [B, H, W, 3] of `output_dtype(preprocess, dtype)`; `image_size` is an int or (H, W).
   - preprocess="inception": pixels scaled to [-1, 1] (x / 127.5 - 1). Training takes a
@@ -55,14 +55,24 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
   implements per-replica input). `streams.replica_stream` runs DALI under every strategy,
   MultiWorkerMirroredStrategy included: one pipeline per local replica, read epoch after
   epoch; the trainer uses it.
-* Corruption: every shard's readable record count is checked against dataset_info.json. A
-  corrupt, truncated or unreadable shard stops iteration with a TF error whose message names
-  the file; inside `with shard_errors():` it is raised as `CorruptShardError` (a UserError:
-  one line from the CLI). skip_corrupt=True drops what cannot be read instead, prints a line
-  naming the shard and adds to `counter` (a SkipCounter: records and shards skipped).
-  DALI reads without CRCs, so it checks every shard's size and .idx against
-  dataset_info.json before it starts (truncation, wrong file); flipped bits inside a record
-  are only caught by the tf.data path (or `detrec inspect --verify`).
+* Corruption: before either line reads a record, every shard's record headers are walked
+  (`common.shard_framing`, cached per file version): a length that runs past the end of the
+  file (a crafted 2^40 with a valid CRC used to segfault TensorFlow's reader), a bad length
+  CRC, a truncated file, a missing or non-regular file raises `CorruptShardError` naming the
+  file and the offset of the bad record, while the pipeline is built. Every shard's readable
+  record count is then checked against dataset_info.json while reading. A corrupt or
+  truncated shard stops iteration with a TF error whose message names the file; inside
+  `with shard_errors():` it is raised as `CorruptShardError` (a UserError: one line from the
+  CLI), as are a record that is no tf.Example and an image that does not decode (both lines).
+  skip_corrupt=True goes on instead, prints a line naming the shard and adds to `counter` (a
+  SkipCounter: records and shards skipped): tf.data reads the sound records before a bad
+  header or CRC and drops the rest of that shard, a record that is no tf.Example costs its
+  parse batch (up to 64 records), an image that does not decode costs its example (not
+  counted: TensorFlow gives no count there). DALI reads without CRCs, so it also checks every
+  shard's size and .idx against dataset_info.json and the .idx against the record headers
+  before it starts, and leaves a bad shard out whole; flipped bits inside a record are only
+  caught by the tf.data path (or `detrec inspect --verify`), and DALI cannot skip a bad
+  record inside a running pipeline (one line, exit 2).
 
 The shard list always comes from dataset_info.json (never a glob), and records are parsed
 only with `detrec.core.schema.parse_spec()`.
@@ -88,9 +98,9 @@ from detrec.core import dataset_info
 import detrec.train.input.dali as dali
 import detrec.train.input.tfdata as tfdata
 from detrec.train.input.common import (DECODERS, MAX_BOXES, PREPROCESS, SHUFFLE_BUFFER, CorruptShardError,
-                                       EpochPlan, Shard, SkipCounter, SplitShards, as_size, check_workers,
-                                       dali_available, gpu_visible, key_strings, output_dtype, resolve_decoder,
-                                       split_shards, take_epoch)
+                                       EpochPlan, Shard, SkipCounter, SplitShards, as_size, check_framing,
+                                       check_workers, dali_available, gpu_visible, key_strings, output_dtype,
+                                       resolve_decoder, split_shards, take_epoch)
 from detrec.train.input.config import DaliTuning, InputConfig
 from detrec.train.input.streams import EpochStream
 from detrec.train.input.tfdata import shard_errors
@@ -98,7 +108,8 @@ from detrec.train.input.tfdata import shard_errors
 __all__ = [
     "DECODERS", "MAX_BOXES", "PREPROCESS", "SHUFFLE_BUFFER", "CorruptShardError", "DaliTuning", "EpochPlan",
     "EpochStream", "InputConfig",
-    "Shard", "SkipCounter", "SplitShards", "as_size", "build_dataset", "build_dataset_fn", "dali_available",
+    "Shard", "SkipCounter", "SplitShards", "as_size", "build_dataset", "build_dataset_fn", "check_framing",
+    "dali_available",
     "dataset_fn", "epoch_plan", "gpu_visible", "input_options", "key_strings", "make_dataset", "output_dtype",
     "plan_epoch", "resolve_decoder", "shard_errors", "split_shards", "take_epoch",
 ]

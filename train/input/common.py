@@ -6,17 +6,29 @@ small and decoder-neutral: the typed shard list of a split, taken from dataset_i
 (never a glob); how workers divide it; which decoder runs; the images' dtype; what a
 corrupt shard raises and how skipped records are counted; and `take_epoch`, which walks
 exactly one epoch of either line.
+
+Shard framing is checked here too, for both lines, before either reads a record: a crafted
+record length (a valid length CRC on 2^40) makes TensorFlow's reader allocate that much and
+die with a segfault, and DALI's reader stop with an error deep in its pipeline. A walk over
+the record headers only (`detrec.core.tfrecord.read_frames`, seeking past every payload: a
+12-byte read per record) finds any length that runs past the end of the file, or fails its
+CRC, before a byte of a record is read (`shard_framing`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import struct
 import sys
+import threading
+from stat import S_ISREG
 from typing import Iterator, Sequence
 
 import tensorflow as tf
 
-from detrec.core import dataset_info
+from detrec.core import dataset_info, fs, tfrecord
 from detrec.core.dataset_info import DatasetInfo
 from detrec.core.errors import UserError
 
@@ -121,6 +133,112 @@ def worker_shards(shards: Sequence[Shard], num_workers: int,
     if len(shards) >= num_workers:
         return tuple(shards[worker_index::num_workers]), False
     return tuple(shards), True
+
+
+# --- shard framing: every record header checked before any reader trusts one --------------
+@dataclasses.dataclass(frozen=True)
+class Framing:
+    """What a walk over a shard's record headers found.
+
+    Attributes:
+      records: whole, well-framed records before the first problem (all of them when none).
+      spans_digest: sha256 of the (offset, framed size) pairs of those records, to compare
+        with a DALI index without keeping every pair in memory.
+      problem: "" when every header is sound and the last record ends at the end of the
+        file; else one line, "offset O, record R: reason" when a record is at fault.
+    """
+
+    records: int
+    spans_digest: str
+    problem: str = ""
+
+
+def spans_digest(spans) -> str:
+    """The digest `Framing.spans_digest` holds, of (offset, framed size) pairs."""
+    digest = hashlib.sha256()
+    for offset, span in spans:
+        digest.update(struct.pack("<QQ", offset, span))
+    return digest.hexdigest()
+
+
+_framing_cache: dict[tuple, Framing] = {}
+_framing_lock = threading.Lock()
+
+
+def _file_identity(path: str) -> tuple:
+    """What tells a file's version apart: a rewrite of the same path gets a new identity."""
+    if fs.is_url(path):
+        stat = tf.io.gfile.stat(path)
+        return (path, stat.length, stat.mtime_nsec)
+    stat = os.stat(path)
+    if not S_ISREG(stat.st_mode):  # a FIFO would block the walk (and TensorFlow) forever
+        raise fs.NotARegularFile(f"{path}: not a regular file")
+    return (path, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
+
+
+def _walk(path: str, size: int) -> Framing:
+    digest = hashlib.sha256()
+    records = 0
+    # Local files unbuffered: each header is one 12-byte read, nothing of the payload is read.
+    opener = (lambda: fs.open(path, "rb")) if fs.is_url(path) else (lambda: open(path, "rb", buffering=0))
+    try:
+        with opener() as stream:
+            for frame in tfrecord.read_frames(stream, size, want=lambda i: False):
+                digest.update(struct.pack("<QQ", frame.offset, tfrecord.record_span(frame.length)))
+                records += 1
+    except tfrecord.FrameError as exc:
+        return Framing(records, digest.hexdigest(), f"offset {exc.offset}, record {exc.index}: {exc.reason}")
+    return Framing(records, digest.hexdigest())
+
+
+def shard_framing(path: str) -> Framing:
+    """The record headers of a shard, walked once per version of the file (cached).
+
+    Costs one small read per record (measured on 20,000 records in 11 shards of 1.4 GB: 1.1 s
+    from a cold disk, 0.07 s from the page cache); a rebuilt pipeline (every epoch for tf.data)
+    reuses the answer while the file is unchanged (0.04 ms for the 11 shards).
+    A file that cannot be opened is a problem too: TensorFlow would retry it forever under
+    `ignore_errors`, and DALI stop with a traceback.
+    """
+    try:
+        identity = _file_identity(path)
+    except fs.NotARegularFile:
+        return Framing(0, spans_digest([]), "not a regular file (a FIFO, device, socket or folder)")
+    except (OSError, tf.errors.OpError):
+        if not tf.io.gfile.exists(path):
+            return Framing(0, spans_digest([]), "the file is missing")
+        return Framing(0, spans_digest([]), "cannot read the file")
+    with _framing_lock:
+        cached = _framing_cache.get(identity)
+    if cached is not None:
+        return cached
+    try:
+        framing = _walk(path, identity[1])
+    except (OSError, tf.errors.OpError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        return Framing(0, spans_digest([]), f"cannot read the file ({reason})")
+    with _framing_lock:
+        _framing_cache[identity] = framing
+    return framing
+
+
+def check_framing(split: SplitShards) -> None:
+    """Raises CorruptShardError for the first shard of `split` whose framing is unsound.
+
+    Both lines check the shards they read when they build a pipeline; a trainer calls this
+    first, on every worker alike, so that all of them stop on a bad shard before training,
+    not only the worker that reads it (the others would wait for it in a collective).
+    """
+    for shard in split.shards:
+        problem = shard_framing(shard.path).problem
+        if problem:
+            raise corrupt_shard(shard, problem)
+
+
+def corrupt_shard(shard: Shard, problem: str) -> CorruptShardError:
+    """The error for a shard that fails a check made before reading it."""
+    return CorruptShardError(shard.path, f"{problem}; rebuild it with `detrec preprocess` or pass "
+                                         "--skip-corrupt to go on without it")
 
 
 # --- images: size and dtype ---------------------------------------------------------------

@@ -17,7 +17,8 @@ What differs from tf.data, by necessity:
   [N*i//k, N*(i+1)//k) of the split in dataset_info order (training: of that epoch's shard
   order, the same on every worker).
 * DALI does not check TFRecord CRCs, so shards are checked against dataset_info.json (size)
-  and their .idx (count, extent) before the pipeline starts.
+  and their .idx (count, extent), and the .idx against the file's record headers (each
+  length and its CRC, `common.shard_framing`), before the pipeline starts.
 
 Same pixels as tf.data: every decoder is told `adjust_orientation=False` (records are stored
 upright, see detrec.core.images; TensorFlow ignores EXIF, and so must DALI or a tagged record
@@ -46,7 +47,7 @@ import tensorflow as tf
 
 from detrec.core import schema, tfrecord
 from detrec.train import augment
-from detrec.train.input import common
+import detrec.train.input.common as common
 from detrec.train.input.common import CorruptShardError, SkipCounter, SplitShards
 from detrec.train.input.config import DaliTuning, InputConfig
 
@@ -92,7 +93,12 @@ def decoder_args(gpu: bool, tuning: DaliTuning = DaliTuning()) -> dict:
 
 
 def _index_problem(path: str, expected: int, num_bytes: int) -> str | None:
-    """Why DALI cannot read `path` as dataset_info.json describes it, or None."""
+    """Why DALI cannot read `path` as dataset_info.json describes it, or None.
+
+    DALI's reader takes each record's place from the .idx and then trusts the record's own
+    length field, so the index must agree with the file's real headers (`common.shard_framing`
+    walks them): a shard damaged while its .idx stayed intact is caught here too.
+    """
     gfile = tf.io.gfile
     if not gfile.exists(path):
         return "the file is missing"
@@ -117,6 +123,11 @@ def _index_problem(path: str, expected: int, num_bytes: int) -> str | None:
         end = offset + span
     if end != size:
         return f"{index} covers {end} of its {size} bytes"
+    framing = common.shard_framing(path)
+    if framing.problem:
+        return framing.problem
+    if framing.records != len(spans) or framing.spans_digest != common.spans_digest(spans):
+        return f"{index} does not match the record headers in the file (rebuilt or edited apart)"
     return None
 
 
@@ -133,9 +144,9 @@ def usable_shards(split: SplitShards, skip_corrupt: bool = False, counter: SkipC
         if problem is None:
             usable.append((shard.path, shard.num_examples))
         elif not skip_corrupt:
-            raise CorruptShardError(shard.path, problem)
+            raise common.corrupt_shard(shard, problem)
         elif not quiet:
-            print(f"detrec: skipping corrupt shard {shard.path}: {problem}", file=sys.stderr)
+            print(f"detrec: skipping corrupt shard {shard.path}: {problem}", file=sys.stderr, flush=True)
             if counter is not None:
                 counter.add(shard.num_examples)
     if not usable:

@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 
 import tensorflow as tf
 
-from detrec.train.input import dali
+import detrec.train.input.dali as dali
 from detrec.train.input.common import EpochPlan, SplitShards
 from detrec.train.input.config import InputConfig
 

@@ -18,8 +18,10 @@ from typing import Callable, Iterator
 import tensorflow as tf
 
 from detrec.core import schema
+from detrec.core.errors import UserError
 from detrec.train import augment
-from detrec.train.input.common import CorruptShardError, SkipCounter, SplitShards, worker_shards
+import detrec.train.input.common as common
+from detrec.train.input.common import CorruptShardError, Shard, SkipCounter, SplitShards, worker_shards
 from detrec.train.input.config import InputConfig
 
 # Records read, counted and parsed per step of a shard: one parse_example op per 64 records.
@@ -34,20 +36,46 @@ _CORRUPT_TAG = "detrec corrupt shard"
 _CORRUPT_RE = re.compile(_CORRUPT_TAG + r" (?P<path>[^\s:]+(?::\S+?)?): (?P<detail>.*?pass skip_corrupt)")
 
 
+# What the readers say about a record that `detrec preprocess` did not write (sound framing
+# and CRCs, bad content), so that it reaches the user as one line, not a traceback.
+_DALI_PARSE_RE = re.compile(r"Error while parsing TFRecord file: (?P<path>\S+) at index (?P<offset>\d+)")
+_DALI_DECODE_RE = re.compile(r"operator `nvidia\.dali\.fn\.(?:peek_image_shape|decoders\.image(?:_slice)?)`")
+_TF_DECODE_RE = re.compile(r"Invalid JPEG data|jpeg::|JPEG", re.IGNORECASE)
+_BAD_RECORD_HINT = ("find it with `detrec inspect --verify` and rebuild the shard with `detrec preprocess`")
+
+
 @contextlib.contextmanager
 def shard_errors() -> Iterator[None]:
-    """Re-raises the pipeline's corrupt-shard TF error as CorruptShardError (naming the file).
+    """Re-raises the input pipeline's data errors as UserErrors: one line from the CLI.
 
-    Errors raised inside tf.data can only be TF errors; the message carries the file name,
-    and this turns it back into a typed exception for the trainer and the CLI.
+    Errors raised inside tf.data can only be TF errors. A corrupt shard's message carries
+    the file name and becomes a CorruptShardError; so does DALI's "not a tf.Example" (file
+    and offset). A record whose image does not decode is named as well as the readers allow
+    (tf.data drops it under skip_corrupt; DALI cannot skip inside a running pipeline).
     """
     try:
         yield
     except tf.errors.OpError as exc:
-        match = _CORRUPT_RE.search(exc.message)
-        if match is None:
-            raise
-        raise CorruptShardError(match["path"], match["detail"].strip()) from None
+        message = exc.message or ""
+        match = _CORRUPT_RE.search(message)
+        if match is not None:
+            raise CorruptShardError(match["path"], match["detail"].strip()) from None
+        match = _DALI_PARSE_RE.search(message)
+        if match is not None:
+            raise CorruptShardError(match["path"], f"offset {match['offset']}: the record is not a tf.Example; "
+                                                   f"rebuild the shard with `detrec preprocess`") from None
+        if _DALI_DECODE_RE.search(message):
+            raise UserError("DALI could not decode the image of a record, which `detrec preprocess` never "
+                            f"writes; {_BAD_RECORD_HINT} (--decoder cpu --skip-corrupt drops such records)") from None
+        if isinstance(exc, tf.errors.InvalidArgumentError) and _TF_DECODE_RE.search(message):
+            line = next(line for line in message.splitlines() if _TF_DECODE_RE.search(line))
+            first = " ".join(re.sub(r"\{\{function_node[^}]*\}\}", "", line).split())[:200]
+            raise UserError(f"the image of a record does not decode ({first}), which `detrec preprocess` never "
+                            f"writes; {_BAD_RECORD_HINT}, or pass --skip-corrupt to drop such records") from None
+        raise
+    except UnicodeDecodeError:  # TensorFlow quoted a record's bytes in its error message
+        raise UserError(f"a record could not be read (TensorFlow's error quotes its bytes); {_BAD_RECORD_HINT}, "
+                        "or pass --skip-corrupt") from None
 
 
 def worker_examples(split: SplitShards, num_workers: int = 1, worker_index: int = 0) -> int:
@@ -58,29 +86,59 @@ def worker_examples(split: SplitShards, num_workers: int = 1, worker_index: int 
     return len(range(worker_index, total, num_workers)) if by_record else total
 
 
-def _read_shard(path: tf.Tensor, expected: tf.Tensor, skip_corrupt: bool, counter: SkipCounter | None,
-                spec: dict) -> tf.data.Dataset:
+def _read_limits(shards: tuple[Shard, ...], skip_corrupt: bool) -> list[int]:
+    """How many records TensorFlow may read of each shard (-1: all), from its framing.
+
+    TensorFlow's reader trusts each record's length: a crafted one (2^40 with a valid CRC)
+    makes it allocate that much and segfault, so every header is walked first
+    (`common.shard_framing`). A shard with a bad header is an error; with skip_corrupt only
+    its sound records before the bad one are read, and the end-of-shard count (below) skips
+    and counts the rest like any other damage.
+    """
+    limits = []
+    for shard in shards:
+        framing = common.shard_framing(shard.path)
+        if not framing.problem:
+            limits.append(-1)
+            continue
+        if not skip_corrupt:
+            raise common.corrupt_shard(shard, framing.problem)
+        print(f"detrec: corrupt shard {shard.path}: {framing.problem}; reading only the "
+              f"{framing.records} records before it", file=sys.stderr, flush=True)
+        limits.append(framing.records)
+    return limits
+
+
+def _read_shard(path: tf.Tensor, expected: tf.Tensor, limit: tf.Tensor, skip_corrupt: bool,
+                counter: SkipCounter | None, spec: dict) -> tf.data.Dataset:
     """One shard's parsed records, in batches of up to PARSE_BATCH, checked at the end of the
     file against its dataset_info count.
+
+    Records are parsed before they are counted, so a record that is no tf.Example costs its
+    parse batch (at most PARSE_BATCH records) and is caught by the count, like a bad CRC.
 
     TFRecordDataset moves to the next file after a DataLossError (so ignore_errors ends just
     this file's stream); an end marker then compares how many records were readable with
     what dataset_info.json promises - which also catches a shard cut at a record boundary.
-    Counting and parsing per batch keeps the per-record cost of both near zero.
+    Counting and parsing per batch keeps the per-record cost of both near zero. `limit`
+    (-1: no limit) stops the reader before a record header `_read_limits` found unsound.
     """
     # A file that cannot be opened would make ignore_errors retry forever, so a missing one is
     # read as no file at all (matching_files: [] or [path]) and fails the count like any other.
     present = tf.io.matching_files(path)
-    batches = tf.data.TFRecordDataset(present, buffer_size=READ_BUFFER).ignore_errors().batch(PARSE_BATCH)
-    end = tf.data.Dataset.from_tensors((tf.constant([], tf.string), True))
-    marked = batches.map(lambda b: (b, False)).concatenate(end)
+    records = tf.data.TFRecordDataset(present, buffer_size=READ_BUFFER).take(limit).ignore_errors()
+    # A record with sound framing and CRCs can still be no tf.Example (crafted or a bug): its
+    # parse batch fails and is dropped, and the count below finds the shard short.
+    parsed = records.batch(PARSE_BATCH).map(lambda batch: tf.io.parse_example(batch, spec)).ignore_errors()
+    end = tf.data.Dataset.from_tensors((tf.io.parse_example(tf.constant([], tf.string), spec), True))
+    marked = parsed.map(lambda features: (features, False)).concatenate(end)
 
     def count(n, element):
-        batch, is_end = element
-        n = n + tf.size(batch, out_type=tf.int64)
-        return n, (batch, is_end, n)
+        features, is_end = element
+        n = n + tf.shape(features[schema.ENCODED], out_type=tf.int64)[0]
+        return n, (features, is_end, n)
 
-    def check(batch, is_end, n):
+    def check(features, is_end, n):
         def at_end():
             short = n < expected
             message = tf.strings.join([
@@ -101,11 +159,10 @@ def _read_shard(path: tf.Tensor, expected: tf.Tensor, skip_corrupt: bool, counte
 
         done = tf.cond(is_end, at_end, lambda: tf.constant(True))
         with tf.control_dependencies([done]):
-            return tf.identity(batch), is_end
+            return tf.nest.map_structure(tf.identity, features, expand_composites=True), is_end
 
     checked = marked.scan(tf.constant(0, tf.int64), count).map(check)
-    records = checked.filter(lambda batch, is_end: tf.logical_not(is_end))
-    return records.map(lambda batch, is_end: tf.io.parse_example(batch, spec))
+    return checked.filter(lambda features, is_end: tf.logical_not(is_end)).map(lambda features, is_end: features)
 
 
 def _parse_spec(with_boxes: bool, with_keys: bool) -> dict:
@@ -165,14 +222,15 @@ def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
     # always in file order. Record-level sharding needs every worker to see the same order.
     deterministic = (not c.training) or c.seed is not None or by_record
     paths = [shard.path for shard in shards]
+    limits = _read_limits(shards, c.skip_corrupt)  # before TensorFlow reads a record header
     files = tf.data.Dataset.from_tensor_slices(
-        (paths, tf.constant([shard.num_examples for shard in shards], tf.int64)))
+        (paths, tf.constant([shard.num_examples for shard in shards], tf.int64), tf.constant(limits, tf.int64)))
     if c.training and not by_record:
         # File order reshuffled every epoch (each pass over `files` draws a new permutation).
         files = files.shuffle(len(paths), seed=c.seed, reshuffle_each_iteration=True)
     spec = _parse_spec(c.with_boxes, c.with_keys)
     ds = files.interleave(
-        lambda p, n: _read_shard(p, n, c.skip_corrupt, c.counter, spec),
+        lambda p, n, limit: _read_shard(p, n, limit, c.skip_corrupt, c.counter, spec),
         cycle_length=min(len(paths), CYCLE_LENGTH),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
@@ -191,6 +249,11 @@ def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
         ds = ds.shuffle(c.shuffle_buffer, seed=c.seed, reshuffle_each_iteration=True)
     ds = ds.map(_example_fn(c.size, c.training, c.preprocess, dtype, c.with_boxes, c.with_keys, c.max_boxes),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if c.skip_corrupt:
+        # A record with sound framing and CRCs whose image does not decode (crafted, or
+        # damaged before its CRC was computed) costs that example only. TensorFlow reports
+        # no count of what it drops here, so these are not in `counter`.
+        ds = ds.ignore_errors()
     ds = ds.batch(c.batch_size, drop_remainder=c.training)
     if c.preprocess == "inception":
         ds = ds.map(lambda images, *rest: (augment.normalize_inception(images, dtype), *rest),
