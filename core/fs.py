@@ -19,6 +19,7 @@ import glob as _glob
 import os
 import posixpath
 import re
+import stat
 import sys
 import uuid
 from typing import IO, Iterator
@@ -230,6 +231,29 @@ def read_bytes(path: str) -> bytes:
 def read_text(path: str) -> str:
     """A UTF-8 text file; UnicodeDecodeError as is (callers say which file)."""
     return read_bytes(path).decode("utf-8")
+
+
+class NotARegularFile(OSError):
+    """A FIFO, device, socket or folder where a file was expected: reading it could block
+    forever (a FIFO) or never end (/dev/zero), so it is never read."""
+
+
+def read_capped(path: str, limit: int) -> bytes:
+    """At most `limit` + 1 bytes of a file: more than `limit` come back only when it is larger.
+
+    The cap holds however large the file is or grows while being read. A local path is opened
+    without blocking and must be a regular file (a link to one is fine), so neither a FIFO nor
+    a link to /dev/zero can hang or fill the reader (NotARegularFile). Object stores hold only
+    regular files.
+    """
+    if is_url(path):
+        with open(path, "rb") as f:
+            return f.read(limit + 1)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with builtins.open(fd, "rb", closefd=True) as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotARegularFile(f"{path}: not a regular file (a FIFO, device, socket or folder)")
+        return f.read(limit + 1)
 
 
 def replace(src: str, dst: str) -> None:

@@ -24,3 +24,32 @@ def whole_number(minimum: int) -> Callable[[str], int]:
 
 positive = whole_number(1)
 count = whole_number(0)
+
+
+def bounded(kind: type, minimum: float, maximum: float) -> Callable[[str], float]:
+    """An argparse type accepting `kind` (int or float) values in minimum..maximum."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not minimum <= value <= maximum:  # nan fails both comparisons
+            raise argparse.ArgumentTypeError(f"wants a {'whole ' if kind is int else ''}number in "
+                                             f"{minimum:,}..{maximum:,}, got {text!r}")
+        return value
+
+    parse.__name__ = f"number in {minimum}..{maximum}"
+    return parse
+
+
+def yes_no(text: str) -> bool:
+    """An argparse type for a switch that may also be given a value (`--x`, `--x=false`), as
+    Dataflow Flex Template parameters are."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"wants true or false, got {text!r}")
+

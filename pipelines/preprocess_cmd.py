@@ -31,10 +31,11 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from detrec.core import dataset_info, fs, schema
+from detrec.core import dataset_info, fs, image_fit, schema
 from detrec.core.errors import IOFailure, UserError
 from detrec.preprocess import beam_compat, decode_check, output_folder, sources, vocab as vocab_lib
-from detrec.preprocess.dofns import NAMESPACE, split_time_metric
+from detrec.pipelines import argtypes
+from detrec.preprocess.dofns import DEFAULT_MAX_IMAGE_MB, NAMESPACE, split_time_metric
 from detrec.preprocess.graph import BuildShards, JobConfig
 
 HELP = "Beam job: ILSVRC/VOC/image-folder tree -> verified, sharded TFRecords"
@@ -57,6 +58,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "does not fix the count (default 128)")
     parser.add_argument("--verify-images", default="full", choices=decode_check.VERIFY_MODES,
                         help="full: decode every JPEG; header: trust a well-formed header + end marker")
+    parser.add_argument("--max-image-mb", type=argtypes.bounded(float, 0.001, 4096), default=DEFAULT_MAX_IMAGE_MB,
+                        help=f"largest image file read, larger ones are errors (default {DEFAULT_MAX_IMAGE_MB:g})")
+    parser.add_argument("--max-pixels", type=argtypes.bounded(int, 1, image_fit.MAX_PIXELS),
+                        default=image_fit.MAX_PIXELS, help="most pixels an image may have, larger ones are errors "
+                        f"(default and most {image_fit.MAX_PIXELS}: what TensorFlow's JPEG decoder accepts)")
+    parser.add_argument("--downscale", type=argtypes.yes_no, nargs="?", const=True, default=False,
+                        help="shrink images over --max-pixels to fit (re-encoded, counted as converted) "
+                        "instead of rejecting them")
 
 
 def parse_num_shards(text: str, splits: list[str]) -> dict[str, int]:
@@ -196,7 +205,8 @@ def _log_progress() -> None:
 def job_config(args: argparse.Namespace, num_shards: dict[str, int]) -> JobConfig:
     return JobConfig(input=args.input, output=args.output, splits=tuple(args.splits.split(",")),
                      layout=args.layout, synset_map=args.synset_map or "", num_shards=num_shards,
-                     target_shard_mb=args.target_shard_mb, verify_images=args.verify_images)
+                     target_shard_mb=args.target_shard_mb, verify_images=args.verify_images,
+                     max_image_mb=args.max_image_mb, max_pixels=args.max_pixels, downscale=args.downscale)
 
 
 def split_seconds(result, splits: list[str]) -> dict[str, float]:

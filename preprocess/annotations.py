@@ -2,8 +2,18 @@
 
 Parsing is hardened because annotation trees come from the internet: no DTD, no entity
 expansion, no network, capped size. A document that declares a DOCTYPE or entities is
-rejected before lxml sees it, so XXE and billion-laughs files fail fast with bounded memory
-and nothing a document references can reach the output.
+rejected: by a byte pattern before lxml sees it when the encoding is ASCII-compatible (fast
+and cheap), and in any encoding (UTF-16/32 hide the pattern) by the parser: a parsed document
+must have no DTD, and one that fails to parse is parsed again by a target that stops at the
+DOCTYPE, to say why (libxml2 itself refuses a billion laughs' amplification). The parser never
+expands or fetches an entity either way, so XXE and billion-laughs files fail with bounded
+memory and nothing a document references can reach the output.
+
+Every number is checked as well as parsed: a coordinate must be finite, a `<size>` a whole
+number in 0..MAX_SIZE (`1e400` is infinity to Python, and int() of it used to stop the whole
+job). Error messages name the file and the field, and quote a value only when it looks like a
+number: a file's content never reaches errors-<split>.jsonl (annotation paths may be links to
+anything).
 """
 
 from __future__ import annotations
@@ -18,6 +28,11 @@ from detrec.core.errors import InputError
 from detrec.core import schema
 
 MAX_XML_BYTES = 1 << 20  # real ILSVRC/VOC files are < 10 KB
+# The largest <size> side taken as a frame (a picture is at most 65500 wide: image_fit.MAX_SIDE;
+# past that boxes normalised by it would underflow float32 rather than describe a picture).
+MAX_SIZE = 1 << 20
+# What a quoted number may look like in a message (anything else is not shown).
+_NUMBER_LIKE = re.compile(r"[+-]?([0-9.eE+-]{1,40}|inf|infinity|nan)", re.IGNORECASE)
 _DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 _PARSER = etree.XMLParser(
     resolve_entities=False,
@@ -69,14 +84,28 @@ def _children(element) -> dict[str, str]:
     return out
 
 
+def shown(text: str) -> str:
+    """A value for an error message: quoted when it looks like a number, else only its length
+    (the file may be a link to anything; its content must not reach the error report)."""
+    return repr(text) if _NUMBER_LIKE.fullmatch(text) else f"({len(text)} characters, not shown)"
+
+
+def _finite(text: str, tag: str, where: str) -> float:
+    """float(text), or AnnotationError `bad_number` when it is not a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise AnnotationError("bad_number", f"{where}: <{tag}> {shown(text)} is not a number") from None
+    if value - value != 0.0:  # inf and nan ("1e400" overflows to inf)
+        raise AnnotationError("bad_number", f"{where}: <{tag}> {shown(text)} is not a finite number")
+    return value
+
+
 def _number(fields: dict[str, str], tag: str, where: str) -> float:
     text = fields.get(tag, "")
     if not text:
         raise AnnotationError("missing_coordinate", f"{where}: <{tag}> is missing")
-    try:
-        return float(text)
-    except ValueError:
-        raise AnnotationError("bad_number", f"{where}: <{tag}> {text!r} is not a number") from None
+    return _finite(text, tag, where)
 
 
 def _flag(fields: dict[str, str], tag: str) -> bool:
@@ -87,16 +116,79 @@ def _flag(fields: dict[str, str], tag: str) -> bool:
         return text.lower() in ("true", "yes")
 
 
-def _size(root) -> tuple[int, int]:
+def _size(root, where: str) -> tuple[int, int]:
+    """`<size>` as (width, height); (0, 0) when it is missing, empty or zero (the decoded
+    image's size is the frame then). Anything else that is not a whole number in 0..MAX_SIZE
+    is `bad_number`: a frame that is wrong would silently misplace every box."""
     size = root.find("size")
     if size is None:
         return 0, 0
     fields = _children(size)
-    try:
-        w, h = int(float(fields.get("width") or 0)), int(float(fields.get("height") or 0))
-    except ValueError:
-        return 0, 0
+    out = []
+    for tag in ("width", "height"):
+        text = fields.get(tag) or "0"
+        value = _finite(text, tag, f"{where}: <size>")
+        if not 0 <= value <= MAX_SIZE:
+            raise AnnotationError("bad_number", f"{where}: <size>: <{tag}> {shown(text)} is outside 0..{MAX_SIZE}")
+        out.append(int(value))
+    w, h = out
     return (w, h) if w > 0 and h > 0 else (0, 0)
+
+
+def _syntax_error(exc: etree.XMLSyntaxError) -> str:
+    """libxml2's verdict without its words: those quote tag and entity names from the file."""
+    line, column = exc.position if exc.position else (exc.lineno, 0)
+    try:
+        kind = etree.ErrorTypes._getName(exc.code, "error")  # e.g. ERR_TAG_NAME_MISMATCH
+    except Exception:  # a private helper of lxml's: the message works without it
+        kind = "error"
+    return f"{kind} at line {line}, column {column}"
+
+
+def _has_dtd(root) -> bool:
+    """Whether the parsed document declared a DTD (internal subset or external reference)."""
+    info = root.getroottree().docinfo
+    return info.internalDTD is not None or info.externalDTD is not None or bool(info.system_url or info.public_id)
+
+
+class _DoctypeSpotter:
+    """A parser target that builds nothing and stops at a DOCTYPE, noting that it saw one."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def doctype(self, *_) -> None:
+        self.seen = True
+        raise _Doctype
+
+    def start(self, *_) -> None:
+        pass
+
+    def end(self, *_) -> None:
+        pass
+
+    def data(self, *_) -> None:
+        pass
+
+    def close(self) -> None:
+        return None
+
+
+class _Doctype(Exception):
+    pass
+
+
+def _declares_dtd(data: bytes) -> bool:
+    """Whether a document that failed to parse declares a DOCTYPE (in any encoding libxml2
+    reads): the parser itself says so, and stops there, before the DTD's declarations."""
+    spotter = _DoctypeSpotter()
+    parser = etree.XMLParser(target=spotter, resolve_entities=False, no_network=True, load_dtd=False,
+                             dtd_validation=False, huge_tree=False)
+    try:
+        etree.fromstring(data, parser=parser)
+    except Exception:  # _Doctype, or the syntax error again
+        pass
+    return spotter.seen
 
 
 def parse(data: bytes, where: str = "<annotation>") -> Annotation:
@@ -117,10 +209,14 @@ def parse(data: bytes, where: str = "<annotation>") -> Annotation:
     try:
         root = etree.fromstring(data, parser=_PARSER)
     except etree.XMLSyntaxError as exc:
-        raise AnnotationError("malformed_xml", f"{where}: malformed XML ({exc})") from None
+        if _declares_dtd(data):
+            raise AnnotationError("xml_dtd_forbidden", f"{where}: DOCTYPE/ENTITY declarations are not allowed") from None
+        raise AnnotationError("malformed_xml", f"{where}: malformed XML ({_syntax_error(exc)})") from None
+    if root is not None and _has_dtd(root):  # a DOCTYPE the byte pattern could not see (UTF-16, UTF-32)
+        raise AnnotationError("xml_dtd_forbidden", f"{where}: DOCTYPE/ENTITY declarations are not allowed")
     if root is None or root.tag != "annotation":
         raise AnnotationError("not_an_annotation", f"{where}: root element is not <annotation>")
-    width, height = _size(root)
+    width, height = _size(root, where)
     objects = []
     for i, obj in enumerate(root.iter("object")):
         label = f"{where}: object {i}"

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from detrec.core import fs, images, schema, tfrecord
+from detrec.core import fs, image_fit, images, schema, tfrecord
 from detrec.core.crashpoints import crashpoint
 from detrec.preprocess import annotations, decode_check, labels, longlived, pairing, solutions, sources
 from detrec.preprocess.pairing import Pair
@@ -42,6 +42,9 @@ REMOTE_READ_THREADS = 16
 # is mostly Python and a second thread only contends for the GIL (measured on 2 cores, 20k
 # images: 4.9 s vs 5.1-5.4 s). Annotations are parsed in line (one thread) locally.
 LOCAL_WRITER_THREADS = {"full": 2, "header": 1}
+# The largest image file read (--max-image-mb): ImageNet's largest are ~15 MB, and a JPEG at
+# the pixel limit (image_fit.MAX_PIXELS) is rarely over 100 MB.
+DEFAULT_MAX_IMAGE_MB = 128.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +123,14 @@ class ListAndAssign(_DetrecDoFn):
         root, split, layout = element
         source = sources.resolve(root, split, layout)
         yield beam.pvalue.TaggedOutput(LAYOUT, (split, source))
-        entries = list(sources.list_split(source))
+        entries, unusable = [], set()
+        for entry in sources.list_split(source):
+            if isinstance(entry, sources.Unusable):  # never read: a FIFO, a device, a name that is not UTF-8
+                unusable.add(entry.key)
+                yield _reject(Rejected(split, entry.path if entry.kind == "annotation" else "",
+                                       entry.path if entry.kind == "image" else "", "list", entry.code, entry.reason))
+            else:
+                entries.append(entry)
         log.info("listed %d files for split %s (%s layout)", len(entries), split, source.layout)
         rows, bad_lines = pairing.solution_rows(source)
         for bad in bad_lines:
@@ -129,7 +139,8 @@ class ListAndAssign(_DetrecDoFn):
         for out in pairing.pair_split(source, entries, rows):
             if isinstance(out, Pair):
                 pairs.append(out)
-            else:
+            elif not (out.key in unusable and out.code in ("missing_annotation", "missing_image")):
+                # (a file whose partner was unusable is not reported again: one input, one line)
                 yield _reject(Rejected(out.split, out.annotation, out.image, "pair", out.code, out.reason))
         del entries, rows
         Metrics.counter(NAMESPACE, "pairs").inc(len(pairs))
@@ -152,12 +163,22 @@ class ParseShard(_DetrecDoFn):
         yield ShardPlan(plan.key, tuple(items))
 
 
-def _read(pair: Pair, path: str, what: str) -> bytes | Rejected:
-    """A source file's bytes, or the Rejected saying why they cannot be read."""
+def _read(pair: Pair, path: str, what: str, limit: int, too_large: str = "file_too_large") -> bytes | Rejected:
+    """A source file's bytes, or the Rejected saying why they cannot be read.
+
+    Never more than `limit` + 1 bytes are read, and only from a regular file (fs.read_capped):
+    the listing saw each file's size, but a file can grow, or be swapped for a FIFO, after it.
+    """
     try:
-        return fs.read_bytes(path)
+        data = fs.read_capped(path, limit)
+    except fs.NotARegularFile:
+        return Rejected.of(pair, "read", "not_a_regular_file", f"cannot read {what}: not a regular file")
     except Exception as exc:  # permissions, vanished files, GCS errors: report, go on
         return Rejected.of(pair, "read", "unreadable_file", f"cannot read {what}: {_short(exc)}")
+    if len(data) > limit:
+        return Rejected.of(pair, "read", too_large, f"{what} larger than {limit:,} bytes (the limit"
+                           + (", --max-image-mb)" if what == "image" else ")"))
+    return data
 
 
 def _parse(pair: Pair) -> Item | Rejected:
@@ -169,7 +190,7 @@ def _parse(pair: Pair) -> Item | Rejected:
             return Item(pair, solutions.parse_row(solutions.Row(pair.csv_where, pair.csv_boxes)), BOXES_FROM_CSV)
         except annotations.AnnotationError as exc:
             return Rejected.of(pair, "csv", exc.code, str(exc))
-    data = _read(pair, pair.annotation, "annotation")
+    data = _read(pair, pair.annotation, "annotation", annotations.MAX_XML_BYTES, "xml_too_large")
     if isinstance(data, Rejected):
         return data
     try:
@@ -265,11 +286,15 @@ class WriteShard(_DetrecDoFn):
     job never leaves a partial file under a final name and a rerun simply overwrites.
     """
 
-    def __init__(self, output: str, verify: str):
+    def __init__(self, output: str, verify: str, max_image_mb: float = DEFAULT_MAX_IMAGE_MB,
+                 max_pixels: int = image_fit.MAX_PIXELS, downscale: bool = False):
         super().__init__()
         self._output = output
         self._verify = verify
         self._decodes = decode_check.checker(verify)
+        self._max_bytes = int(max_image_mb * (1 << 20))
+        self._max_pixels = max_pixels
+        self._downscale = downscale
 
     def process(self, plan: ShardPlan, vocab: Vocabulary) -> Iterator:
         key = plan.key
@@ -317,15 +342,18 @@ class WriteShard(_DetrecDoFn):
         """One example, checked and serialized (with its item and whether its folder class
         differs from its largest box's), or why it cannot be."""
         pair = item.pair
-        data = _read(pair, pair.image, "image")
+        data = _read(pair, pair.image, "image", self._max_bytes)
         if isinstance(data, Rejected):
             return data
         try:
-            image = images.prepare(data, self._decodes)
+            image = images.prepare(data, self._decodes, self._max_pixels, self._downscale)
         except images.ImageError as exc:
             return Rejected.of(pair, "image", exc.code, f"{pair.image}: {exc}")
+        del data
+        # Boxes without a <size> are in the source's own pixels: its size, not the stored one.
+        source_width, source_height = image.source_size
         try:
-            got = labels.label_image(item.annotation, item.boxes_from, pair.folder_class, image.width, image.height,
+            got = labels.label_image(item.annotation, item.boxes_from, pair.folder_class, source_width, source_height,
                                      vocab.id_of, pair.label_file or pair.image)
         except annotations.AnnotationError as exc:
             stage = "label" if exc.code in ("unknown_synset", "unknown_class", "empty_csv_row") else "box"

@@ -13,11 +13,11 @@ from typing import Mapping
 
 import apache_beam as beam
 
-from detrec.core import fs
+from detrec.core import fs, image_fit
 from detrec.core.dataset_info import DatasetInfo
 from detrec.preprocess import vocab as vocab_lib
 from detrec.preprocess.dofns import (
-    LAYOUT, REJECTED, CollectVocabulary, ListAndAssign, ParseShard, WriteShard, shard_synsets,
+    DEFAULT_MAX_IMAGE_MB, LAYOUT, REJECTED, CollectVocabulary, ListAndAssign, ParseShard, WriteShard, shard_synsets,
 )
 from detrec.preprocess.finalize import finalize
 
@@ -36,6 +36,12 @@ class JobConfig:
     num_shards: Mapping[str, int] = dataclasses.field(default_factory=dict)
     target_shard_mb: float = 128.0
     verify_images: str = "full"
+    # Per-image limits (dofns.WriteShard): the largest file read, the most pixels a record may
+    # hold (image_fit.MAX_PIXELS: what the training decoders accept), and whether a larger
+    # picture is shrunk to fit (re-encoded, counted as converted) instead of rejected.
+    max_image_mb: float = DEFAULT_MAX_IMAGE_MB
+    max_pixels: int = image_fit.MAX_PIXELS
+    downscale: bool = False
     # The dataset already in `output` (output_folder.check): its other splits are kept when
     # this run's class list is the same, so a `--splits train` rerun leaves a whole dataset.
     previous: DatasetInfo | None = None
@@ -44,7 +50,8 @@ class JobConfig:
         """The record of these choices kept in dataset_info.json."""
         return {"splits": list(self.splits), "layout": self.layout, "synset_map": self.synset_map,
                 "num_shards": dict(self.num_shards), "target_shard_mb": self.target_shard_mb,
-                "verify_images": self.verify_images}
+                "verify_images": self.verify_images, "max_image_mb": self.max_image_mb,
+                "max_pixels": self.max_pixels, "downscale": self.downscale}
 
 
 class BuildShards(beam.PTransform):
@@ -74,7 +81,8 @@ class BuildShards(beam.PTransform):
         vocab = self._vocabulary(pbegin, parsed.shards, listed[LAYOUT])
         written = (
             parsed.shards
-            | "WriteShards" >> beam.ParDo(WriteShard(output, cfg.verify_images), beam.pvalue.AsSingleton(vocab))
+            | "WriteShards" >> beam.ParDo(WriteShard(output, cfg.verify_images, cfg.max_image_mb, cfg.max_pixels,
+                                                     cfg.downscale), beam.pvalue.AsSingleton(vocab))
             .with_outputs(REJECTED, main="shards")
         )
         rejected = (listed[REJECTED], parsed[REJECTED], written[REJECTED]) | "AllRejected" >> beam.Flatten()

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import io
 import logging
+import os
 import posixpath
-from typing import Iterable, Iterator, Mapping
+from typing import IO, Iterable, Iterator, Mapping
 
 from detrec.core import fs
 from detrec.preprocess import solutions
@@ -64,6 +64,7 @@ class PairProblem:
     image: str
     code: str
     reason: str
+    key: str = ""  # the source id, for missing_annotation / missing_image
 
 
 def pair(split: str, key: str, entries: Iterable[FileEntry], folder: str = "",
@@ -98,9 +99,11 @@ def pair(split: str, key: str, entries: Iterable[FileEntry], folder: str = "",
         elif folder:
             yield Pair(split, key, "", img.path, image_rel, img.size, folder)
         else:
-            yield PairProblem(split, "", img.path, "missing_annotation", f"image without annotation (source id {key!r})")
+            yield PairProblem(split, "", img.path, "missing_annotation", f"image without annotation (source id {key!r})",
+                              key)
     elif anns:
-        yield PairProblem(split, anns[0].path, "", "missing_image", f"annotation without image (source id {key!r})")
+        yield PairProblem(split, anns[0].path, "", "missing_image", f"annotation without image (source id {key!r})",
+                          key)
 
 
 def pair_split(source: SplitSource, entries: Iterable[FileEntry],
@@ -131,15 +134,45 @@ def pair_split(source: SplitSource, entries: Iterable[FileEntry],
         yield from pair(split, key, by_key[key], folder_class(key) if by_folder else "", row)
 
 
+# The longest solution-CSV line read (real ones are < 4 KB: a few boxes of 5 fields). A line
+# is read at most this far, so a CSV that is a link to /dev/zero or one endless line cannot
+# fill the listing worker's memory.
+MAX_CSV_LINE = 1 << 16
+
+
 def solution_rows(source: SplitSource) -> tuple[dict[str, solutions.Row], list[solutions.BadLine]]:
     """The split's LOC_<split>_solution.csv rows (cls-loc only; ROOT or its parent), read once
-    per split as a stream; ({}, []) when there is none."""
+    per split as a stream; ({}, []) when there is none. A CSV that is no regular file is one
+    bad line (`not_a_regular_file`) and is not read."""
     if source.layout != CLS_LOC:
         return {}, []
     path = find_beside(source.root, solutions.file_name(source.split))
     if not path:
         return {}, []
+    if not fs.is_url(path) and not os.path.isfile(path):
+        return {}, [solutions.BadLine(path, "not_a_regular_file", f"{path}: not a regular file, not read")]
+    long_lines: list[solutions.BadLine] = []
     with fs.open(path, "rb") as raw:
-        rows, bad = solutions.read_rows(io.TextIOWrapper(raw, encoding="utf-8", errors="replace"), path)
+        rows, bad = solutions.read_rows(_capped_lines(raw, path, long_lines), path)
     log.info("read %d rows of %s for split %s", len(rows), path, source.split)
-    return rows, bad
+    return rows, sorted(bad + long_lines, key=lambda b: int(b.where.rsplit(":", 1)[1]))
+
+
+def _capped_lines(raw: IO[bytes], path: str, too_long: list[solutions.BadLine]) -> Iterator[str]:
+    """The file's lines as text (bytes that are not UTF-8 replaced), none read past
+    MAX_CSV_LINE: a longer line is skipped to its end, yielded as "" (so line numbers stay
+    right) and reported in `too_long`."""
+    number = 0
+    while True:
+        line = raw.readline(MAX_CSV_LINE)
+        if not line:
+            return
+        number += 1
+        if len(line) == MAX_CSV_LINE and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):
+                line = raw.readline(MAX_CSV_LINE)
+            where = f"{path}:{number}"
+            too_long.append(solutions.BadLine(where, "bad_csv_line", f"{where}: line longer than {MAX_CSV_LINE} bytes"))
+            yield ""
+            continue
+        yield line.decode("utf-8", "replace")

@@ -8,6 +8,8 @@ Read in two steps so memory per image stays small and one bad line costs one ima
 `read_rows` runs once per split listing and keeps each row's text by image id (a string, not
 parsed boxes: real train is 544,546 rows); `parse_row` runs in the shard's parse step, and
 its AnnotationError becomes that image's line in errors-<split>.jsonl. Pure: text in, data out.
+Messages quote an image id or a number only when it looks like one (annotations.shown): the
+CSV may be a link to any file, and no file's content may reach an error line.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import dataclasses
 import posixpath
 from typing import Iterable, Mapping
 
-from detrec.preprocess.annotations import AnnotationError, Annotation, Object
+import re
+
+from detrec.preprocess.annotations import AnnotationError, Annotation, Object, shown
 
 HEADER = "ImageId"
 FIELDS_PER_BOX = 5  # synset xmin ymin xmax ymax
+_ID_LIKE = re.compile(r"[\w./-]{1,200}")  # what an ImageId looks like (n01440764_10026)
 
 
 def file_name(split: str) -> str:
@@ -67,11 +72,11 @@ def read_rows(lines: Iterable[str], path: str) -> tuple[dict[str, Row], list[Bad
         if number == 1 and image_id == HEADER:
             continue
         if not comma or not image_id:
-            bad.append(BadLine(where, "bad_csv_line", f"{where}: not `ImageId,PredictionString`: {text[:80]!r}"))
+            bad.append(BadLine(where, "bad_csv_line", f"{where}: not `ImageId,PredictionString` (no comma)"))
             continue
         if image_id in rows:
             bad.append(BadLine(where, "duplicate_csv_row",
-                               f"{where}: image {image_id!r} again (kept the row at {rows[image_id].where})"))
+                               f"{where}: image {_shown_id(image_id)} again (kept the row at {rows[image_id].where})"))
             continue
         rows[image_id] = Row(where, boxes.strip().strip('"'))
     return rows, bad
@@ -100,16 +105,21 @@ def parse_row(row: Row) -> Annotation:
         try:
             xmin, ymin, xmax, ymax = (float(c) for c in coords)
         except ValueError:
-            raise AnnotationError("bad_csv_row", f"{row.where}: box {i // FIELDS_PER_BOX} ({name}): "
-                                                 f"{' '.join(coords)!r} are not four numbers") from None
+            raise AnnotationError("bad_csv_row", f"{row.where}: box {i // FIELDS_PER_BOX} ({_shown_id(name)}): "
+                                                 f"{', '.join(map(shown, coords))} are not four numbers") from None
         if not all(map(_finite, (xmin, ymin, xmax, ymax))):
-            raise AnnotationError("bad_csv_row", f"{row.where}: box {i // FIELDS_PER_BOX} ({name}): "
-                                                 f"{' '.join(coords)!r} are not finite")
+            raise AnnotationError("bad_csv_row", f"{row.where}: box {i // FIELDS_PER_BOX} ({_shown_id(name)}): "
+                                                 f"{', '.join(map(shown, coords))} are not finite")
         if xmin > xmax or ymin > ymax:
-            raise AnnotationError("inverted_box", f"{row.where}: box {i // FIELDS_PER_BOX} ({name}): inverted box "
-                                                  f"xmin {xmin:g} xmax {xmax:g} ymin {ymin:g} ymax {ymax:g}")
+            raise AnnotationError("inverted_box", f"{row.where}: box {i // FIELDS_PER_BOX} ({_shown_id(name)}): "
+                                                  f"inverted box xmin {xmin:g} xmax {xmax:g} ymin {ymin:g} ymax {ymax:g}")
         objects.append(Object(name, xmin, ymin, xmax, ymax))
     return Annotation(0, 0, tuple(objects))
+
+
+def _shown_id(text: str) -> str:
+    """An image id or synset for a message: quoted when it looks like one, else its length."""
+    return repr(text) if _ID_LIKE.fullmatch(text) else f"({len(text)} characters, not shown)"
 
 
 def _finite(v: float) -> bool:

@@ -289,3 +289,32 @@ def test_tree_vocabulary_folder_classes_then_loc_mapping_then_the_data(trees):
     assert got.classes()[1] == vocab.ClassInfo(1, "n1", "one") and got.origin.endswith("LOC_synset_mapping.txt")
     det = {"train": sources.resolve(trees["det"], "train", "auto")}
     assert vocab.of_tree(collected, det, ["train"]) is collected
+
+
+# --- what listing never reads ----------------------------------------------------------------
+def test_listing_judges_each_path_before_anything_reads_it(tmp_path):
+    """FIFOs, device links and dangling links become not_a_regular_file, names that are not
+    UTF-8 bad_file_name (shown escaped); links to regular files are files; other names are
+    left alone as before."""
+    ann = tmp_path / "Annotations" / "DET" / "train"
+    img = tmp_path / "Data" / "DET" / "train"
+    ann.mkdir(parents=True)
+    img.mkdir(parents=True)
+    (img / "plain.JPEG").write_bytes(b"x")
+    (tmp_path / "real.JPEG").write_bytes(b"xy")
+    os.symlink(tmp_path / "real.JPEG", img / "linked.JPEG")
+    os.symlink("/dev/zero", img / "zero.JPEG")
+    os.symlink(tmp_path / "gone", img / "dangling.JPEG")
+    os.mkfifo(ann / "fifo.xml")
+    os.mkfifo(ann / "fifo.txt")  # not an input's extension: not listed at all
+    with open(os.fsencode(ann) + b"/caf\xe9.xml", "wb") as fh:
+        fh.write(b"<annotation/>")
+    listed = list(sources.list_split(sources.SplitSource(str(tmp_path), "train", "det")))
+    entries = sorted((e.kind, e.key, e.size) for e in listed if isinstance(e, sources.FileEntry))
+    assert entries == [("image", "linked", 2), ("image", "plain", 1)]
+    unusable = sorted((u.kind, os.path.basename(u.path), u.code, u.key) for u in listed if isinstance(u, sources.Unusable))
+    assert unusable == [("annotation", "caf\\xe9.xml", "bad_file_name", "caf\udce9"),
+                        ("annotation", "fifo.xml", "not_a_regular_file", "fifo"),
+                        ("image", "dangling.JPEG", "not_a_regular_file", "dangling"),
+                        ("image", "zero.JPEG", "not_a_regular_file", "zero")]
+    assert sources.shown_path("ok/ñandú") == "ok/ñandú" and sources.is_text("ok/日本")
