@@ -135,14 +135,16 @@ def validate(args: argparse.Namespace, options: PipelineOptions) -> None:
         if setup.requirements_file and setup.requirements_cache is None:
             setup.requirements_cache = "skip"  # else the launcher pip-downloads TF wheels for nothing
         return
+    for flag, path in (("--input", args.input), ("--output", args.output), ("--synset-map", args.synset_map)):
+        if path and not sources.is_text(path):
+            raise UserError(f"{flag} {path!r}: the path is not valid UTF-8 text; rename it or pass another")
     for flag, path in (("--input", args.input), ("--synset-map", args.synset_map)):
         if path and not fs.is_url(path) and not os.path.exists(path):
             raise UserError(f"{flag} {path}: no such file or directory")
     if args.synset_map and not fs.is_url(args.synset_map):
         try:
-            with open(args.synset_map, encoding="utf-8") as f:
-                vocab_lib.parse_synset_map(f.read(), args.synset_map)
-        except (vocab_lib.VocabError, UnicodeDecodeError, IsADirectoryError) as exc:
+            vocab_lib.read_synset_map(args.synset_map)
+        except (vocab_lib.VocabError, OSError) as exc:
             raise UserError(f"--synset-map: {exc}") from None
     if not fs.is_url(args.input) and not os.path.isdir(args.input):
         raise UserError(f"--input {args.input}: not a directory (pass the folder holding Annotations/ and Data/)")
@@ -167,8 +169,8 @@ def _check_tree(args: argparse.Namespace) -> None:
         mapping = sources.find_beside(next(iter(found.values())).root, vocab_lib.LOC_SYNSET_MAPPING)
         try:
             if mapping:
-                vocab_lib.parse_synset_map(fs.read_text(mapping), mapping)
-        except (vocab_lib.VocabError, UnicodeDecodeError) as exc:
+                vocab_lib.read_synset_map(mapping)
+        except (vocab_lib.VocabError, OSError) as exc:
             raise UserError(f"{exc} (found beside the tree; fix it or pass --synset-map)") from None
 
 

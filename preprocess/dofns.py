@@ -358,9 +358,11 @@ class WriteShard(_DetrecDoFn):
         except annotations.AnnotationError as exc:
             stage = "label" if exc.code in ("unknown_synset", "unknown_class", "empty_csv_row") else "box"
             return Rejected.of(pair, stage, exc.code, str(exc))
+        # images.prepare turned an EXIF-rotated photo upright: its boxes turn with it.
+        annotated = (item.annotation.width, item.annotation.height) if item.annotation else None
         record = schema.Record(
             encoded=image.data, height=image.height, width=image.width, filename=pair.image_rel,
-            source_id=pair.source_id, objects=got.boxes, class_label=got.class_label, class_text=got.class_text,
+            source_id=pair.source_id, objects=images.upright_boxes(got.boxes, image, annotated), class_label=got.class_label, class_text=got.class_text,
             converted_from=image.converted_from, label_source=got.source,
         )
         return record, schema.encode(record), item, got.disagrees

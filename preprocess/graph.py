@@ -102,7 +102,7 @@ class BuildShards(beam.PTransform):
             return (
                 pbegin
                 | "SynsetMapFile" >> beam.Create([fs.absolute(self.config.synset_map)])
-                | "ReadSynsetMap" >> beam.Map(lambda path: vocab_lib.parse_synset_map(fs.read_text(path), path))
+                | "ReadSynsetMap" >> beam.Map(vocab_lib.read_synset_map)
             )
         return (
             shards

@@ -79,8 +79,27 @@ def of_tree(collected: Vocabulary, found: Mapping[str, sources.SplitSource], spl
     if sources.CLS_LOC in layouts:
         path = sources.find_beside(root, LOC_SYNSET_MAPPING)
         if path:
-            return parse_synset_map(fs.read_text(path), path)
+            return read_synset_map(path)
     return collected
+
+
+MAX_SYNSET_MAP_BYTES = 16 << 20  # ImageNet's 1000-class map is 31 KB; 21k classes ~1 MB
+
+
+def read_synset_map(path: str) -> Vocabulary:
+    """A synset map file (--synset-map, LOC_synset_mapping.txt), read capped: only a regular
+    file is read, and at most 16 MiB of it, so a FIFO or a link to /dev/zero cannot hang or
+    fill the reader. VocabError says what is wrong."""
+    try:
+        data = fs.read_capped(path, MAX_SYNSET_MAP_BYTES)
+    except fs.NotARegularFile:
+        raise VocabError(f"{path}: not a regular file") from None
+    if len(data) > MAX_SYNSET_MAP_BYTES:
+        raise VocabError(f"{path}: over {MAX_SYNSET_MAP_BYTES >> 20} MiB, not a synset map")
+    try:
+        return parse_synset_map(data.decode("utf-8"), path)
+    except UnicodeDecodeError:
+        raise VocabError(f"{path}: not UTF-8 text") from None
 
 
 def parse_synset_map(text: str, where: str = "synset map") -> Vocabulary:

@@ -270,8 +270,6 @@ def test_preprocess_stores_a_rotated_photo_upright(rotated_dataset):
     assert np.abs(decoded(record.encoded).astype(np.float32) - upright).mean() < 4
 
 
-@pytest.mark.xfail(strict=True, reason="needs preprocess/dofns.py to pass its boxes through "
-                                       "images.upright_boxes (see the EXIF rule's report)")
 def test_preprocess_turns_the_boxes_with_the_photo(rotated_dataset):
     _, record, _, truth = rotated_dataset
     got = [(b.xmin, b.ymin, b.xmax, b.ymax) for b in record.objects]

@@ -148,3 +148,16 @@ def test_flag_mistakes_are_one_line_exit_2(synth_tree, tmp_path, capsys, flags):
     assert run_preprocess(synth_tree, str(tmp_path / "out"), *flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("detrec preprocess: error: ") and flags[0] in err[0]
+
+
+def test_paths_that_are_not_text_or_not_files_are_one_line(synth_tree, tmp_path, capsys):
+    """A non-UTF-8 --input and a FIFO as --synset-map: one line, exit 2, nothing read."""
+    bad = os.fsdecode(bytes(tmp_path) + b"/in\xff")
+    os.makedirs(bad)
+    fifo = str(tmp_path / "map.fifo")
+    os.mkfifo(fifo)
+    for args in (["--input", bad, "--output", str(tmp_path / "o1")],
+                 ["--input", synth_tree, "--output", str(tmp_path / "o2"), "--synset-map", fifo]):
+        assert cli.main(["preprocess", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ("not valid UTF-8" in err[0] or "not a regular file" in err[0]), err
