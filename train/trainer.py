@@ -40,6 +40,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from detrec.core import fs
+from detrec.core.crashpoints import crashpoint
 from detrec.core.errors import UserError
 from detrec.train import distribute, models, progress, rundir
 from detrec.train import input as input_lib
@@ -164,7 +165,10 @@ class Trainer:
 
     # --- saving -------------------------------------------------------------------------
     def _save(self) -> str:
-        return self.manager.save()
+        # The callback runs once the checkpoint's files are written, before the manager
+        # records it in its index: the "checkpoint-write" crash point of the crash tests.
+        written = tf.train.CheckpointOptions(experimental_write_callbacks=[lambda _: crashpoint("checkpoint-write")])
+        return self.manager.save(options=written)
 
     def _write_metrics(self) -> None:
         if not self.chief:
@@ -313,6 +317,7 @@ class Trainer:
                 pending.append(self._train_step(batch))
                 s.position += 1
                 s.total_steps += 1
+                crashpoint("step")
                 bar.update(1)
                 sums.seconds += time.perf_counter() - start
                 sums.input_wait += waited
