@@ -116,3 +116,19 @@ def test_decode_check_freezes_tensorflow_out_of_the_gc():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.split()[-1]) > 100_000
+
+
+def test_a_jpeg_the_training_decoder_refuses_but_pillow_reads_is_converted():
+    """The decoder's verdict is the seam (core.images.prepare's `decodes`): when it says no to
+    a JPEG Pillow can still read, the record holds Pillow's re-encoding, which TensorFlow decodes."""
+    data = f.jpeg(80, 60)
+    verdicts = []
+
+    def refuses(candidate: bytes) -> bool:
+        verdicts.append(candidate)
+        return candidate != data  # refuses the source bytes only
+
+    out = images.prepare(data, refuses)
+    assert verdicts and verdicts[0] == data
+    assert out.converted_from == "jpeg-undecodable-by-tf" and out.data != data
+    assert tf.io.decode_jpeg(out.data, channels=3).shape == (60, 80, 3)
