@@ -132,3 +132,26 @@ def test_a_jpeg_the_training_decoder_refuses_but_pillow_reads_is_converted():
     assert verdicts and verdicts[0] == data
     assert out.converted_from == "jpeg-undecodable-by-tf" and out.data != data
     assert tf.io.decode_jpeg(out.data, channels=3).shape == (60, 80, 3)
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xc4\x00\x00", b"\xff\xc0\x00\x11"])  # bogus tables; a second frame
+def test_damage_in_the_entropy_coded_data_fails_at_one_eighth_scale_as_at_full_size(damage):
+    """`--verify-images full` decodes at 1/8 scale: every coefficient is still entropy-decoded,
+    so damage inside the scan fails there exactly when the full-size decode fails."""
+    import random
+
+    data = f.jpeg(160, 120)
+    sos = data.index(b"\xff\xda")
+    start, end = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big"), len(data) - 2
+    rng, failed = random.Random(0), 0
+    for _ in range(20):
+        pos = rng.randrange(start, end - len(damage))
+        broken = data[:pos] + damage + data[pos + len(damage):]
+        try:
+            tf.io.decode_jpeg(broken, channels=3)
+            full = True
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):
+            full = False
+        assert decode_check.tf_decodes(broken) == full, pos
+        failed += not full
+    assert failed > 0  # the damage is real for the decoder
