@@ -19,10 +19,11 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
   - preprocess="inception": pixels scaled to [-1, 1] (x / 127.5 - 1). Training takes a
     random-resized crop (decoding only the crop window) and a random flip; evaluation
     decodes the whole image and resizes it to (H, W). Default dtype float32, or float16 when
-    the Keras policy is mixed_float16. The crop window is drawn alike by both decoders (DALI's
-    `random_crop_generator`, rebuilt in `augment.random_window`): area uniform in 8-100%,
-    aspect ratio log-uniform in 3/4..4/3, 10 attempts, then the whole image clamped to that
-    aspect range; the draws themselves differ (different generators).
+    the Keras policy is mixed_float16. Both decoders draw the crop window from the same
+    ranges (area 8-100%, aspect ratio 3/4..4/3, 10 attempts) but not the same way: DALI's
+    `random_crop_generator` draws the ratio log-uniformly and falls back to the whole image
+    clamped to the ratio range; tf.data (`augment.random_window`, TensorFlow's fused op)
+    draws it uniformly and falls back to the whole image. Kept so on purpose (see there).
   - preprocess="seed": the original article's transform, identical in training and
     evaluation: resize_with_crop_or_pad to (H, W), cast float16, per_image_standardization
     (zero mean, unit variance per image). Default dtype float16, as the article's net saw it.
