@@ -54,7 +54,11 @@ def _serve(server, ready_line: str) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     print(ready_line, flush=True)
-    stop.wait()
+    # Wake up now and then: the kernel may deliver the signal to one of TensorFlow's threads,
+    # and then Python runs its handler only when the main thread next wakes (an untimed wait
+    # could sleep through SIGTERM for good).
+    while not stop.wait(0.5):
+        pass
     server.stop()
     print("stopped", flush=True)
     return 0
