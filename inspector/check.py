@@ -17,7 +17,8 @@ import dataclasses
 import re
 
 from detrec.core import fs, images, schema, tfrecord
-from detrec.inspector.problem import Problem, short
+from detrec.core.errors import one_line
+from detrec.inspector.problem import Problem
 from detrec.inspector.resolve import Target
 
 
@@ -44,7 +45,7 @@ def read_record(payload: bytes, num_classes: int | None = None, verify: bool = F
     except schema.SchemaError as exc:
         raise BadRecord(str(exc)) from None
     except Exception as exc:  # a record crafted to break decoding in some other way
-        raise BadRecord(short(exc)) from None
+        raise BadRecord(one_line(exc)) from None
     return record
 
 
@@ -71,7 +72,7 @@ def check_jpeg(record: schema.Record) -> None:
     try:
         channels = tf.io.decode_jpeg(record.encoded, channels=3, ratio=8).shape[-1]
     except (tf.errors.OpError, ValueError) as exc:
-        reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", short(exc))  # drop TF's op decorations
+        reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", one_line(exc))  # drop TF's op decorations
         raise schema.SchemaError(f"`{schema.ENCODED}` does not decode: {reason}") from None
     if channels != 3:
         raise schema.SchemaError(f"JPEG decodes to {channels} channels, expected 3")
@@ -137,7 +138,7 @@ def check_index(result: ShardResult, problems: list[Problem], notes: list[str]) 
         if exists:
             text = fs.read_bytes(path).decode("utf-8", "replace")
     except Exception as exc:
-        problems.append(Problem(path, f"cannot read: {short(exc)}"))
+        problems.append(Problem(path, f"cannot read: {one_line(exc)}"))
         return
     if not exists:
         if result.num_examples and result.target.expected is not None:

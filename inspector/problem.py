@@ -34,9 +34,3 @@ class Problem:
         if self.record is not None:
             where.append(f"record {self.record}")
         return f"{self.file}: {', '.join(where) + ': ' if where else ''}{self.reason}"
-
-
-def short(exc: BaseException) -> str:
-    """An exception as one line of at most 300 characters (TensorFlow's run to many lines)."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -18,8 +18,8 @@ from typing import Sequence
 
 from detrec.core import dataset_info, fs, schema
 from detrec.core.dataset_info import ClassInfo, DatasetInfo, ShardInfo
-from detrec.core.errors import UserError
-from detrec.inspector.problem import Problem, short
+from detrec.core.errors import UserError, one_line
+from detrec.inspector.problem import Problem
 
 UNNAMED_SPLIT = "(unnamed)"  # the split of a shard whose file name says none
 
@@ -121,7 +121,7 @@ class _Resolver:
             try:
                 matches = fs.glob(path)
             except Exception as exc:  # gs:// auth/network errors
-                self._problem(path, f"cannot list: {short(exc)}")
+                self._problem(path, f"cannot list: {one_line(exc)}")
                 return
             if not matches:
                 self._problem(path, "no file matches this pattern")
@@ -135,7 +135,7 @@ class _Resolver:
             exists = fs.exists(path)
             is_dir = exists and fs.isdir(path)
         except Exception as exc:
-            self._problem(path, f"cannot access: {short(exc)}")
+            self._problem(path, f"cannot access: {one_line(exc)}")
             return
         if not exists:
             self._problem(path, "no such file or directory")
@@ -161,7 +161,7 @@ class _Resolver:
                 reason = str(exc).removeprefix(path + ": ")  # ...which the Problem names too
                 self._problem(path, f"{reason}; not cross-checked")
             except Exception as exc:  # unreadable file
-                self._problem(path, f"cannot read: {short(exc)}; not cross-checked")
+                self._problem(path, f"cannot read: {one_line(exc)}; not cross-checked")
             if info is not None:
                 for c in info.classes:
                     self.out.classes.setdefault(c.id, c)
@@ -181,7 +181,7 @@ class _Resolver:
                 if found:
                     self._labels_count[directory] = max(c.id for c in found) + 1
         except Exception as exc:
-            self.out.notes.append(f"{path}: unreadable ({short(exc)}); class names come from the records")
+            self.out.notes.append(f"{path}: unreadable ({one_line(exc)}); class names come from the records")
 
     def _add_dataset(self, directory: str) -> None:
         if any(d.dir == directory for d in self.out.datasets):
@@ -190,7 +190,7 @@ class _Resolver:
         try:
             names = fs.listdir(directory)
         except Exception as exc:
-            self._problem(directory, f"cannot list: {short(exc)}")
+            self._problem(directory, f"cannot list: {one_line(exc)}")
             return
         shard_names = [n for n in names if n.endswith(schema.SHARD_SUFFIX)]
         leftovers = [n for n in names if fs.is_temp(n)]

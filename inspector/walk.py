@@ -18,9 +18,10 @@ import math
 from typing import Callable
 
 from detrec.core import fs, schema, tfrecord
+from detrec.core.errors import one_line
 from detrec.inspector.check import BadRecord, ShardResult, read_record
 from detrec.inspector.contact_sheet import Sample
-from detrec.inspector.problem import Problem, short
+from detrec.inspector.problem import Problem
 from detrec.inspector.resolve import Target
 from detrec.inspector.stats import SplitStats
 
@@ -99,7 +100,7 @@ class Walker:
             try:
                 size = fs.size(target.path)
             except Exception as exc:
-                self._problem(target.path, f"cannot read: {short(exc)}")
+                self._problem(target.path, f"cannot read: {one_line(exc)}")
                 return result
         result.num_bytes = size
         expected_empty = target.expected is not None and target.expected.num_examples == 0
@@ -133,7 +134,7 @@ class Walker:
         except tfrecord.FrameError as exc:
             self._problem(target.path, exc.reason, exc.offset, exc.index)
         except Exception as exc:  # I/O errors (permissions, network)
-            self._problem(target.path, f"read error: {short(exc)}")
+            self._problem(target.path, f"read error: {one_line(exc)}")
         self.progress(size - done)
         if result.complete and hasher is not None:
             result.sha256 = hasher.hexdigest()

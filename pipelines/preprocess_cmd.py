@@ -32,7 +32,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from detrec.core import dataset_info, fs, image_fit, schema
-from detrec.core.errors import IOFailure, UserError
+from detrec.core.errors import IOFailure, UserError, one_line
 from detrec.preprocess import beam_compat, decode_check, output_folder, sources, vocab as vocab_lib
 from detrec.pipelines import argtypes
 from detrec.preprocess.dofns import DEFAULT_MAX_IMAGE_MB, NAMESPACE, split_time_metric
@@ -164,7 +164,7 @@ def _check_tree(args: argparse.Namespace) -> None:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         except Exception as exc:  # a bucket that cannot be listed: permissions, network
-            raise UserError(f"--input {args.input}: cannot list it ({str(exc).splitlines()[0][:200]})") from None
+            raise UserError(f"--input {args.input}: cannot list it ({one_line(exc, 200)})") from None
     if not args.synset_map and any(f.layout == sources.CLS_LOC for f in found.values()):
         mapping = sources.find_beside(next(iter(found.values())).root, vocab_lib.LOC_SYNSET_MAPPING)
         try:

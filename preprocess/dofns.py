@@ -22,6 +22,7 @@ from apache_beam.metrics import Metrics
 
 from detrec.core import fs, image_fit, images, schema, tfrecord
 from detrec.core.crashpoints import crashpoint
+from detrec.core.errors import one_line
 from detrec.preprocess import annotations, decode_check, labels, longlived, pairing, solutions, sources
 from detrec.preprocess.pairing import Pair
 from detrec.preprocess.plan import BOXES_FROM_CSV, BOXES_FROM_NONE, Item, ShardKey, ShardPlan, plan_split
@@ -174,7 +175,7 @@ def _read(pair: Pair, path: str, what: str, limit: int, too_large: str = "file_t
     except fs.NotARegularFile:
         return Rejected.of(pair, "read", "not_a_regular_file", f"cannot read {what}: not a regular file")
     except Exception as exc:  # permissions, vanished files, GCS errors: report, go on
-        return Rejected.of(pair, "read", "unreadable_file", f"cannot read {what}: {_short(exc)}")
+        return Rejected.of(pair, "read", "unreadable_file", f"cannot read {what}: {one_line(exc)}")
     if len(data) > limit:
         return Rejected.of(pair, "read", too_large, f"{what} larger than {limit:,} bytes (the limit"
                            + (", --max-image-mb)" if what == "image" else ")"))
@@ -273,10 +274,6 @@ class _HashingWriter:
 def split_time_metric(split: str, edge: str) -> str:
     """Name of the Beam distribution holding the epoch ms at which a split's shards start or end."""
     return f"{split}_shard_{edge}_ms"
-
-
-def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
 
 class WriteShard(_DetrecDoFn):
