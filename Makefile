@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # GPU=1 installs tensorflow[and-cuda] instead of tensorflow-cpu.
-EXTRAS := $(if $(GPU),gpu,cpu,dali),train,test
+EXTRAS := $(if $(GPU),gpu,cpu,dali),train,test,bench-tfds
 STAMP  := $(VENV)/.installed-$(if $(GPU),gpu,cpu)
 DEMO   ?= demo_out
 

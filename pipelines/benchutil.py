@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 import threading
 import time
 from typing import Sequence
@@ -60,16 +61,26 @@ def tree_rss(pid: int) -> int:
 
 
 class PeakMemory:
-    """Samples the RSS of a process tree every `interval` seconds; `.peak` after `stop()`."""
+    """Samples the RSS of a process tree every `interval` seconds, in a `with` block; `.peak`
+    after it.
+
+    Built for runs of many minutes: a sample that fails (a process ending mid-walk, an odd
+    /proc read) is skipped instead of ending the sampler thread, so the peak keeps tracking;
+    `.samples` counts the samples taken and `.failed` the ones skipped.
+    """
 
     def __init__(self, pid: int, interval: float = 0.1):
-        self.pid, self.interval, self.peak = pid, interval, 0
+        self.pid, self.interval, self.peak, self.samples, self.failed = pid, interval, 0, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss(self.pid))
+            try:
+                self.peak = max(self.peak, tree_rss(self.pid))
+                self.samples += 1
+            except Exception:  # noqa: BLE001 - one lost sample, never a lost sampler
+                self.failed += 1
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakMemory":
@@ -81,14 +92,27 @@ class PeakMemory:
         self._thread.join()
 
 
+# What run_measured keeps of a command's output: a long run's logs go to a file on disk, not
+# into the parent's memory, and only their end is read back (enough for an error message).
+OUTPUT_TAIL = 1 << 16
+
+
+def _tail(f) -> str:
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - OUTPUT_TAIL))
+    return f.read().decode("utf-8", "replace")
+
+
 def run_measured(cmd: Sequence[str], **kwargs) -> tuple[float, int, subprocess.CompletedProcess]:
-    """Runs a command; returns (wall seconds, peak tree RSS bytes, completed process)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-    with PeakMemory(proc.pid) as mem:
-        out, err = proc.communicate()
-    seconds = time.perf_counter() - start
-    return seconds, mem.peak, subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
+    """Runs a command; returns (wall seconds, peak tree RSS bytes, completed process whose
+    stdout and stderr are the last OUTPUT_TAIL bytes of each)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, **kwargs)
+        with PeakMemory(proc.pid) as mem:
+            proc.wait()
+        seconds = time.perf_counter() - start
+        return seconds, mem.peak, subprocess.CompletedProcess(list(cmd), proc.returncode, _tail(out), _tail(err))
 
 
 def table(rows: list[dict], columns: Sequence[tuple[str, str, str]]) -> str:

@@ -1,9 +1,9 @@
 """Beam DoFns that wrap the pure helpers: they count outcomes and route bad records to a
 tagged `rejected` output (the user_score.py pattern). No parsing logic lives here.
 
-The element they pass on is a ShardPlan (plan.py): one per shard, holding only small
-metadata (paths, sizes, parsed boxes). JPEG bytes are read inside the shard writer and
-streamed straight to the file, so they never cross a shuffle.
+The element they pass on is a ShardPlan (plan.py): one per shard, holding only its pairs
+(paths, sizes), packed. Annotations are parsed and JPEG bytes read inside the shard writer,
+the bytes streamed straight to the file, so neither crosses a shuffle.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from detrec.core import fs, image_fit, images, schema, tfrecord
 from detrec.core.crashpoints import crashpoint
 from detrec.core.errors import one_line
 from detrec.preprocess import annotations, decode_check, labels, longlived, pairing, solutions, sources
+from detrec.preprocess import vocab as vocab_lib
 from detrec.preprocess.pairing import Pair
 from detrec.preprocess.plan import BOXES_FROM_CSV, BOXES_FROM_NONE, Item, ShardKey, ShardPlan, plan_split
-from detrec.preprocess.vocab import Vocabulary, from_synsets as vocab_from_synsets
+from detrec.preprocess.vocab import Vocabulary
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -149,21 +150,6 @@ class ListAndAssign(_DetrecDoFn):
         yield from plan_split(split, pairs, self._num_shards.get(split), self._target)
 
 
-class ParseShard(_DetrecDoFn):
-    """ShardPlan of Pairs -> ShardPlan of Items, every XML parsed; a file that cannot be read
-    or parsed becomes a Rejected and leaves the plan (the others keep their order)."""
-
-    def process(self, plan: ShardPlan) -> Iterator:
-        threads = _threads_for(plan.entries[0].image if plan.entries else "", local=1)
-        items = []
-        for outcome in ordered_map(_parse, plan.entries, threads):
-            if isinstance(outcome, Rejected):
-                yield _reject(outcome)
-            else:
-                items.append(outcome)
-        yield ShardPlan(plan.key, tuple(items))
-
-
 def _read(pair: Pair, path: str, what: str, limit: int, too_large: str = "file_too_large") -> bytes | Rejected:
     """A source file's bytes, or the Rejected saying why they cannot be read.
 
@@ -203,10 +189,34 @@ def _parse(pair: Pair) -> Item | Rejected:
 _NO_BOXES = annotations.Annotation(0, 0, ())
 
 
-def shard_synsets(plan: ShardPlan) -> set[str]:
-    """The distinct object names and class folders of one parsed shard (the vocabulary's raw material)."""
-    names = {obj.name for item in plan.entries for obj in item.annotation.objects}
-    return names | {item.pair.folder_class for item in plan.entries if item.pair.folder_class}
+class ShardSynsets(_DetrecDoFn):
+    """A train ShardPlan -> the distinct object names and class folders of its pairs (the
+    vocabulary's raw material, rule 3 of vocab.py), with `found` (each split's SplitSource)
+    as a side input.
+
+    Parses the shard's annotations for their names only; the writer parses them again for
+    the records (~50 us an XML: cheaper than carrying parsed boxes through the launcher) and
+    reports what fails, so an annotation that does not parse adds no name here and no line.
+    Nothing is parsed when the tree fixes the class list itself (vocab.tree_vocabulary).
+    """
+
+    def __init__(self, splits: list[str], warm_decoder: bool = False):
+        super().__init__(warm_decoder)
+        self._splits = splits
+        self._tree_fixes: bool | None = None
+
+    def process(self, plan: ShardPlan, found: dict) -> Iterator[set[str]]:
+        if self._tree_fixes is None:
+            self._tree_fixes = vocab_lib.tree_vocabulary(found, self._splits) is not None
+        if self._tree_fixes:
+            return
+        pairs = plan.pairs()
+        threads = _threads_for(pairs[0].image if pairs else "", local=1)
+        names = {pair.folder_class for pair in pairs if pair.folder_class}
+        for item in ordered_map(_parse, pairs, threads):
+            if isinstance(item, Item):
+                names.update(obj.name for obj in item.annotation.objects)
+        yield names
 
 
 class CollectVocabulary(beam.CombineFn):
@@ -223,7 +233,7 @@ class CollectVocabulary(beam.CombineFn):
         return set().union(*accs)
 
     def extract_output(self, acc: set[str]) -> Vocabulary:
-        return vocab_from_synsets(acc)
+        return vocab_lib.from_synsets(acc)
 
 
 def _threads_for(path: str, local: int) -> int:
@@ -277,7 +287,7 @@ def split_time_metric(split: str, edge: str) -> str:
 
 
 class WriteShard(_DetrecDoFn):
-    """ShardPlan of Items -> ShardResult; bad images/boxes -> Rejected.
+    """ShardPlan -> ShardResult; bad annotations, images and boxes -> Rejected.
 
     Writes to a temporary name and renames when complete (with its DALI .idx), so a killed
     job never leaves a partial file under a final name and a rerun simply overwrites.
@@ -306,9 +316,9 @@ class WriteShard(_DetrecDoFn):
             # Reading, checking and encoding may run on a few threads (file reads, the JPEG
             # decode and hashing release the GIL); records are written in plan order, so the
             # bytes do not depend on the thread count and memory holds only a small window.
-            first = plan.entries[0].pair.image if plan.entries else ""
-            threads = _threads_for(first, LOCAL_WRITER_THREADS[self._verify])
-            records = ordered_map(lambda item: self._record(item, vocab), plan.entries, threads)
+            pairs = plan.pairs()
+            threads = _threads_for(pairs[0].image if pairs else "", LOCAL_WRITER_THREADS[self._verify])
+            records = ordered_map(lambda pair: self._record(pair, vocab), pairs, threads)
             for result in records:
                 if isinstance(result, Rejected):
                     yield _reject(result)
@@ -335,10 +345,12 @@ class WriteShard(_DetrecDoFn):
         yield ShardResult(key, len(index_lines), out.size, out.sha256, converted, dict(sorted(label_sources.items())),
                           dict(sorted(box_sources.items())), mismatches)
 
-    def _record(self, item: Item, vocab: Vocabulary) -> tuple[schema.Record, bytes, Item, bool] | Rejected:
-        """One example, checked and serialized (with its item and whether its folder class
-        differs from its largest box's), or why it cannot be."""
-        pair = item.pair
+    def _record(self, pair: Pair, vocab: Vocabulary) -> tuple[schema.Record, bytes, Item, bool] | Rejected:
+        """One example, parsed, checked and serialized (with its item and whether its folder
+        class differs from its largest box's), or why it cannot be."""
+        item = _parse(pair)
+        if isinstance(item, Rejected):
+            return item
         data = _read(pair, pair.image, "image", self._max_bytes)
         if isinstance(data, Rejected):
             return data

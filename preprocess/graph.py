@@ -17,7 +17,7 @@ from detrec.core import fs, image_fit
 from detrec.core.dataset_info import DatasetInfo
 from detrec.preprocess import vocab as vocab_lib
 from detrec.preprocess.dofns import (
-    DEFAULT_MAX_IMAGE_MB, LAYOUT, REJECTED, CollectVocabulary, ListAndAssign, ParseShard, WriteShard, shard_synsets,
+    DEFAULT_MAX_IMAGE_MB, LAYOUT, REJECTED, CollectVocabulary, ListAndAssign, ShardSynsets, WriteShard,
 )
 from detrec.preprocess.finalize import finalize
 
@@ -73,19 +73,15 @@ class BuildShards(beam.PTransform):
             | "ListPairAssign" >> beam.ParDo(ListAndAssign(dict(cfg.num_shards), int(cfg.target_shard_mb * 1e6), warm))
             .with_outputs(LAYOUT, REJECTED, main="shards")
         )
-        parsed = (
-            listed.shards
-            | "Distribute" >> beam.Reshuffle()  # one element per split fans out: spread its shards over workers
-            | "ParseXml" >> beam.ParDo(ParseShard(warm)).with_outputs(REJECTED, main="shards")
-        )
-        vocab = self._vocabulary(pbegin, parsed.shards, listed[LAYOUT])
+        shards = listed.shards | "Distribute" >> beam.Reshuffle()  # one element per split fans out over workers
+        vocab = self._vocabulary(pbegin, shards, listed[LAYOUT], warm)
         written = (
-            parsed.shards
+            shards
             | "WriteShards" >> beam.ParDo(WriteShard(output, cfg.verify_images, cfg.max_image_mb, cfg.max_pixels,
                                                      cfg.downscale), beam.pvalue.AsSingleton(vocab))
             .with_outputs(REJECTED, main="shards")
         )
-        rejected = (listed[REJECTED], parsed[REJECTED], written[REJECTED]) | "AllRejected" >> beam.Flatten()
+        rejected = (listed[REJECTED], written[REJECTED]) | "AllRejected" >> beam.Flatten()
         return (
             pbegin
             | "Finish" >> beam.Create([None])
@@ -95,7 +91,7 @@ class BuildShards(beam.PTransform):
         )
 
     def _vocabulary(self, pbegin: beam.pvalue.PBegin, shards: beam.PCollection,
-                    found: beam.PCollection) -> beam.PCollection:
+                    found: beam.PCollection, warm: bool) -> beam.PCollection:
         """The class list (vocab.py's rules): the synset map when given, else what the tree
         fixes (class folders, LOC_synset_mapping.txt), else the sorted synsets of the train split."""
         if self.config.synset_map:
@@ -107,7 +103,7 @@ class BuildShards(beam.PTransform):
         return (
             shards
             | "TrainOnly" >> beam.Filter(lambda plan: plan.key.split == TRAIN)
-            | "Synsets" >> beam.Map(shard_synsets)
+            | "Synsets" >> beam.ParDo(ShardSynsets(list(self.config.splits), warm), beam.pvalue.AsDict(found))
             | "SortedVocabulary" >> beam.CombineGlobally(CollectVocabulary())
             | "TreeVocabulary" >> beam.Map(vocab_lib.of_tree, beam.pvalue.AsDict(found), list(self.config.splits))
         )

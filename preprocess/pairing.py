@@ -28,9 +28,12 @@ from detrec.preprocess.sources import CLS_LOC, FOLDER, FileEntry, SplitSource, f
 log = logging.getLogger("detrec.preprocess")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Pair:
     """An image with what labels it; `source_id` is unique within a split.
+
+    (Slots: a split lists up to millions, all in memory while they are ranked; ~130 bytes
+    each instead of ~400 with a __dict__.)
 
     Attributes:
       annotation: its XML file, "" when it has none.

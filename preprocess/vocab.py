@@ -61,16 +61,21 @@ def from_synsets(synsets: Iterable[str], origin: str = "synsets seen in the trai
 
 
 def of_tree(collected: Vocabulary, found: Mapping[str, sources.SplitSource], splits: Sequence[str]) -> Vocabulary:
-    """The vocabulary the tree fixes itself (rule 2 of the module docstring), else `collected`.
+    """The vocabulary the tree fixes itself (rule 2 of the module docstring), else `collected`
+    (the synsets seen in the train split, rule 3)."""
+    return tree_vocabulary(found, splits) or collected
+
+
+def tree_vocabulary(found: Mapping[str, sources.SplitSource], splits: Sequence[str]) -> Vocabulary | None:
+    """The vocabulary the tree fixes itself (rule 2), None when it fixes none.
 
     Args:
-      collected: the synsets seen in the train split (rule 3).
       found: each split's resolved source (root and layout).
       splits: the splits of this run; the folder layout numbers the class folders of `train`
         when the tree has it (so a val-only run gets the same ids), else of the first split.
     """
     if not found:
-        return collected
+        return None
     root = next(iter(found.values())).root
     layouts = {s.layout for s in found.values()}
     if sources.FOLDER in layouts:
@@ -80,7 +85,7 @@ def of_tree(collected: Vocabulary, found: Mapping[str, sources.SplitSource], spl
         path = sources.find_beside(root, LOC_SYNSET_MAPPING)
         if path:
             return read_synset_map(path)
-    return collected
+    return None
 
 
 MAX_SYNSET_MAP_BYTES = 16 << 20  # ImageNet's 1000-class map is 31 KB; 21k classes ~1 MB

@@ -3,20 +3,23 @@ pipelines/dali_bench.py (DALI alone) in DALI's CPU mode."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
-from detrec.pipelines import benchutil, cli
+from detrec.pipelines import bench_preprocess, bench_tfds, benchutil, cli
 
 
-@pytest.mark.slow  # ~55 s: every preprocess contender on the synth tree
+@pytest.mark.slow  # ~90 s: every preprocess contender on the synth tree, and on it twice over
 def test_bench_preprocess_reports_every_contender(synth_tree, capsys):
-    assert cli.main(["bench", "preprocess", synth_tree, "--small", "10", "--repeat", "2", "--json"]) == 0
+    assert cli.main(["bench", "preprocess", synth_tree, "--small", "10", "--repeat", "2", "--scale", "2",
+                     "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     for row in report["rows"]:  # two rounds: the faster time counts, and the median (mean) peak
         assert len(row["runs"]) == 2 and row["seconds"] == pytest.approx(min(row["runs"]), abs=0.005)
@@ -24,15 +27,121 @@ def test_bench_preprocess_reports_every_contender(synth_tree, capsys):
     names = [row["name"] for row in report["rows"]]
     assert names[:2] == ["copy floor (cp -r)", "naive converter (1 process)"]
     assert sum(name.startswith("detrec preprocess") for name in names) == 4
-    assert [row["images"] for row in report["rows"][-2:]] == [10, 10]
+    by = {row["name"]: row for row in report["rows"]}
+    n = report["images"]
+    assert by["naive, 10-image subset"]["images"] == by["detrec full, 10-image subset"]["images"] == 10
+    assert by["naive, 2x tree"]["images"] == by["detrec full, 2x tree"]["images"] == 2 * n
     assert all(row["seconds"] > 0 and row["peak_mb"] > 0 for row in report["rows"])
     assert set(report["ratios"]) == {"full_vs_naive", "header_vs_copy", "memory_growth_max"}
-    full = next(r for r in report["rows"] if r["name"] == "detrec preprocess --verify-images full")
+    full = by["detrec preprocess --verify-images full"]
     assert report["ratios"]["full_vs_naive"] == full["vs_naive"]
     # Beam's worker processes are counted: two workers with TensorFlow loaded outweigh the
     # single in-memory process that does the same job.
-    in_memory = next(r for r in report["rows"] if r["name"] == "detrec preprocess --verify-images full (in-memory)")
-    assert full["peak_mb"] > in_memory["peak_mb"]
+    assert full["peak_mb"] > by["detrec preprocess --verify-images full (in-memory)"]["peak_mb"]
+    scale = report["scale"]
+    assert (scale["k"], scale["base_images"], scale["images"]) == (2, n, 2 * n)
+    assert [s["images"] for s in scale["sizes"]] == [n, 2 * n]
+    assert scale["kb_per_extra_image"] == pytest.approx(
+        (by["detrec full, 2x tree"]["peak_mb"] - full["peak_mb"]) * 1000 / n)
+    if bench_tfds.available():  # the TFDS build wrote all n examples, or the bench failed
+        assert by["TFDS default build"]["images"] == n
+        assert report["tfds"]["full_vs_tfds"] == pytest.approx(full["img_per_s"] / by["TFDS default build"]["img_per_s"])
+    else:
+        assert "TFDS default build" not in by and "not installed" in report["tfds"]["skipped"]
+
+
+def _xml_and_jpegs(root: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(root, "*", "DET", "train", "**", "*.*"), recursive=True))
+
+
+def test_scaled_tree_is_hard_linked_with_new_ids(synth_tree, tmp_path):
+    """--scale's tree: K copies of every image under new ids, sharing the original's inodes
+    (no image bytes copied), which detrec preprocess converts to K x N records."""
+    from detrec.core import dataset_info
+    from tests.conftest import run_preprocess
+
+    scaled = bench_preprocess.link_tree(synth_tree, "train", str(tmp_path / "scaled"), copies=2)
+    originals = _xml_and_jpegs(synth_tree)
+    n = sum(p.endswith(".xml") for p in originals)
+    copies = _xml_and_jpegs(scaled)
+    assert len(copies) == 2 * len(originals)
+    for path in copies:
+        rel = os.path.relpath(path, scaled)
+        stem, ext = os.path.splitext(rel)
+        original = os.path.join(synth_tree, stem.rsplit("_s", 1)[0] + ext)
+        assert os.stat(path).st_ino == os.stat(original).st_ino and os.stat(path).st_nlink > 1
+    ids = {os.path.splitext(os.path.relpath(p, os.path.join(scaled, "Annotations", "DET", "train")))[0]
+           for p in copies if p.endswith(".xml")}
+    assert len(ids) == 2 * n
+    out = str(tmp_path / "out")
+    assert run_preprocess(scaled, out, "--splits", "train") == 0
+    assert dataset_info.load(out).splits["train"].num_examples == 2 * n
+
+
+def _fake_measure(root: str, *_args) -> tuple[float, int]:
+    """A contender that takes 1 ms and 100 MB + 10 KB per image of the tree it runs on."""
+    images = bench_preprocess._count(root, "train")
+    return 0.001 * images, 100_000_000 + 10_000 * images
+
+
+@pytest.mark.parametrize("with_tfds", [True, False])
+def test_report_folds_in_scale_and_tfds_rows(synth_tree, monkeypatch, capsys, with_tfds):
+    """The report's shape and arithmetic, with every contender faked (real runs: above)."""
+    monkeypatch.setattr(bench_preprocess, "_copy", _fake_measure)
+    monkeypatch.setattr(bench_preprocess, "_naive", _fake_measure)
+    monkeypatch.setattr(bench_preprocess, "_detrec", _fake_measure)
+    monkeypatch.setattr(bench_preprocess, "_tfds", lambda root, split, work, n: (0.002 * n, 600_000_000))
+    monkeypatch.setattr(bench_tfds, "available", lambda: with_tfds)
+    assert cli.main(["bench", "preprocess", synth_tree, "--small", "10", "--repeat", "1", "--scale", "3",
+                     "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    n = report["images"]
+    names = [row["name"] for row in report["rows"]]
+    assert names[-4:] == ["naive, 10-image subset", "detrec full, 10-image subset", "naive, 3x tree",
+                          "detrec full, 3x tree"]
+    assert [row["images"] for row in report["rows"][-2:]] == [3 * n, 3 * n]
+    scale = report["scale"]
+    assert [s["size"] for s in scale["sizes"]] == ["N", "3N"]
+    assert [s["full_img_per_s"] for s in scale["sizes"]] == pytest.approx([1000, 1000])
+    assert [s["full_peak_mb"] for s in scale["sizes"]] == pytest.approx([100 + 0.01 * n, 100 + 0.03 * n])
+    assert scale["kb_per_extra_image"] == pytest.approx(10) and scale["naive_kb_per_extra_image"] == pytest.approx(10)
+    if with_tfds:
+        assert "TFDS default build" in names
+        assert report["tfds"]["full_vs_tfds"] == pytest.approx(2) and report["tfds"]["header_vs_tfds"] == pytest.approx(2)
+    else:
+        assert "TFDS default build" not in names and "not installed" in captured.err
+        assert report["tfds"] == {"skipped": bench_preprocess.TFDS_MISSING}
+    assert cli.main(["bench", "preprocess", synth_tree, "--small", "10", "--repeat", "1"]) == 0
+    text = capsys.readouterr().out  # without --scale: the default report, no scale section
+    assert "naive, 10-image subset" in text and "x tree" not in text and "per extra image" in text
+
+
+def test_scale_must_be_at_least_two(synth_tree, capsys):
+    assert cli.main(["bench", "preprocess", synth_tree, "--scale", "1"]) == 2
+    assert "--scale" in capsys.readouterr().err
+
+
+def test_tfds_builder_module_imports_without_tensorflow_datasets():
+    """bench-tfds is an optional extra: the module imports, and says so, where it is missing."""
+    code = ("import sys; sys.modules['tensorflow_datasets'] = None\n"
+            "from detrec.pipelines import bench_tfds, bench_preprocess\n"
+            "assert not bench_tfds.available()\n"
+            "try:\n    bench_tfds.builder_class()\nexcept ImportError:\n    print('lazy')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "lazy", done.stderr[-2000:]
+
+
+def test_tfds_build_writes_every_example(synth_tree, tmp_path):
+    import tensorflow_datasets as tfds  # `make test` installs the bench-tfds extra
+
+    n = bench_preprocess._count(synth_tree, "train")
+    assert bench_tfds.build(synth_tree, "train", str(tmp_path / "tfds")) == n
+    (builder_dir,) = glob.glob(str(tmp_path / "tfds" / "det_tree" / "*"))
+    builder = tfds.builder_from_directory(builder_dir)
+    assert builder.info.features["label"].names[0] == "background"
+    example = next(iter(tfds.as_numpy(builder.as_dataset(split="train").take(1))))
+    assert example["image"].ndim == 3 and len(example["objects"]["label"]) == len(example["objects"]["bbox"])
 
 
 def test_tree_rss_counts_children_started_from_threads():
@@ -51,6 +160,30 @@ def test_tree_rss_counts_children_started_from_threads():
     finally:
         child.kill()
         child.wait()
+
+
+def test_peak_memory_outlives_a_failed_sample(monkeypatch):
+    """A long run's sampler skips a sample that fails instead of dying with it."""
+    values = iter([RuntimeError("odd /proc read"), 5, 7, 6])
+
+    def fake_tree_rss(pid):
+        value = next(values, 1)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    monkeypatch.setattr(benchutil, "tree_rss", fake_tree_rss)
+    with benchutil.PeakMemory(os.getpid(), interval=0.01) as mem:
+        while mem.samples < 4:
+            time.sleep(0.01)
+    assert mem.peak == 7 and mem.failed == 1
+
+
+def test_run_measured_keeps_the_end_of_long_output():
+    code = "import sys; sys.stderr.write('x' * 200000 + 'END'); print('done')"
+    seconds, _, proc = benchutil.run_measured([sys.executable, "-c", code])
+    assert proc.returncode == 0 and seconds > 0 and proc.stdout == "done\n"
+    assert len(proc.stderr) == benchutil.OUTPUT_TAIL and proc.stderr.endswith("xEND")
 
 
 # --- pipelines/dali_bench.py: DALI alone, for GPU machines without TensorFlow --------------

@@ -411,40 +411,47 @@ def _pairs(tmp_path, n: int, bad: set[int] = frozenset()):
 
     pairs = []
     for i in range(n):
-        xml = tmp_path / f"{i}.xml"
-        xml.write_text("<annotation><size><width>10</width><height>10</height></size></annotation>"
-                       if i not in bad else "<annotation><unclosed>")
-        pairs.append(pairing.Pair("train", f"id{i}", str(xml), str(tmp_path / f"{i}.JPEG"), f"{i}.JPEG", 1000))
+        path = tmp_path / f"{i}.xml"
+        path.write_bytes(xml(f"n{i}", (1, 1, 5, 5), (10, 10)) if i not in bad else b"<annotation><unclosed>")
+        pairs.append(pairing.Pair("train", f"id{i}", str(path), str(tmp_path / f"{i}.JPEG"), f"{i}.JPEG", 1000))
     return pairs
 
 
-def test_every_planned_shard_is_an_element_even_when_its_xml_all_fails(tmp_path):
+def test_every_planned_shard_is_written_even_when_its_xml_all_fails(tmp_path):
     """Each shard travels as one element; a shard whose every annotation is rejected still
     gets written (empty), so a split's n-of-N shard names never have gaps."""
-    from detrec.preprocess import dofns, plan as planning
+    from detrec.preprocess import dofns, plan as planning, vocab
 
     pairs = _pairs(tmp_path, 7, bad={0, 1, 2, 3, 4, 5, 6})
     plans = list(planning.plan_split("train", pairs, 3, 1))
     assert [plan.key.name for plan in plans] == [f"train-0000{i}-of-00003.tfrecord" for i in range(3)]
-    assert sorted(len(plan.entries) for plan in plans) == [2, 2, 3]
-    assert sorted(p.source_id for plan in plans for p in plan.entries) == sorted(p.source_id for p in pairs)
+    assert sorted(plan.size for plan in plans) == [2, 2, 3]
+    assert sorted(p.source_id for plan in plans for p in plan.pairs()) == sorted(p.source_id for p in pairs)
+    (tmp_path / "out").mkdir()
     for plan in plans:
-        out = list(dofns.ParseShard().process(plan))
-        assert out[-1] == planning.ShardPlan(plan.key, ())  # the shard itself, with nothing parsed
-        assert all(r.value.code == "malformed_xml" for r in out[:-1]) and len(out) == len(plan.entries) + 1
+        out = list(dofns.WriteShard(str(tmp_path / "out"), "header").process(plan, vocab.from_synsets([])))
+        assert out[-1].key == plan.key and out[-1].num_examples == 0  # the shard itself, empty
+        assert all(r.value.code == "malformed_xml" for r in out[:-1]) and len(out) == plan.size + 1
+        assert (tmp_path / "out" / plan.key.name).exists()
 
 
-def test_parse_shard_keeps_plan_order_and_reports_bad_xml(tmp_path):
-    from detrec.preprocess import dofns, plan as planning
+def test_a_plan_keeps_its_pairs_in_hash_order_packed(tmp_path):
+    from detrec.preprocess import plan as planning
+
+    pairs = _pairs(tmp_path, 50)
+    plan, = planning.plan_split("train", pairs, 1, 1)
+    assert plan.pairs() == sorted(pairs, key=lambda p: planning.shard_hash("train", p.source_id))  # write order
+    assert len(plan.packed) < 40 * len(pairs)  # packed: a Pair pickles to ~300 bytes
+
+
+def test_shard_synsets_are_the_names_of_what_parses(tmp_path):
+    """The vocabulary stage skips an annotation that does not parse, silently: the writer
+    reports it (one input, one line)."""
+    from detrec.preprocess import dofns, plan as planning, sources
 
     plan, = planning.plan_split("train", _pairs(tmp_path, 5, bad={2}), 1, 1)
-    out = list(dofns.ParseShard().process(plan))
-    rejected = [o.value for o in out if hasattr(o, "tag")]
-    assert [r.annotation for r in rejected] == [p.annotation for p in plan.entries if p.source_id == "id2"]
-    (parsed,), = [[o] for o in out if not hasattr(o, "tag")]
-    assert [item.pair for item in parsed.entries] == [p for p in plan.entries if p.source_id != "id2"]
-    assert [p.source_id for p in plan.entries] == sorted(  # write order: by hashed source id
-        (p.source_id for p in plan.entries), key=lambda sid: planning.shard_hash("train", sid))
+    found = {"train": sources.SplitSource(str(tmp_path), "train", sources.DET)}
+    assert list(dofns.ShardSynsets(["train"]).process(plan, found)) == [{"n0", "n1", "n3", "n4"}]
 
 
 def test_a_shard_plan_is_pickled_in_one_call(tmp_path):
@@ -453,7 +460,7 @@ def test_a_shard_plan_is_pickled_in_one_call(tmp_path):
 
     from apache_beam.coders import coders
 
-    from detrec.preprocess import dofns, plan as planning
+    from detrec.preprocess import plan as planning
 
     plan, = planning.plan_split("train", _pairs(tmp_path, 5), 1, 1)
     coder = coders.FastPrimitivesCoder()
@@ -463,20 +470,21 @@ def test_a_shard_plan_is_pickled_in_one_call(tmp_path):
 
 @pytest.mark.parametrize("verify", ["header", "full"])
 def test_a_shard_is_the_same_bytes_whatever_the_writer_threads(synth_tree, tmp_path, monkeypatch, verify):
-    from detrec.preprocess import dofns, plan as planning
+    from detrec.preprocess import dofns, plan as planning, sources, vocab as vocab_lib
 
     plans = [o for o in dofns.ListAndAssign({"train": 1}, 1).process((synth_tree, "train", "auto"))
              if isinstance(o, planning.ShardPlan)]
-    (parsed,) = [o for o in dofns.ParseShard().process(plans[0]) if isinstance(o, planning.ShardPlan)]
-    vocab = dofns.vocab_from_synsets(dofns.shard_synsets(parsed))
+    found = {"train": sources.resolve(synth_tree, "train", "auto")}
+    (names,) = dofns.ShardSynsets(["train"]).process(plans[0], found)
+    vocab = vocab_lib.from_synsets(names)
     results = []
     for threads in (1, 4):
         monkeypatch.setitem(dofns.LOCAL_WRITER_THREADS, verify, threads)
         out = tmp_path / str(threads)
         out.mkdir()
-        (result,) = list(dofns.WriteShard(str(out), verify).process(parsed, vocab))
+        (result,) = list(dofns.WriteShard(str(out), verify).process(plans[0], vocab))
         results.append(result)
-    assert results[0].num_examples == len(parsed.entries) > 10
+    assert results[0].num_examples == plans[0].size > 10
     assert results[0].sha256 == results[1].sha256
 
 
