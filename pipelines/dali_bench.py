@@ -10,9 +10,11 @@ TensorFlow's GPU build (or without TensorFlow) - and it is the figure the first 
 records: DALI "mixed" img/s of the training image path, with the goal >= 10,000 img/s on one
 H100 (decode must never bound training).
 
-The pipeline is the one train/input/dali.py builds for training, minus boxes and keys:
-TFRecord reader (shuffled, epoch-padded) -> peek shape -> random_crop_generator -> ROI decode
-(`image_slice`, device "mixed") -> bilinear resize -> flip + [-1, 1] normalisation, float32,
+The pipeline is the decode path train/input/dali.py builds for training, minus boxes and
+keys, with DALI's own reader and random operators standing in for the training feed (which
+reads the records and draws the windows and flips in numpy, train/input/dali_feed.py, and
+needs detrec): TFRecord reader (shuffled, epoch-padded) -> peek shape -> random_crop_generator
+-> ROI decode (`image_slice`, device "mixed") -> bilinear resize -> flip + [-1, 1] normalisation, float32,
 on the GPU. The decoder arguments are `DECODER_ARGS` plus the hardware-decoder settings, the
 same as train/input/dali.py's `decoder_args` (tests/test_bench.py holds the two together).
 

@@ -152,30 +152,33 @@ def test_skip_corrupt_drops_the_shard_and_counts(dataset_dir, tmp_path, capsys):
     assert sorted(keys_of(got)) == sorted(first_shard)
 
 
-def test_random_crop_window_is_in_height_width_order(dataset_dir):
-    """train/input/dali.py maps boxes with fn.random_crop_generator's window as (y, x) / (h, w)."""
+def test_fed_crop_window_is_in_height_width_order(dataset_dir):
+    """The feed's windows are [y, x, h, w] and image_slice reads them that way: the decoded
+    crop has exactly the window's (h, w), inside the image."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from detrec.train.input import dali
+    from detrec.train.input import dali, dali_feed
 
-    paths = dali.usable_shards(input_lib.split_shards(dataset_info.load(dataset_dir), dataset_dir, "val"))
+    split = input_lib.split_shards(dataset_info.load(dataset_dir), dataset_dir, "val")
+    feed = dali.make_feed(split, input_lib.InputConfig(batch_size=8, image_size=16, training=True, seed=3))
+    parts = feed.batch(0)
+    flat, lengths = parts["encoded"]
+    encoded = np.split(flat, np.cumsum(lengths)[:-1])
 
-    @pipeline_def(batch_size=8, num_threads=1, device_id=None, seed=3)
+    @pipeline_def(batch_size=8, num_threads=1, device_id=None)
     def pipe():
-        record = fn.readers.tfrecord(path=[p for p, _ in paths], index_path=[p + schema.INDEX_SUFFIX for p, _ in paths],
-                                     features=dali._features(False, False))
-        encoded = record[schema.ENCODED]
-        hw = fn.cast(fn.peek_image_shape(encoded)[0:2], dtype=types.INT32)
-        start, shape = fn.random_crop_generator(hw, random_aspect_ratio=[0.5, 0.6])  # tall windows
-        crop = fn.decoders.image_slice(encoded, start, shape, axes=[0, 1], device="cpu")
-        return hw, start, shape, crop.shape()
+        data = fn.external_source(source=lambda: encoded, batch=True, dtype=types.UINT8)
+        window = fn.external_source(source=lambda: parts["window"], batch=True, dtype=types.INT32)
+        crop = fn.decoders.image_slice(data, window[0:2], window[2:4], axes=[0, 1], device="cpu")
+        return fn.peek_image_shape(data), crop.shape()
 
     p = pipe()
     p.build()
-    hw, start, shape, crop = (np.array(t.as_tensor()) for t in p.run())
-    assert (crop[:, :2] == shape).all()
-    assert (shape[:, 1] < shape[:, 0]).all()  # width/height in 0.5..0.6: (h, w) order
-    assert (start + shape <= hw).all() and (start >= 0).all()
+    hw, crop = (np.array(t.as_tensor()) for t in p.run())
+    window = parts["window"]
+    assert (crop[:, :2] == window[:, 2:]).all()
+    assert (window[:, :2] + window[:, 2:] <= hw[:, :2]).all() and (window >= 0).all()
+    assert [dali_feed.jpeg_hw(bytes(e)) for e in encoded] == [tuple(v) for v in hw[:, :2].tolist()]
 
 
 # --- the GPU graph, built (not run) on this CPU machine -----------------------------------
@@ -189,11 +192,9 @@ def _gpu_graph_ops(dataset_dir, training: bool, preprocess: str = "inception"):
 
     from detrec.train.input import dali
 
-    paths = dali.usable_shards(input_lib.split_shards(dataset_info.load(dataset_dir), dataset_dir, "train"))
     pipe = pipeline_def(dali._graph, batch_size=4, num_threads=1, device_id=0, seed=1)(
-        paths, size=(32, 32), training=training, preprocess=preprocess, dtype=tf.float32, with_boxes=True,
-        with_keys=True, max_boxes=4, shard_id=0, num_shards=1, order_seed=1, initial_fill=16, gpu=True,
-        tuning=input_lib.DaliTuning(hw_decoder_load=0.8, preallocate=(640, 480)))
+        size=(32, 32), training=training, preprocess=preprocess, dtype=tf.float32, with_boxes=True,
+        with_keys=True, gpu=True, tuning=input_lib.DaliTuning(hw_decoder_load=0.8, preallocate=(640, 480)))
     pipe._build_graph()
     ops = {}
     for op in pipe._ops:
@@ -209,8 +210,9 @@ def test_gpu_graph_decodes_on_the_gpu_like_libjpeg_and_ignores_exif(dataset_dir,
     assert device == "mixed"
     assert args["adjust_orientation"] is False and args["jpeg_fancy_upsampling"] is True
     assert (args["hw_decoder_load"], args["preallocate_width_hint"], args["preallocate_height_hint"]) == (0.8, 640, 480)
-    ((_, peek),) = ops["PeekImageShape"]
-    assert peek["adjust_orientation"] is False
+    # No reader, no random operator: the feed (CPU data) holds every draw, so resume is exact.
+    assert not {"TFRecordReader", "TFRecord", "RandomCropGenerator", "CoinFlip", "PeekImageShape"} & set(ops)
+    assert {device for device, _ in ops["ExternalSource"]} == {"cpu"}
     assert devices == ["gpu"] * 5  # images, labels, boxes, box labels, keys: all on the GPU
 
 

@@ -56,7 +56,8 @@ def random_window(hw: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     Stateless (seeded per example by the caller), so a seeded pipeline draws the same
     windows whatever the parallelism; falls back to the whole image after MAX_ATTEMPTS.
 
-    DALI's `random_crop_generator` (the DALI line) draws the same ranges differently: the
+    The DALI line (DALI's `random_crop_generator` algorithm, computed in numpy by
+    train/input/draws.py so that resume is exact) draws the same ranges differently: the
     area uniform and the aspect ratio log-uniform (here: TensorFlow's fused op, ratio uniform),
     and its fallback is the whole image clamped to the ratio range (here: the whole image).
     Re-implementing DALI's draw here in TF ops was measured: 11% fewer img/s on the CPU line

@@ -11,12 +11,12 @@ relies on (see train/trainer.py). Building a tf.data pipeline costs milliseconds
 DALI: one pipeline per local replica, built when training starts (and again only after a
 resume) and read one epoch after the other (detrec.train.input.streams says why, and why
 that works under MultiWorkerMirroredStrategy too); validation on one replica keeps one DALI
-pipeline for the whole run as well. Epoch `e` of a run is the `e - e0`-th epoch of a
-stream built at epoch e0 from `epoch_seed(seed, e0)`: reproducible for a given start, but a
-stream cannot be started at an arbitrary epoch's state, so a run resumed mid-epoch reads
-past the batches already trained in a *fresh* order (`Data.resume == "realigned"`): the
-epoch keeps its length and the epochs after it are whole, yet the interrupted epoch may see
-some examples twice and others not at all. Use `--decoder cpu` where a resume must be exact.
+pipeline for the whole run as well. The stream is built at epoch e0 with the run's seed,
+and its epoch e (e >= e0) reads, in the order and with the crops and flips of
+train/input/draws.py: pure functions of (seed, e, record), fed to DALI in numpy
+(train/input/dali_feed.py). So a run resumed at epoch e, step s builds the stream at e and
+drops s batches, as tf.data does, and trains on exactly the batches the interrupted run
+would have trained on (`Data.resume == "exact"` for both decoders).
 
 tf.data service (`--data-service`)
 ----------------------------------
@@ -50,9 +50,8 @@ from detrec.train.distribute import worker_position
 from detrec.train.input import streams
 
 # How a run resumed mid-epoch gets the rest of that epoch (`Data.resume`).
-RESUME_EXACT = "exact"          # the epoch's stream is rebuilt as it was: skip the trained batches
-RESUME_REALIGNED = "realigned"  # a fresh order: skip as many batches, so epochs stay whole after it
-RESUME_FRESH = "fresh"          # no order to skip in (tf.data service): take the remaining count
+RESUME_EXACT = "exact"  # the epoch's stream is rebuilt as it was: skip the trained batches
+RESUME_FRESH = "fresh"  # no order to skip in (tf.data service): take the remaining count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +86,6 @@ def resume_note(resume: str, epoch: int, position: int, steps: int) -> str:
     """The line a run resumed `position` batches into `epoch` (from 0) of `steps` prints."""
     if resume == RESUME_EXACT:
         return f"skipping the {position} batches of epoch {epoch + 1} already trained"
-    if resume == RESUME_REALIGNED:
-        return (f"the DALI input is built once per run, so epoch {epoch + 1} continues in a fresh order "
-                f"after its {position} trained batches: some of its examples may be seen twice and others "
-                "missed, and its recorded keys are the resumed part's only (--decoder cpu resumes exactly)")
     return (f"the input order is not reproducible (tf.data service): the remaining {steps - position} steps "
             f"of epoch {epoch + 1} take their batches from a fresh epoch of the input, so this epoch may "
             "repeat some examples and miss others")
@@ -171,8 +166,9 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
         if live.get("next_epoch") != epoch:  # the first epoch of this run, or a jump
             if "train" in live:
                 live.pop("train").close()
+            # The run's seed and the first epoch: each epoch's draws depend on those only.
             live["train"] = streams.replica_stream(
-                train_split, train_config.replace(seed=epoch_seed(seed, epoch)), strategy, plans[0], steps)
+                train_split, train_config.replace(seed=seed, epoch=epoch), strategy, plans[0], steps)
         live["next_epoch"] = epoch + 1
         return live["train"].batches()
 
@@ -201,7 +197,7 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
         return strategy.experimental_distribute_dataset(ds)
 
     skipped = (lambda: counter.result()["records"]) if counter else None
-    resume = RESUME_FRESH if service else RESUME_REALIGNED if decoder == "dali" else RESUME_EXACT
+    resume = RESUME_FRESH if service else RESUME_EXACT
     return Data(train=train, val=val, classes=list(info.classes), skipped=skipped, resume=resume,
                 with_keys=with_keys), steps
 

@@ -8,10 +8,11 @@ gives us the exact control over steps that resume needs.
 
 Resume and the input position
 -----------------------------
-Epoch `e` reads `data.train(e)`. With the tf.data decoder that is a stream whose order is a
-pure function of the run's seed and `e` (`data.epoch_seed`; the input pipeline seeds its
-shuffles and per-example augmentation with it and keeps interleave and map order
-deterministic - tests/test_train.py checks this). The checkpoint stores the number of batches already consumed in the current
+Epoch `e` reads `data.train(e)`, a stream whose order and augmentation are a pure function
+of the run's seed and `e`: with the tf.data decoder through `data.epoch_seed` (the input
+pipeline seeds its shuffles and per-example augmentation with it and keeps interleave and
+map order deterministic - tests/test_train.py checks this); with DALI through
+train/input/draws.py, computed in numpy and fed to the pipeline. The checkpoint stores the number of batches already consumed in the current
 epoch (train/state.py); a resumed run rebuilds epoch `e`'s stream and drops that many
 batches from its iterator, so it sees exactly the batches the interrupted run had not yet
 trained on: same epochs, same optimizer steps, and (with deterministic ops) bit-for-bit the
@@ -22,8 +23,7 @@ an iterator checkpoint holds the shuffle and prefetch buffers (megabytes to giga
 records in every checkpoint), cannot capture a DALI pipeline, and ties the checkpoint to the
 exact graph of the input pipeline. The price is re-reading (and decoding) the dropped
 batches once per resume, at most one epoch's worth; `--checkpoint-every` bounds the work
-lost, not this cost. (The tf.data service's order is not reproducible, and DALI's stream is
-built once per run, so its resumed epoch continues in a fresh order: see train/data.py.)
+lost, not this cost. (The tf.data service's order is not reproducible: see train/data.py.)
 """
 
 from __future__ import annotations
@@ -270,14 +270,12 @@ class Trainer:
         if s.position:
             self._log(data_lib.resume_note(self.data.resume, epoch, s.position, steps))
         if s.position and self.data.resume != data_lib.RESUME_FRESH:
-            # The input position. Exact: this epoch's order is fixed by its seed, so dropping
-            # the batches the interrupted run trained on leaves exactly the ones it had not.
-            # Realigned (DALI): a fresh order, but dropping as many keeps the epochs whole.
-            exact = self.data.resume == data_lib.RESUME_EXACT
+            # The input position: this epoch's order is fixed by the seed and the epoch, so
+            # dropping the batches the interrupted run trained on leaves exactly the ones it had not.
             with progress.bar(total=s.position, desc="  skip", unit="batch", enabled=self.chief) as skip_bar:
                 for _ in range(s.position):
                     batch = next(iterator)
-                    if keys is not None and exact:  # the same batches the interrupted run trained on
+                    if keys is not None:  # the same batches the interrupted run trained on
                         keys += self._local_keys(batch[2])
                     skip_bar.update(1)
         # Each step's sums stay on the device until the next sync reads them all back at once;

@@ -7,7 +7,7 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
                  num_workers=1, worker_index=0, repeat=False,
                  skip_corrupt=False, counter=None,
                  with_boxes=False, with_keys=False, max_boxes=MAX_BOXES, dtype=None,
-                 shuffle_buffer=SHUFFLE_BUFFER, device_id=None, dali=DaliTuning())
+                 shuffle_buffer=SHUFFLE_BUFFER, device_id=None, dali=DaliTuning(), epoch=0)
         -> tf.data.Dataset of (images, labels[, boxes, box_labels][, keys])
 
     epoch_plan(...) / take_epoch(iterator, plan)   one worker's epoch, for both decoders
@@ -20,10 +20,11 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
     random-resized crop (decoding only the crop window) and a random flip; evaluation
     decodes the whole image and resizes it to (H, W). Default dtype float32, or float16 when
     the Keras policy is mixed_float16. Both decoders draw the crop window from the same
-    ranges (area 8-100%, aspect ratio 3/4..4/3, 10 attempts) but not the same way: DALI's
-    `random_crop_generator` draws the ratio log-uniformly and falls back to the whole image
-    clamped to the ratio range; tf.data (`augment.random_window`, TensorFlow's fused op)
-    draws it uniformly and falls back to the whole image. Kept so on purpose (see there).
+    ranges (area 8-100%, aspect ratio 3/4..4/3, 10 attempts) but not the same way: the DALI
+    line uses DALI's `random_crop_generator` algorithm (ratio log-uniform, fallback: the
+    whole image clamped to the ratio range), computed in numpy (`draws.crop_windows`);
+    tf.data (`augment.random_window`, TensorFlow's fused op) draws it uniformly and falls
+    back to the whole image. Kept so on purpose (see there).
   - preprocess="seed": the original article's transform, identical in training and
     evaluation: resize_with_crop_or_pad to (H, W), cast float16, per_image_standardization
     (zero mean, unit variance per image). Default dtype float16, as the article's net saw it.
@@ -44,13 +45,22 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
   cannot be trimmed there). `take_epoch(iterator, epoch_plan(...))` yields exactly one epoch
   with the padding cut off, for both decoders: use it and evaluation sees every example once.
 * repeat: True gives an endless stream of whole epochs, each ending with its own last batch
-  (training reshuffles files and records every epoch), so `take_epoch` can be called again
+  (training reshuffles the records every epoch), so `take_epoch` can be called again
   on the same iterator and each call sees every example of the epoch once.
   False stops after one epoch; this only applies to tf.data - a DALIDataset is always
   endless, so trainers should pass repeat=True and count steps with `epoch_plan`.
+* Order and resume: `seed` fixes the order and the augmentation (None: fresh randomness).
+  tf.data reads one epoch per pipeline and the caller seeds each (the trainer:
+  `epoch_seed(seed, e)`). A DALI stream is endless and its epoch e (from `epoch` on) is a
+  pure function of (seed, e, position): the order is a permutation of the records drawn
+  from (seed, e), the crop and flip of each record from (seed, e, record)
+  (train/input/draws.py, fed to DALI by train/input/dali_feed.py), so a stream built at
+  epoch e and read s batches in gives exactly the batches of any stream of the same seed
+  at that point, on every worker: resume is exact on both lines.
 * Workers: `num_workers`/`worker_index` give disjoint parts that together cover the split.
   tf.data splits shard *files* (every k-th file; when there are fewer files than workers, every
-  worker reads all files and keeps every k-th record); DALI splits records (`shard_id`).
+  worker reads all files and keeps every k-th record); DALI splits records: worker i of k
+  reads positions [N*i//k, N*(i+1)//k) of each epoch's order of the N records.
   `dataset_fn` + `input_options` plug this into `strategy.distribute_datasets_from_function`
   (tf.data under any strategy; DALI on GPUs only under MirroredStrategy, the only one that
   implements per-replica input). `streams.replica_stream` runs DALI under every strategy,
@@ -76,16 +86,18 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
   record inside a running pipeline (one line, exit 2).
 
 The shard list always comes from dataset_info.json (never a glob), and records are parsed
-only with `detrec.core.schema.parse_spec()`.
+only by the schema's keys: tf.data with `detrec.core.schema.parse_spec()`, DALI's feed with
+protobuf's own parser (`detrec.core.example_proto`).
 
 Layout: `common` (shard list, worker shares, decoder choice, errors; what both lines use),
 `config` (`InputConfig` - the keyword arguments above as one validated value - and
-`DaliTuning`), `tfdata` (the tf.data line) and `dali` (the DALI line), which import
-`common` and never each other; this module chooses between them; `streams` keeps DALI
-pipelines for a whole run and feeds them to any strategy. The calls above take a folder and
-read its dataset_info.json; code that builds many pipelines from one dataset (the trainer)
-loads it once, takes `split_shards(info, data_dir, split)` and calls `build_dataset`,
-`build_dataset_fn`, `plan_epoch` or `streams.replica_stream` with that and an `InputConfig`.
+`DaliTuning`), `tfdata` (the tf.data line) and `dali` (the DALI line, fed by `dali_feed`
+with the draws of `draws`), which import `common` and never each other; this module
+chooses between them; `streams` keeps DALI pipelines for a whole run and feeds them to any
+strategy. The calls above take a folder and read its dataset_info.json; code that builds
+many pipelines from one dataset (the trainer) loads it once, takes `split_shards(info,
+data_dir, split)` and calls `build_dataset`, `build_dataset_fn`, `plan_epoch` or
+`streams.replica_stream` with that and an `InputConfig`.
 """
 
 from __future__ import annotations
@@ -123,7 +135,7 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, image_size: int 
                  repeat: bool = False, skip_corrupt: bool = False, counter: SkipCounter | None = None,
                  with_boxes: bool = False, with_keys: bool = False, max_boxes: int = MAX_BOXES,
                  dtype: tf.DType | str | None = None, shuffle_buffer: int = SHUFFLE_BUFFER,
-                 device_id: int | None = None, dali: DaliTuning = DaliTuning()) -> tf.data.Dataset:
+                 device_id: int | None = None, dali: DaliTuning = DaliTuning(), epoch: int = 0) -> tf.data.Dataset:
     """The input pipeline of a split; see the module docstring for the full contract.
 
     Args:
@@ -141,10 +153,12 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, image_size: int 
       counter: a SkipCounter to count what skip_corrupt dropped.
       with_boxes, with_keys, max_boxes: extra outputs (see the module docstring).
       dtype: images' dtype; None chooses by `output_dtype`.
-      shuffle_buffer: records in the training shuffle buffer (tf.data; DALI uses it as
-        its reader's `initial_fill`).
+      shuffle_buffer: records in the training shuffle buffer (tf.data; DALI draws a whole
+        permutation of the split every epoch and ignores it).
       device_id: DALI's GPU (None: the first visible GPU, CPU-only DALI when there is none).
       dali: DALI's threads and hardware-decoder settings (`DaliTuning`).
+      epoch: the epoch a DALI stream starts at (its epochs' draws depend on seed and epoch
+        only); tf.data ignores it.
 
     Raises:
       ValueError: a bad argument.
@@ -155,7 +169,7 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, image_size: int 
                          preprocess=preprocess, seed=seed, num_workers=num_workers, worker_index=worker_index,
                          repeat=repeat, skip_corrupt=skip_corrupt, counter=counter, with_boxes=with_boxes,
                          with_keys=with_keys, max_boxes=max_boxes, dtype=dtype, shuffle_buffer=shuffle_buffer,
-                         device_id=device_id, dali=dali)
+                         device_id=device_id, dali=dali, epoch=epoch)
     resolve_decoder(decoder)  # a bad decoder before a bad folder, as always
     return build_dataset(split_shards(dataset_info.load(data_dir), data_dir, split), config)
 

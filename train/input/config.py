@@ -5,7 +5,7 @@ and replica for DALI, every epoch for tf.data), and they pass through `dataset_f
 `streams` and tf.distribute on the way. One frozen value carries the settings along that
 road: it is checked once, when made (the ValueErrors `make_dataset` has always raised), and
 each step changes only what it owns with `replace` (a replica's batch and worker index, an
-epoch's seed). `DaliTuning` holds the knobs only the DALI line has.
+epoch's seed, the epoch a DALI stream starts at). `DaliTuning` holds the knobs only the DALI line has.
 """
 
 from __future__ import annotations
@@ -60,8 +60,12 @@ class InputConfig:
     """Everything `make_dataset` takes besides the dataset and the split.
 
     The fields are `make_dataset`'s keyword arguments, with the same meaning and defaults
-    (see the package docstring). Under `dataset_fn`, `batch_size` is the global batch that
-    each input pipeline divides by the replicas.
+    (see the package docstring). `epoch` is the epoch a DALI stream starts at: its order and
+    draws are a function of (seed, epoch, position) (train/input/draws.py), so a stream
+    started at epoch e gives what a stream started earlier gives when it reaches e. The
+    tf.data line takes each epoch's seed instead (`train.data.epoch_seed`) and ignores it.
+    Under `dataset_fn`, `batch_size` is the global batch that each input pipeline divides
+    by the replicas.
 
     Raises:
       ValueError: a batch size below 1, a bad image size, preprocessing or dtype, or a
@@ -86,8 +90,11 @@ class InputConfig:
     shuffle_buffer: int = SHUFFLE_BUFFER
     device_id: int | None = None
     dali: DaliTuning = DaliTuning()
+    epoch: int = 0
 
     def __post_init__(self) -> None:
+        if self.epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {self.epoch}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         as_size(self.image_size)

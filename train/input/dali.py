@@ -1,7 +1,12 @@
 """The DALI input line: the package's contract, with JPEG decode on the GPU (nvJPEG).
 
-`nvidia.dali.plugin.tf.DALIDataset` runs a DALI pipeline over the same shards and their
-`.idx` files. One pipeline definition serves both devices: decoders get device="mixed"
+`nvidia.dali.plugin.tf.experimental.DALIDatasetWithInputs` runs a DALI pipeline over the
+same shards and their `.idx` files, fed by `dali_feed.Feed`: the pipeline has no reader and
+no random operator; the feed reads each record where its .idx puts it, in the order and
+with the crop windows and flips of `draws` (pure functions of seed, epoch and record), so
+a stream started at any epoch and step reproduces an uninterrupted one exactly (DALI's
+reader shuffle and random operators keep state no API restores). The JPEG bytes enter the
+pipeline on the host, as a reader's would. One pipeline definition serves both devices: decoders get device="mixed"
 (host parses, GPU decodes; the A100/H100 hardware JPEG decoder where present) when a GPU is
 used and "cpu" otherwise (`device_id=None`, how CI tests this code); every later operator
 follows its input's device. Callers use detrec.train.input.make_dataset(decoder="dali"|"auto").
@@ -12,13 +17,14 @@ What differs from tf.data, by necessity:
   batches, ceil(largest worker's share / batch), with repeats of its last example
   (`pad_last_batch`): evaluation cuts the repeats off (`take_epoch`), training reads past
   the partial batch (`EpochPlan.padding_steps`), so one pipeline serves every epoch of a run
-  (`streams.EpochStream`: nvJPEG starts once, the shuffle buffer fills once).
-* Workers split records, not files (`shard_id`/`num_shards`): worker i of k reads records
-  [N*i//k, N*(i+1)//k) of the split in dataset_info order (training: of that epoch's shard
-  order, the same on every worker).
-* DALI does not check TFRecord CRCs, so shards are checked against dataset_info.json (size)
-  and their .idx (count, extent), and the .idx against the file's record headers (each
-  length and its CRC, `common.shard_framing`), before the pipeline starts.
+  (`streams.EpochStream`: nvJPEG starts once).
+* Workers split records, not files: worker i of k reads positions [N*i//k, N*(i+1)//k) of
+  each epoch's order of the split's N records (evaluation: dataset_info order; training:
+  `draws.epoch_order`, the same on every worker).
+* The feed does not check TFRecord CRCs (DALI's reader did not either), so shards are
+  checked against dataset_info.json (size) and their .idx (count, extent), and the .idx
+  against the file's record headers (each length and its CRC, `common.shard_framing`),
+  before the pipeline starts.
 
 Same pixels as tf.data: every decoder is told `adjust_orientation=False` (records are stored
 upright, see detrec.core.images; TensorFlow ignores EXIF, and so must DALI or a tagged record
@@ -48,6 +54,8 @@ import tensorflow as tf
 from detrec.core import schema, tfrecord
 from detrec.train import augment
 import detrec.train.input.common as common
+import detrec.train.input.dali_feed as dali_feed
+import detrec.train.input.draws as draws
 from detrec.train.input.common import CorruptShardError, SkipCounter, SplitShards
 from detrec.train.input.config import DaliTuning, InputConfig
 
@@ -92,57 +100,58 @@ def decoder_args(gpu: bool, tuning: DaliTuning = DaliTuning()) -> dict:
     return args
 
 
-def _index_problem(path: str, expected: int, num_bytes: int) -> str | None:
-    """Why DALI cannot read `path` as dataset_info.json describes it, or None.
+def _index_problem(path: str, expected: int, num_bytes: int) -> tuple[str | None, list[tuple[int, int]]]:
+    """(why DALI cannot read `path` as dataset_info.json describes it, or None; its .idx spans).
 
-    DALI's reader takes each record's place from the .idx and then trusts the record's own
-    length field, so the index must agree with the file's real headers (`common.shard_framing`
-    walks them): a shard damaged while its .idx stayed intact is caught here too.
+    The feed reads each record where the .idx puts it, without CRCs, so the index must agree
+    with the file's real headers (`common.shard_framing` walks them): a shard damaged while
+    its .idx stayed intact is caught here too.
     """
     gfile = tf.io.gfile
     if not gfile.exists(path):
-        return "the file is missing"
+        return "the file is missing", []
     size = gfile.stat(path).length
     if size != num_bytes:
-        return f"it is {size} bytes, dataset_info.json says {num_bytes} (truncated or replaced)"
+        return f"it is {size} bytes, dataset_info.json says {num_bytes} (truncated or replaced)", []
     index = path + schema.INDEX_SUFFIX
     if not gfile.exists(index):
-        return f"{index} is missing (DALI needs it; `detrec preprocess` writes it)"
+        return f"{index} is missing (DALI needs it; `detrec preprocess` writes it)", []
     with gfile.GFile(index, "r") as f:
         text = f.read()
     try:
         spans = tfrecord.parse_index(text)
     except ValueError:
-        return f"{index} is not a DALI index (lines of 'offset size')"
+        return f"{index} is not a DALI index (lines of 'offset size')", []
     if len(spans) != expected:
-        return f"{index} lists {len(spans)} records, dataset_info.json says {expected}"
+        return f"{index} lists {len(spans)} records, dataset_info.json says {expected}", []
     end = 0
     for offset, span in spans:
         if offset != end:
-            return f"{index} has a gap or overlap at offset {offset}"
+            return f"{index} has a gap or overlap at offset {offset}", []
         end = offset + span
     if end != size:
-        return f"{index} covers {end} of its {size} bytes"
+        return f"{index} covers {end} of its {size} bytes", []
     framing = common.shard_framing(path)
     if framing.problem:
-        return framing.problem
+        return framing.problem, []
     if framing.records != len(spans) or framing.spans_digest != common.spans_digest(spans):
-        return f"{index} does not match the record headers in the file (rebuilt or edited apart)"
-    return None
+        return f"{index} does not match the record headers in the file (rebuilt or edited apart)", []
+    return None, spans
 
 
 def usable_shards(split: SplitShards, skip_corrupt: bool = False, counter: SkipCounter | None = None,
-                  quiet: bool = False) -> list[tuple[str, int]]:
-    """(path, num_examples) of the split's shards that DALI can read.
+                  quiet: bool = False, spans: bool = False) -> list[tuple]:
+    """(path, num_examples) of the split's shards that DALI can read; with `spans`,
+    (path, [(offset, framed size)] of its records) instead.
 
     A bad shard raises CorruptShardError, or with skip_corrupt is left out (named on stderr
     and counted in `counter` unless `quiet`).
     """
     usable = []
     for shard in split.shards:
-        problem = _index_problem(shard.path, shard.num_examples, shard.num_bytes)
+        problem, index = _index_problem(shard.path, shard.num_examples, shard.num_bytes)
         if problem is None:
-            usable.append((shard.path, shard.num_examples))
+            usable.append((shard.path, index if spans else shard.num_examples))
         elif not skip_corrupt:
             raise common.corrupt_shard(shard, problem)
         elif not quiet:
@@ -160,121 +169,80 @@ def worker_sizes(split: SplitShards, num_workers: int, skip_corrupt: bool = Fals
     return [total * (i + 1) // num_workers - total * i // num_workers for i in range(num_workers)]
 
 
-def _features(with_boxes: bool, with_keys: bool) -> dict:
-    import nvidia.dali.tfrecord as tfrec
+def _graph(*, size, training, preprocess, dtype, with_boxes, with_keys, gpu, tuning):
+    """The pipeline body (called inside a DALI Pipeline); returns the output DataNodes.
 
-    features = {
-        schema.ENCODED: tfrec.FixedLenFeature((), tfrec.string, ""),
-        schema.CLASS_LABEL: tfrec.FixedLenFeature([1], tfrec.int64, -1),
-    }
-    if with_boxes:
-        for key in (schema.YMIN, schema.XMIN, schema.YMAX, schema.XMAX):
-            features[key] = tfrec.VarLenFeature(tfrec.float32, 0.0)
-        features[schema.OBJECT_LABEL] = tfrec.VarLenFeature(tfrec.int64, 0)
-    if with_keys:
-        features[schema.SHA256] = tfrec.FixedLenFeature((), tfrec.string, "")
-    return features
-
-
-def _graph(paths, *, size, training, preprocess, dtype, with_boxes, with_keys, max_boxes, shard_id,
-           num_shards, order_seed, initial_fill, gpu, tuning):
-    """The pipeline body (called inside a DALI Pipeline); returns the output DataNodes."""
+    Every input is an `fn.external_source` that `dali_feed.Feed.inputs` feeds by name: the
+    JPEG bytes one sample each, the rest as batches (labels, and as the mode needs: the crop
+    or pad window [y, x, h, w], the flip, the mapped boxes, the keys). No operator draws a
+    random number: the feed's draws are the pipeline's only randomness.
+    """
     import nvidia.dali.fn as fn
     import nvidia.dali.math as dmath
     import nvidia.dali.types as types
+
+    def feed(name, dtype_, ndim, batch=True):
+        return fn.external_source(name=name, dtype=dtype_, ndim=ndim, batch=batch, device="cpu")
 
     decode_device = "mixed" if gpu else "cpu"
     decode = decoder_args(gpu, tuning)
     height, width = size
     out_type = getattr(types, _DALI_DTYPES[dtype])
-    shuffle = dict(random_shuffle=True, initial_fill=initial_fill, shuffle_after_epoch=True)
-    if order_seed is not None:
-        shuffle["shuffle_after_epoch_seed"] = order_seed  # the same on every worker: one global order
-    record = fn.readers.tfrecord(
-        path=[p for p, _ in paths],
-        index_path=[p + schema.INDEX_SUFFIX for p, _ in paths],
-        features=_features(with_boxes, with_keys),
-        shard_id=shard_id,
-        num_shards=num_shards,
-        # Every worker's epoch ends on the same batch boundary (padding with repeats of its
-        # last record), so epochs line up in an endless stream; evaluation keeps each
-        # worker's records, training draws a new shard order every epoch.
-        pad_last_batch=True,
-        **(shuffle if training else dict(stick_to_shard=True)),
-        name="reader",
-    )
-    encoded = record[schema.ENCODED]
-    hw = fn.cast(fn.peek_image_shape(encoded, adjust_orientation=False)[0:2], dtype=types.INT32)
-    flip = None
+    encoded = feed("encoded", types.UINT8, 1, batch=False)
     if preprocess == "seed":
+        window = feed("window", types.INT32, 1)
         images = fn.decoders.image(encoded, device=decode_device, **decode)
-        # resize_with_crop_or_pad's window: crop offset floor((h-th)/2), pad floor((th-h)/2).
-        target = types.Constant(np.array([height, width], np.int32))
-        start = dmath.max((hw - target) // 2, 0) - dmath.max((target - hw) // 2, 0)
-        window_hw = hw * 0 + target  # the constant as a per-sample node (boxes use it)
-        images = fn.slice(images, start, window_hw, axes=[0, 1], out_of_bounds_policy="pad",
+        # resize_with_crop_or_pad's window (the feed computes it: `draws.centred_windows`).
+        images = fn.slice(images, window[0:2], window[2:4], axes=[0, 1], out_of_bounds_policy="pad",
                           fill_values=0)
         pixels = fn.cast(images, dtype=types.FLOAT)
         mean = fn.reductions.mean(pixels)
         stddev = dmath.max(fn.reductions.std_dev(pixels, mean), float(1.0 / np.sqrt(height * width * 3)))
         images = fn.cast((pixels - mean) / stddev, dtype=out_type)
     else:
+        flip = 0
         if training:
-            start, window_hw = fn.random_crop_generator(
-                hw, random_area=list(augment.AREA_RANGE), random_aspect_ratio=list(augment.ASPECT_RATIO_RANGE),
-                num_attempts=augment.MAX_ATTEMPTS)
+            window = feed("window", types.INT32, 1)
             # Decode only the window (nvJPEG ROI decode on a GPU), as tf.data does.
-            images = fn.decoders.image_slice(encoded, start, window_hw, axes=[0, 1], device=decode_device,
+            images = fn.decoders.image_slice(encoded, window[0:2], window[2:4], axes=[0, 1], device=decode_device,
                                              **decode)
-            flip = fn.random.coin_flip(probability=0.5)
+            flip = feed("flip", types.INT32, 0)
         else:
             images = fn.decoders.image(encoded, device=decode_device, **decode)
-            start, window_hw = hw * 0, hw
         images = fn.resize(images, resize_x=width, resize_y=height, interp_type=types.INTERP_LINEAR,
                            antialias=False, dtype=types.FLOAT)
         images = fn.crop_mirror_normalize(
-            images, mirror=flip if flip is not None else 0, dtype=out_type, output_layout="HWC",
+            images, mirror=flip, dtype=out_type, output_layout="HWC",
             mean=[augment.INCEPTION_SCALE] * 3, std=[augment.INCEPTION_SCALE] * 3)
-    outputs = [images, fn.reshape(record[schema.CLASS_LABEL], shape=[])]
+    outputs = [images, feed("label", types.INT64, 0)]
     if with_boxes:
-        outputs += _boxes(record, hw, start, window_hw, flip, max_boxes)
+        outputs += [feed("boxes", types.FLOAT, 2), feed("box_labels", types.INT64, 1)]
     if with_keys:
-        outputs.append(record[schema.SHA256])
+        outputs.append(feed("keys", types.UINT8, 1))
     if gpu:
         outputs = [o if o is images else o.gpu() for o in outputs]
     return tuple(outputs)
 
 
-def _boxes(record, hw, start, window_hw, flip, max_boxes):
-    """augment.transform_boxes + pad_boxes in DALI arithmetic (per-sample scalars broadcast)."""
-    import nvidia.dali.fn as fn
-    import nvidia.dali.math as dmath
-    import nvidia.dali.types as types
-
-    hw_f = fn.cast(hw, dtype=types.FLOAT)
-    start_f = fn.cast(start, dtype=types.FLOAT)
-    win_f = fn.cast(window_hw, dtype=types.FLOAT)
-
-    def place(key, axis):
-        value = (record[key] * hw_f[axis] - start_f[axis]) / win_f[axis]
-        return dmath.clamp(value, 0.0, 1.0)
-
-    ymin, xmin = place(schema.YMIN, 0), place(schema.XMIN, 1)
-    ymax, xmax = place(schema.YMAX, 0), place(schema.XMAX, 1)
-    if flip is not None:
-        f = fn.cast(flip, dtype=types.FLOAT)
-        xmin, xmax = f * (1.0 - xmax) + (1.0 - f) * xmin, f * (1.0 - xmin) + (1.0 - f) * xmax
-    boxes = fn.stack(ymin, xmin, ymax, xmax, axis=1)[0:max_boxes]
-    labels = record[schema.OBJECT_LABEL][0:max_boxes]
-    boxes = fn.pad(boxes, axes=[0], shape=[max_boxes], fill_value=0.0)
-    labels = fn.pad(labels, axes=[0], shape=[max_boxes], fill_value=0)
-    return [boxes, labels]
+def make_feed(split: SplitShards, config: InputConfig) -> dali_feed.Feed:
+    """The feed of one worker's pipeline (`dali_feed.Feed`): what it reads, in which order,
+    with which draws, from `config.seed` (drawn now when None) and `config.epoch` on."""
+    c = config
+    table = dali_feed.RecordTable(usable_shards(split, c.skip_corrupt, c.counter, spans=True))
+    n = len(table)
+    sizes = [end - start for start, end in (draws.worker_span(n, c.num_workers, i) for i in range(c.num_workers))]
+    seed = c.seed if c.seed is not None else int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1)
+    span = draws.worker_span(n, c.num_workers, c.worker_index)
+    return dali_feed.Feed(table, seed=seed, first_epoch=c.epoch, training=c.training, preprocess=c.preprocess,
+                          size=c.size, batch_size=c.batch_size, span=span,
+                          stream_steps=dali_feed.stream_steps(sizes, c.batch_size), with_boxes=c.with_boxes,
+                          max_boxes=c.max_boxes, with_keys=c.with_keys)
 
 
 def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
     """A DALIDataset of `split` for one worker, with the package's `make_dataset` contract."""
     from nvidia.dali import pipeline_def
-    from nvidia.dali.plugin.tf import DALIDataset
+    from nvidia.dali.plugin.tf.experimental import DALIDatasetWithInputs
 
     c = config
     dtype = c.images_dtype()
@@ -286,15 +254,12 @@ def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
         device_id = 0
     if device_id is not None and not gpus:
         raise ValueError(f"device_id={device_id} but TensorFlow sees no GPU")
-    paths = usable_shards(split, c.skip_corrupt, c.counter)
+    feed = make_feed(split, c)
     threads = pipeline_threads(c.dali.threads, pipelines=max(1, gpus))
-    pipe_seed = None if c.seed is None else c.seed * 1009 + c.worker_index  # augmentation differs per worker
     size, batch_size = c.size, c.batch_size
-    pipe = pipeline_def(_graph, batch_size=batch_size, num_threads=threads, device_id=device_id,
-                        seed=pipe_seed)(
-        paths, size=size, training=c.training, preprocess=c.preprocess, dtype=dtype, with_boxes=c.with_boxes,
-        with_keys=c.with_keys, max_boxes=c.max_boxes, shard_id=c.worker_index, num_shards=c.num_workers,
-        order_seed=c.seed, initial_fill=c.shuffle_buffer, gpu=device_id is not None, tuning=c.dali)
+    pipe = pipeline_def(_graph, batch_size=batch_size, num_threads=threads, device_id=device_id, seed=0)(
+        size=size, training=c.training, preprocess=c.preprocess, dtype=dtype, with_boxes=c.with_boxes,
+        with_keys=c.with_keys, gpu=device_id is not None, tuning=c.dali)
     shapes = [(batch_size, size[0], size[1], 3), (batch_size,)]
     dtypes = [dtype, tf.int64]
     if c.with_boxes:
@@ -304,6 +269,8 @@ def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
         shapes.append((batch_size, 64))
         dtypes.append(tf.uint8)
     device = "/cpu:0" if device_id is None else f"/gpu:{device_id}"
+    inputs = feed.inputs(None if device_id is None else device)
     with tf.device(device):
-        return DALIDataset(pipeline=pipe, batch_size=batch_size, num_threads=threads, device_id=device_id,
-                           output_shapes=tuple(shapes), output_dtypes=tuple(dtypes))
+        return DALIDatasetWithInputs(pipeline=pipe, input_datasets=inputs, batch_size=batch_size,
+                                     num_threads=threads, device_id=device_id, output_shapes=tuple(shapes),
+                                     output_dtypes=tuple(dtypes))

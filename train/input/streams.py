@@ -11,20 +11,19 @@ over all replicas), and every step's batches are joined with
 The batches never leave their GPU; the step function sees the same PerReplica values a
 distributed iterator would give it.
 
-Why one pipeline for the whole run: a DALI pipeline costs nvJPEG's start-up, a shuffle
-buffer fill and its GPU buffers (held until the garbage collector finds the old one); built
-per epoch and per validation, that was paid 2x every epoch. `EpochStream` reads a pipeline's
-endless stream one epoch at a time instead: every epoch of a DALI stream has the same number
-of batches on every replica (`EpochPlan.stream_steps`), so reading the rest of a partly read
-epoch (`realign`) puts every replica on the next epoch's first batch.
+Why one pipeline for the whole run: a DALI pipeline costs nvJPEG's start-up and its GPU
+buffers (held until the garbage collector finds the old one); built per epoch and per
+validation, that was paid 2x every epoch. `EpochStream` reads a pipeline's endless stream
+one epoch at a time instead: every epoch of a DALI stream has the same number of batches on
+every replica (`EpochPlan.stream_steps`), so reading the rest of a partly read epoch
+(`realign`) puts every replica on the next epoch's first batch.
 
-The price is resume: DALI's shuffle and augmentation draw from generators whose state after
-k epochs no API can set, and TensorFlow cannot checkpoint a GPU-placed DALIDataset, so a
-stream's epoch e depends on the epoch the stream was built at. A run resumed mid-epoch builds
-a new stream from that epoch's seed and reads past the batches already trained: the epoch
-keeps its length and each example is still read once per stream epoch, but which examples
-the resumed part trains on is not what the interrupted run would have chosen (train/data.py,
-`Data.resume`). The tf.data line rebuilds per epoch and keeps exact resume.
+Resume is exact all the same: a stream built at epoch e (`InputConfig.epoch`) reads in
+epoch e, and every epoch after it, the records, crops and flips that train/input/draws.py
+computes from the run's seed and that epoch alone (train/input/dali_feed.py feeds them to
+DALI, whose own reader shuffle and random operators are not used), so it gives the batches
+a stream built at any earlier epoch gives when it gets there. A run resumed at epoch e,
+step s builds its stream at e and drops s batches (train/data.py, train/trainer.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,272 @@
+"""What a DALI pipeline of the DALI line is fed: records by offset, in `draws` order, with their draws.
+
+A DALI pipeline here has no reader and no random operator: each batch's records, crop
+windows and flips come from `Feed`, a pure function of (seed, epoch, step) computed in
+numpy (`draws` says how), so that a stream started at epoch e and read s batches in gives
+exactly the batches an uninterrupted stream gives there. `Feed.inputs` turns it into the
+tf.data datasets `nvidia.dali.plugin.tf.experimental.DALIDatasetWithInputs` feeds to the
+pipeline's `fn.external_source` nodes, one dataset per node (the plugin takes one output
+per node): each maps the stream's batch number through `Feed.part`, which builds a batch
+once and hands each node its part.
+
+A batch: stream batch b is step b % stream_steps of epoch first_epoch + b // stream_steps;
+its row j is position step * batch + j of this worker's span of that epoch's order
+(`draws.worker_span`), and positions past the span repeat its last record (DALI's
+`pad_last_batch`: every worker's epoch has the same number of batches). Records are read
+with one positioned read each (the .idx gives every record's place; the framing was checked
+before, `dali._index_problem`) and parsed as tf.train.Example by protobuf without
+TensorFlow (`detrec.core.example_proto`). A record that is no tf.Example stops the stream
+with "Error while parsing TFRecord file: PATH at index OFFSET" (what DALI's reader said, so
+`shard_errors` names the shard as before).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+from detrec.core import fs, images, schema, tfrecord
+import detrec.train.input.draws as draws
+
+_RUNS = 1 << 62  # batches of an endless stream
+_KEPT = 16  # built batches held for the inputs that have not taken their part yet
+
+
+def jpeg_hw(data: bytes) -> tuple[int, int]:
+    """(height, width) from a JPEG's start-of-frame header, as decoders read it (EXIF ignored);
+    (0, 0) when the header cannot be read (the decoder then rejects the image)."""
+    try:
+        header = images.jpeg_header(data)
+    except images.ImageError:
+        return 0, 0
+    return header.height, header.width
+
+
+class RecordTable:
+    """Every record of the usable shards, numbered 0..n-1 in dataset_info order.
+
+    Args:
+      shards: (path, [(offset, framed size)] from its .idx) per shard.
+    """
+
+    def __init__(self, shards: list[tuple[str, list[tuple[int, int]]]]) -> None:
+        self.paths = [path for path, _ in shards]
+        self.shard = np.concatenate([np.full(len(spans), i, np.int32) for i, (_, spans) in enumerate(shards)])
+        spans = np.array([span for _, spans in shards for span in spans], np.int64).reshape(-1, 2)
+        self.offset = spans[:, 0]
+        self.payload = spans[:, 1] - tfrecord.OVERHEAD
+        self._files: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.offset)
+
+    def where(self, record: int) -> tuple[str, int]:
+        """(path, byte offset of the record's frame)."""
+        return self.paths[self.shard[record]], int(self.offset[record])
+
+    def read(self, record: int) -> bytes:
+        """The record's payload (a serialized tf.train.Example): one positioned read."""
+        shard = int(self.shard[record])
+        start, size = int(self.offset[record]) + tfrecord.HEADER.size, int(self.payload[record])
+        handle = self._files.get(shard)
+        path = self.paths[shard]
+        if handle is None:
+            handle = self._files[shard] = fs.open(path, "rb") if fs.is_url(path) else os.open(path, os.O_RDONLY)
+        if isinstance(handle, int):
+            data = os.pread(handle, size, start)
+        else:
+            handle.seek(start)
+            data = handle.read(size)
+        if len(data) != size:
+            raise OSError(f"{path}: short read at offset {start} (the file changed while training?)")
+        return data
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            os.close(handle) if isinstance(handle, int) else handle.close()
+        self._files.clear()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _parse(data: bytes, with_boxes: bool, with_keys: bool) -> dict:
+    """The features the pipeline needs from a serialized tf.train.Example (KeyError/ValueError
+    when it is none, or lacks one)."""
+    from detrec.core.example_proto import Example
+
+    fmap = Example.FromString(data).features.feature
+    out = {"encoded": fmap[schema.ENCODED].bytes_list.value[0],
+           "label": fmap[schema.CLASS_LABEL].int64_list.value[0]}
+    if with_boxes:
+        columns = [fmap[k].float_list.value if k in fmap else ()
+                   for k in (schema.YMIN, schema.XMIN, schema.YMAX, schema.XMAX)]
+        labels = fmap[schema.OBJECT_LABEL].int64_list.value if schema.OBJECT_LABEL in fmap else ()
+        out["boxes"] = np.array(columns, np.float32).reshape(4, -1).T
+        out["box_labels"] = np.array(labels, np.int64)
+    if with_keys:
+        key = fmap[schema.SHA256].bytes_list.value[0]
+        if len(key) != 64:
+            raise ValueError("a key is 64 hex digits")
+        out["key"] = key
+    return out
+
+
+def map_boxes(boxes: np.ndarray, hw: tuple[int, int], window: np.ndarray, flip: int) -> np.ndarray:
+    """`augment.transform_boxes` in numpy float32: boxes through the window, then the flip."""
+    h, w = np.float32(hw[0]), np.float32(hw[1])
+    scale = np.array([h, w, h, w], np.float32)
+    start = np.array([window[0], window[1]] * 2, np.float32)
+    extent = np.array([window[2], window[3]] * 2, np.float32)
+    out = np.clip((boxes * scale - start) / extent, np.float32(0), np.float32(1))
+    if flip:
+        out = np.stack([out[:, 0], 1 - out[:, 3], out[:, 2], 1 - out[:, 1]], axis=1)
+    return out.astype(np.float32)
+
+
+class Feed:
+    """One worker's endless stream of batches as numpy parts (see the module docstring).
+
+    Args:
+      table: the split's records.
+      seed: the run's seed; first_epoch: the epoch stream batch 0 belongs to.
+      training: draws order, crops and flips; else dataset order, whole images.
+      preprocess, size: which window the pipeline needs ("seed": the centred one).
+      batch_size, span: rows per batch; this worker's [start, end) of each epoch's order.
+      stream_steps: batches per epoch of the stream (the largest worker's, padded).
+    """
+
+    def __init__(self, table: RecordTable, *, seed: int, first_epoch: int, training: bool, preprocess: str,
+                 size: tuple[int, int], batch_size: int, span: tuple[int, int], stream_steps: int,
+                 with_boxes: bool, max_boxes: int, with_keys: bool) -> None:
+        if span[1] <= span[0]:
+            raise ValueError(f"a worker with no records (positions {span[0]}..{span[1]})")
+        self.table, self.seed, self.first_epoch = table, seed, first_epoch
+        self.training, self.preprocess, self.size = training, preprocess, size
+        self.batch_size, self.span, self.stream_steps = batch_size, span, stream_steps
+        self.with_boxes, self.max_boxes, self.with_keys = with_boxes, max_boxes, with_keys
+        self.names = ["encoded", "label"]
+        if preprocess == "seed" or training:
+            self.names.append("window")
+        if preprocess != "seed" and training:
+            self.names.append("flip")
+        if with_boxes:
+            self.names += ["boxes", "box_labels"]
+        if with_keys:
+            self.names.append("keys")
+        self._orders: dict[int, np.ndarray] = {}
+        self._pending: dict[int, tuple[dict, set]] = {}
+        self._lock = threading.Lock()
+
+    def epoch_step(self, batch: int) -> tuple[int, int]:
+        """(epoch, step) of the stream's batch number `batch`."""
+        return self.first_epoch + batch // self.stream_steps, batch % self.stream_steps
+
+    def records(self, batch: int) -> tuple[int, np.ndarray]:
+        """(epoch, record numbers of the batch's rows)."""
+        epoch, step = self.epoch_step(batch)
+        start, end = self.span
+        positions = np.minimum(start + step * self.batch_size + np.arange(self.batch_size), end - 1)
+        if not self.training:
+            return epoch, positions
+        order = self._orders.get(epoch)
+        if order is None:
+            order = draws.epoch_order(self.seed, epoch, len(self.table))
+            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}  # the one in flight
+            self._orders[epoch] = order
+        return epoch, order[positions]
+
+    def batch(self, batch: int) -> dict[str, np.ndarray]:
+        """Every part of stream batch `batch` (a pure function of the arguments and `batch`)."""
+        epoch, records = self.records(batch)
+        rows = []
+        for record in records:
+            data = self.table.read(record)
+            try:
+                rows.append(_parse(data, self.with_boxes, self.with_keys))
+            except Exception as exc:  # protobuf's DecodeError, a missing feature (KeyError, IndexError)
+                path, offset = self.table.where(record)
+                raise ValueError(f"Error while parsing TFRecord file: {path} at index {offset} "
+                                 f"(not a detrec tf.Example: {type(exc).__name__})") from None
+        encoded = [row["encoded"] for row in rows]
+        parts = {"encoded": (np.frombuffer(b"".join(encoded), np.uint8), np.array([len(e) for e in encoded])),
+                 "label": np.array([row["label"] for row in rows], np.int64)}
+        need_hw = "window" in self.names or self.with_boxes
+        hw = np.array([jpeg_hw(e) for e in encoded], np.int64).reshape(-1, 2) if need_hw else None
+        if self.preprocess == "seed":
+            window = draws.centred_windows(hw, self.size)
+        elif self.training:
+            window = draws.crop_windows(self.seed, epoch, records, hw)
+        elif self.with_boxes:
+            window = np.concatenate([np.zeros_like(hw), hw], axis=1)
+        flip = draws.flips(self.seed, epoch, records) if "flip" in self.names else np.zeros(len(rows), np.int32)
+        if "window" in self.names:
+            parts["window"] = window
+        if "flip" in self.names:
+            parts["flip"] = flip
+        if self.with_boxes:
+            boxes = np.zeros((len(rows), self.max_boxes, 4), np.float32)
+            labels = np.zeros((len(rows), self.max_boxes), np.int64)
+            for i, row in enumerate(rows):
+                kept = row["boxes"][:self.max_boxes]
+                boxes[i, :len(kept)] = map_boxes(kept, hw[i], window[i], flip[i])
+                labels[i, :len(kept)] = row["box_labels"][:self.max_boxes]
+            parts["boxes"], parts["box_labels"] = boxes, labels
+        if self.with_keys:
+            parts["keys"] = np.frombuffer(b"".join(row["key"] for row in rows), np.uint8).reshape(-1, 64)
+        return parts
+
+    def part(self, batch: int, name: str):
+        """`name`'s part of stream batch `batch`, built once for all the pipeline's inputs.
+
+        Kept until every input took its part, or until _KEPT newer batches were built (an
+        iterator dropped half-way leaves parts nobody takes; a batch built again is the same).
+        """
+        with self._lock:
+            entry = self._pending.get(batch)
+            if entry is None or name not in entry[1]:
+                entry = self._pending[batch] = (self.batch(batch), set(self.names))
+                while len(self._pending) > _KEPT:
+                    del self._pending[next(iter(self._pending))]
+            parts, waiting = entry
+            waiting.discard(name)
+            if not waiting:
+                del self._pending[batch]
+        return parts[name]
+
+    def inputs(self, device: str | None) -> dict:
+        """{external_source name: Input} for DALIDatasetWithInputs, placed on `device` (a GPU)."""
+        from nvidia.dali.plugin.tf import experimental
+
+        specs = {"label": (tf.int64, [self.batch_size]), "window": (tf.int32, [self.batch_size, 4]),
+                 "flip": (tf.int32, [self.batch_size]), "keys": (tf.uint8, [self.batch_size, 64]),
+                 "boxes": (tf.float32, [self.batch_size, self.max_boxes, 4]),
+                 "box_labels": (tf.int64, [self.batch_size, self.max_boxes])}
+        out = {}
+        with tf.device("/cpu:0"):  # Python feeds run on the host; copied below for a GPU pipeline
+            for name in self.names:
+                batches = tf.data.Dataset.range(_RUNS)
+                if name == "encoded":
+                    ds = batches.map(lambda b: tf.numpy_function(lambda i: self.part(int(i), "encoded"), [b],
+                                                                 (tf.uint8, tf.int64))).prefetch(1)
+                    # One batch's JPEGs as rows, then one sample each: per-sample mode.
+                    ds = ds.map(lambda flat, lengths: tf.RaggedTensor.from_row_lengths(
+                        tf.ensure_shape(flat, [None]), tf.ensure_shape(lengths, [self.batch_size]))).unbatch()
+                    ds = ds.map(lambda row: tf.ensure_shape(tf.convert_to_tensor(row), [None]))
+                else:
+                    dtype, shape = specs[name]
+                    ds = batches.map(lambda b, name=name, dtype=dtype, shape=shape: tf.ensure_shape(
+                        tf.numpy_function(lambda i: self.part(int(i), name), [b], dtype), shape)).prefetch(1)
+                if device is not None:
+                    ds = ds.apply(tf.data.experimental.copy_to_device(device))
+                out[name] = experimental.Input(ds, batch=name != "encoded")
+        return out
+
+
+def stream_steps(sizes: list[int], batch_size: int) -> int:
+    """Batches per epoch of every worker's stream: the largest worker's, rounded up."""
+    return math.ceil(max(sizes) / batch_size)
