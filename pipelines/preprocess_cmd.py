@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import (
 
 from detrec.core import dataset_info, fs, image_fit, schema
 from detrec.core.errors import IOFailure, UserError, one_line
-from detrec.preprocess import beam_compat, decode_check, output_folder, sources, vocab as vocab_lib
+from detrec.preprocess import beam_compat, decode_check, malloc_arenas, output_folder, sources, vocab as vocab_lib
 from detrec.pipelines import argtypes
 from detrec.preprocess.dofns import DEFAULT_MAX_IMAGE_MB, NAMESPACE, split_time_metric
 from detrec.preprocess.graph import BuildShards, JobConfig
@@ -262,6 +262,7 @@ def label_origins(entry: dataset_info.SplitInfo) -> str:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
+    malloc_arenas.limit()
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     if not splits:
         raise UserError("--splits is empty; pass e.g. --splits train,val")

@@ -211,9 +211,8 @@ class ShardSynsets(_DetrecDoFn):
         if self._tree_fixes:
             return
         pairs = plan.pairs()
-        threads = _threads_for(pairs[0].image if pairs else "", local=1)
         names = {pair.folder_class for pair in pairs if pair.folder_class}
-        for item in ordered_map(_parse, pairs, threads):
+        for item in ordered_map(_parse, pairs, _threads_for(pairs[0].image if pairs else "", local=1)):
             if isinstance(item, Item):
                 names.update(obj.name for obj in item.annotation.objects)
         yield names

@@ -308,3 +308,17 @@ def test_capped_read_never_reads_past_the_limit(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     with pytest.raises(fs.NotARegularFile):  # opened without blocking, then refused
         fs.read_capped(str(tmp_path / "fifo"), 100)
+
+
+@pytest.mark.parametrize("size, limit, expected", [(5000, 100, 101), (5000, 5000, 5000), (5000, 4999, 5000),
+                                                   (5000, 10_000, 5000), (0, 10, 0)])
+def test_capped_read_reads_what_the_file_holds_even_when_it_grew_after_its_size_was_seen(
+        tmp_path, monkeypatch, size, limit, expected):
+    """read_capped asks for the size fstat saw (+1), and reads on to the cap when there is
+    more: a file that grew in between (here: fstat reports less) is still read whole."""
+    path = tmp_path / "file"
+    path.write_bytes(bytes(range(256)) * (size // 256) + b"y" * (size % 256))
+    assert fs.read_capped(str(path), limit) == path.read_bytes()[:expected]
+    real_fstat = os.fstat
+    monkeypatch.setattr(os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], size // 3, *real_fstat(fd)[7:])))
+    assert fs.read_capped(str(path), limit) == path.read_bytes()[:expected]

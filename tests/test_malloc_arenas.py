@@ -1,0 +1,43 @@
+"""The local preprocess run's malloc arena limit (preprocess/malloc_arenas.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+CHILD = ("import os, sys; from detrec.preprocess import malloc_arenas; malloc_arenas.limit(); "
+         "print(os.environ['MALLOC_ARENA_MAX']); "
+         "import subprocess; print(subprocess.run([sys.executable, '-c', "
+         "'import os; print(os.environ.get(\"MALLOC_ARENA_MAX\"))'], capture_output=True, text=True).stdout.strip())")
+
+
+def _run(env_value: str | None) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    if env_value is not None:
+        env["MALLOC_ARENA_MAX"] = env_value
+    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()
+
+
+def test_the_limit_reaches_processes_started_after_it():
+    assert _run(None) == ["2", "2"]  # this process, and a worker it starts
+
+
+def test_a_users_own_setting_is_kept():
+    assert _run("8") == ["8", "8"]
+
+
+def test_preprocess_sets_it_before_its_workers_start(monkeypatch):
+    """`detrec preprocess` calls limit() first thing (what its workers inherit)."""
+    from detrec.pipelines import preprocess_cmd
+
+    calls = []
+    monkeypatch.setattr(preprocess_cmd.malloc_arenas, "limit", lambda: calls.append("limit"))
+    monkeypatch.setattr(preprocess_cmd, "parse_num_shards", lambda *a: calls.append("flags") or {})
+    try:
+        preprocess_cmd.run(type("Args", (), {"splits": "train", "num_shards": "", "target_shard_mb": -1})(), [])
+    except Exception:
+        pass  # the bad --target-shard-mb stops it after the flags
+    assert calls[:2] == ["limit", "flags"]
