@@ -41,3 +41,22 @@ def test_preprocess_sets_it_before_its_workers_start(monkeypatch):
     except Exception:
         pass  # the bad --target-shard-mb stops it after the flags
     assert calls[:2] == ["limit", "flags"]
+
+
+def test_release_hands_back_what_a_thread_freed():
+    """What a non-main thread freed stays in glibc's arena (the listing worker's case) until
+    release() gives it back."""
+    code = ("import threading; from detrec.preprocess import malloc_arenas\n"
+            "def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096 >> 20\n"
+            "def churn():\n"
+            "    rows = [bytearray(600) for _ in range(300_000)]\n"  # > 512 B: malloc, not pymalloc
+            "    keep = [bytearray(600) for _ in range(10)]\n"  # something allocated after, still alive
+            "    del rows\n"
+            "    churn.keep = keep\n"
+            "base = rss(); t = threading.Thread(target=churn); t.start(); t.join()\n"
+            "held = rss() - base; malloc_arenas.release(); print(held, rss() - base)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MALLOC_ARENA_MAX": "2"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    held, after = map(int, done.stdout.split())
+    assert held > 100 and after < held / 4, (held, after)
