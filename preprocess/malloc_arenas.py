@@ -5,7 +5,8 @@ glibc gives threads that allocate concurrently arenas of their own (up to 8 per 
 hands little of what they free back to the system. Beam's local runner and gRPC keep many
 threads busy moving elements, logs and metrics, so the launcher's resident memory grew with
 the run's length, not with anything it holds: +39 MB from 20,000 to 100,000 images with
-glibc's default, +19 MB with two arenas (measured, `detrec bench preprocess --scale 5`).
+glibc's default, +19 MB with two arenas (measured on the bench trees of `detrec bench
+preprocess --scale 5`).
 Set for this process with mallopt, and through the environment for the worker processes
 started after it (Beam's multi-processing workers read MALLOC_ARENA_MAX when they start).
 Elsewhere (not glibc, or a user's own MALLOC_ARENA_MAX) nothing changes.
