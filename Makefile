@@ -27,7 +27,8 @@ test: install
 	$(BIN)/python -m pytest -q -ra
 
 # The first thing to run on a GPU machine (with DALI; TensorFlow optional). Prints the figure
-# to record: DALI "mixed" img/s of the training image path (goal >= 10,000 on one H100), the
+# to record: DALI "mixed" img/s of the training decode-and-augment graph fed by DALI's own
+# reader (goal >= 10,000 on one H100), the
 # best hardware-decoder share / threads / preallocation (--sweep), and GPU-vs-CPU decode
 # parity against the stated tolerance (exit 1 if it fails). With detrec and TensorFlow also
 # the training path's own figure: `detrec bench input --decoder dali` on 4,096 synth images
