@@ -549,3 +549,15 @@ def test_header_mode_runs_end_to_end_without_tensorflow(synth_tree, tmp_path):
         records = [schema.decode(r.numpy()) for r in tf.data.TFRecordDataset(dataset_info.shard_files(info, out, split))]
         assert len(records) == info.splits[split].num_examples > 0
         assert all(tf.io.decode_jpeg(r.encoded, channels=3).shape[-1] == 3 for r in records)
+
+
+def test_pairing_lets_the_listing_go_as_it_pairs(synth_tree):
+    """pair_split empties the list it is given once the files are grouped (the caller's list
+    would otherwise keep every listed file alive beside every pair: the listing's peak)."""
+    from detrec.preprocess import pairing, sources
+
+    source = sources.resolve(synth_tree, "train", "auto")
+    entries = list(sources.list_split(source))
+    n = len(entries)
+    pairs = [p for p in pairing.pair_split(source, entries, {}) if isinstance(p, pairing.Pair)]
+    assert entries == [] and len(pairs) * 2 == n > 0
