@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import glob
 import hashlib
 import importlib.metadata
 import io
@@ -61,7 +60,7 @@ def naive_convert(root: str, split: str, output: str) -> int:
 
     ann_root = os.path.join(root, "Annotations", "DET", split)
     img_root = os.path.join(root, "Data", "DET", split)
-    xml_paths = sorted(glob.glob(os.path.join(ann_root, "**", "*.xml"), recursive=True))
+    xml_paths = benchutil.det_xml_paths(root, split)
     synsets = sorted({name.text for p in xml_paths for name in etree.parse(p).iterfind("object/name")})
     label_map = {s: i + 1 for i, s in enumerate(synsets)}
     feature = tf.train.Feature
@@ -168,7 +167,7 @@ def link_tree(root: str, split: str, dest: str, first: int | None = None, copies
     inside the XML, which none of them reads, still names x)."""
     ann_root = os.path.join(root, "Annotations", "DET", split)
     made = set()
-    for xml_path in sorted(glob.glob(os.path.join(ann_root, "**", "*.xml"), recursive=True))[:first]:
+    for xml_path in benchutil.det_xml_paths(root, split)[:first]:
         rel = os.path.relpath(xml_path, ann_root)[:-4]
         for i in range(copies):
             for kind, ext in (("Annotations", ".xml"), ("Data", ".JPEG")):
@@ -187,7 +186,7 @@ def link_tree(root: str, split: str, dest: str, first: int | None = None, copies
 
 
 def _count(root: str, split: str) -> int:
-    return len(glob.glob(os.path.join(root, "Annotations", "DET", split, "**", "*.xml"), recursive=True))
+    return len(benchutil.det_xml_paths(root, split))
 
 
 RUNNERS = {

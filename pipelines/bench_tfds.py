@@ -15,11 +15,12 @@ it is not installed.
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
 
 from lxml import etree
+
+from detrec.pipelines.benchutil import det_xml_paths
 
 BACKGROUND = "background"
 EXTRA = "bench-tfds"  # pip install 'detrec[bench-tfds]'
@@ -30,10 +31,6 @@ def available() -> bool:
     return importlib.util.find_spec("tensorflow_datasets") is not None
 
 
-def _xml_paths(root: str, split: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(root, "Annotations", "DET", split, "**", "*.xml"), recursive=True))
-
-
 def class_names(root: str, split: str) -> list[str]:
     """["background", synsets...]: map_det.txt's order when ROOT has it, else sorted as seen."""
     map_det = os.path.join(root, "devkit", "data", "map_det.txt")
@@ -41,7 +38,7 @@ def class_names(root: str, split: str) -> list[str]:
         with open(map_det, encoding="utf-8") as f:
             synsets = [line.split()[0] for line in f if line.strip()]
     else:
-        synsets = sorted({n.text for p in _xml_paths(root, split) for n in etree.parse(p).iterfind("object/name")})
+        synsets = sorted({n.text for p in det_xml_paths(root, split) for n in etree.parse(p).iterfind("object/name")})
     return [BACKGROUND, *synsets]
 
 
@@ -85,7 +82,7 @@ def builder_class():
         def _generate_examples(self):
             ann_root = os.path.join(self._root, "Annotations", "DET", self._split)
             img_root = os.path.join(self._root, "Data", "DET", self._split)
-            for xml_path in _xml_paths(self._root, self._split):
+            for xml_path in det_xml_paths(self._root, self._split):
                 data = etree.parse(xml_path).getroot()
                 source_id = os.path.relpath(xml_path, ann_root)[:-4]
                 width, height = float(data.findtext("size/width")), float(data.findtext("size/height"))

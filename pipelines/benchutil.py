@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import platform
@@ -10,6 +11,11 @@ import tempfile
 import threading
 import time
 from typing import Sequence
+
+
+def det_xml_paths(root: str, split: str) -> list[str]:
+    """The annotation files of a DET tree's split (ROOT/Annotations/DET/<split>/**.xml), sorted."""
+    return sorted(glob.glob(os.path.join(root, "Annotations", "DET", split, "**", "*.xml"), recursive=True))
 
 
 def machine() -> str:

@@ -64,8 +64,9 @@ class BuildShards(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         cfg = self.config
         root, output = fs.absolute(cfg.input), fs.absolute(cfg.output)
-        # Full verification decodes with TensorFlow: the workers start loading it while they
-        # list and parse, instead of stalling on it at the first image.
+        # Full verification decodes with TensorFlow: the workers start loading it before they
+        # write (around the listing and the class-list pass, dofns.ListAndAssign says when),
+        # instead of stalling on it at the first image.
         warm = cfg.verify_images == "full"
         listed = (
             pbegin
