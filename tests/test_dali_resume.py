@@ -166,3 +166,22 @@ def test_another_seed_gives_other_batches(dataset_dir):
         first.append(input_lib.key_strings(next(s.batches())[2]))
         s.close()
     assert first[0] != first[1]
+
+
+def test_the_feeds_box_mapping_is_the_tf_data_lines():
+    """dali_feed.map_boxes is augment.transform_boxes in numpy float32 (the feed runs outside
+    TensorFlow): the same boxes for random windows, with and without the flip."""
+    from detrec.train import augment
+    from detrec.train.input import dali_feed
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        hw = (int(rng.integers(20, 400)), int(rng.integers(20, 400)))
+        y, x = int(rng.integers(0, hw[0] // 2)), int(rng.integers(0, hw[1] // 2))
+        window = np.array([y, x, int(rng.integers(1, hw[0] - y + 1)), int(rng.integers(1, hw[1] - x + 1))])
+        corners = np.sort(rng.random((5, 2, 2)).astype(np.float32), axis=1)
+        boxes = np.concatenate([corners[:, 0], corners[:, 1]], axis=1)  # ymin, xmin, ymax, xmax
+        for flip in (0, 1):
+            expected = augment.transform_boxes(tf.constant(boxes), tf.constant(hw), tf.constant(window),
+                                               bool(flip)).numpy()
+            np.testing.assert_allclose(dali_feed.map_boxes(boxes, hw, window, flip), expected, atol=1e-6)
