@@ -40,7 +40,8 @@ log = logging.getLogger("detrec.preprocess")
 REMOTE_READ_THREADS = 16
 # Images in flight per shard writer on local files, by --verify-images. full: two, as the
 # JPEG decode releases the GIL, so the single-process runner decodes on two cores (with a
-# Beam worker per core, 1, 2 or 3 threads make no difference). header: one, as what is left
+# Beam worker per core, two still win by a little: the last shard gets both cores; 20k images,
+# 16.4-16.5 s vs 16.7-16.8 s with one). header: one, as what is left
 # is mostly Python and a second thread only contends for the GIL (measured on 2 cores, 20k
 # images: 4.9 s vs 5.1-5.4 s). Annotations are parsed in line (one thread) locally.
 LOCAL_WRITER_THREADS = {"full": 2, "header": 1}
@@ -95,16 +96,10 @@ def _reject(r: Rejected):
 
 class _DetrecDoFn(beam.DoFn):
     """Setting up a worker: what it has imported is frozen out of the GC (a fast exit, see
-    longlived); with `warm_decoder` (a job that fully verifies images, on the stages before
-    the writers), it starts loading the decode check's TensorFlow."""
-
-    def __init__(self, warm_decoder: bool = False):
-        self._warm_decoder = warm_decoder
+    longlived)."""
 
     def setup(self) -> None:
         longlived.freeze_once()
-        if self._warm_decoder:
-            decode_check.warm_up_decoder()
 
 
 class ListAndAssign(_DetrecDoFn):
@@ -114,22 +109,12 @@ class ListAndAssign(_DetrecDoFn):
     Listing, pairing and shard assignment happen together, in one place per split: they need
     the whole split's file names anyway (and its solution CSV, read here once), and doing them
     here saves two shuffles.
-
-    With `warm_decoder`, TensorFlow starts loading when a bundle ends, not at setup: a worker
-    given no split loads it while another lists, and a listing worker only after its listing
-    memory is handed back (loading it meanwhile added both to the job's peak: +100 MB at
-    100,000 images, measured).
     """
 
-    def __init__(self, num_shards: dict[str, int], target_bytes: int, warm_decoder: bool = False):
+    def __init__(self, num_shards: dict[str, int], target_bytes: int):
         super().__init__()
         self._num_shards = num_shards
         self._target = target_bytes
-        self._warm_after = warm_decoder
-
-    def finish_bundle(self) -> None:
-        if self._warm_after:
-            decode_check.warm_up_decoder()
 
     def process(self, element: tuple[str, str, str]) -> Iterator:
         root, split, layout = element
@@ -212,8 +197,8 @@ class ShardSynsets(_DetrecDoFn):
     Nothing is parsed when the tree fixes the class list itself (vocab.tree_vocabulary).
     """
 
-    def __init__(self, splits: list[str], warm_decoder: bool = False):
-        super().__init__(warm_decoder)
+    def __init__(self, splits: list[str]):
+        super().__init__()
         self._splits = splits
         self._tree_fixes: bool | None = None
 

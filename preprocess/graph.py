@@ -64,18 +64,14 @@ class BuildShards(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         cfg = self.config
         root, output = fs.absolute(cfg.input), fs.absolute(cfg.output)
-        # Full verification decodes with TensorFlow: the workers start loading it before they
-        # write (around the listing and the class-list pass, dofns.ListAndAssign says when),
-        # instead of stalling on it at the first image.
-        warm = cfg.verify_images == "full"
         listed = (
             pbegin
             | "Splits" >> beam.Create([(root, split, cfg.layout) for split in cfg.splits])
-            | "ListPairAssign" >> beam.ParDo(ListAndAssign(dict(cfg.num_shards), int(cfg.target_shard_mb * 1e6), warm))
+            | "ListPairAssign" >> beam.ParDo(ListAndAssign(dict(cfg.num_shards), int(cfg.target_shard_mb * 1e6)))
             .with_outputs(LAYOUT, REJECTED, main="shards")
         )
         shards = listed.shards | "Distribute" >> beam.Reshuffle()  # one element per split fans out over workers
-        vocab = self._vocabulary(pbegin, shards, listed[LAYOUT], warm)
+        vocab = self._vocabulary(pbegin, shards, listed[LAYOUT])
         written = (
             shards
             | "WriteShards" >> beam.ParDo(WriteShard(output, cfg.verify_images, cfg.max_image_mb, cfg.max_pixels,
@@ -92,7 +88,7 @@ class BuildShards(beam.PTransform):
         )
 
     def _vocabulary(self, pbegin: beam.pvalue.PBegin, shards: beam.PCollection,
-                    found: beam.PCollection, warm: bool) -> beam.PCollection:
+                    found: beam.PCollection) -> beam.PCollection:
         """The class list (vocab.py's rules): the synset map when given, else what the tree
         fixes (class folders, LOC_synset_mapping.txt), else the sorted synsets of the train split."""
         if self.config.synset_map:
@@ -104,7 +100,7 @@ class BuildShards(beam.PTransform):
         return (
             shards
             | "TrainOnly" >> beam.Filter(lambda plan: plan.key.split == TRAIN)
-            | "Synsets" >> beam.ParDo(ShardSynsets(list(self.config.splits), warm), beam.pvalue.AsDict(found))
+            | "Synsets" >> beam.ParDo(ShardSynsets(list(self.config.splits)), beam.pvalue.AsDict(found))
             | "SortedVocabulary" >> beam.CombineGlobally(CollectVocabulary())
             | "TreeVocabulary" >> beam.Map(vocab_lib.of_tree, beam.pvalue.AsDict(found), list(self.config.splits))
         )

@@ -159,7 +159,7 @@ def test_worker_requirements_pin_what_ci_tests():
         project = tomllib.load(f)["project"]
     runtime = {Requirement(d).name.lower() for d in project["dependencies"]}
     cpu = {Requirement(d).name.lower() for d in project["optional-dependencies"]["cpu"]}
-    # Workers import TensorFlow (schema protos, tf.io.gfile, the decode check): the cpu extra too.
+    # Workers may import TensorFlow (tf.io.gfile, the decode check for a JPEG libjpeg warns about): the cpu extra too.
     missing = (runtime | cpu) - set(pinned)
     assert not missing, f"requirements.txt lacks {sorted(missing)}"
 

@@ -43,7 +43,8 @@ def test_the_launcher_freezes_what_the_command_imports():
 
 
 def test_freezing_does_not_wait_for_an_import_in_progress():
-    """A worker warms TensorFlow up on a thread (~1.5 s) while its next DoFn is set up."""
+    """An import on one thread (a worker's first JPEG that needs TensorFlow's verdict, ~2 s)
+    must not hold up another thread setting up its DoFn."""
     ok, = _python(
         "import threading; from detrec.preprocess import longlived\n"
         "inside, release = threading.Event(), threading.Event()\n"
@@ -54,17 +55,3 @@ def test_freezing_does_not_wait_for_an_import_in_progress():
         "setup = threading.Thread(target=longlived.freeze_once); setup.start(); setup.join(10)\n"
         "print(not setup.is_alive()); release.set(); t.join()")
     assert ok == "True"
-
-
-def test_the_listing_worker_loads_tensorflow_after_its_listing(synth_tree):
-    """ListAndAssign(warm_decoder) starts TensorFlow's import when its bundle ends: a worker
-    given no split loads it while another lists, and a listing worker only after the listing
-    (whose memory would otherwise stay in the job's peak beside TensorFlow's)."""
-    at_setup, after_listing, after_bundle = _python(
-        "import sys, threading; from detrec.preprocess import dofns\n"
-        "d = dofns.ListAndAssign({}, 1, warm_decoder=True); d.setup(); print('tensorflow' in sys.modules)\n"
-        f"plans = list(d.process(({synth_tree!r}, 'train', 'auto'))); print('tensorflow' in sys.modules)\n"
-        "d.finish_bundle()\n"
-        "[t.join() for t in threading.enumerate() if t.name == 'detrec-warm-up']\n"
-        "print('tensorflow' in sys.modules and len(plans) > 1)")
-    assert (at_setup, after_listing, after_bundle) == ("False", "False", "True")
