@@ -1,9 +1,9 @@
 """Beam DoFns that wrap the pure helpers: they count outcomes and route bad records to a
 tagged `rejected` output (the user_score.py pattern). No parsing logic lives here.
 
-The element they pass on is a ShardPlan (plan.py): one per shard, holding only its pairs
-(paths, sizes), packed. Annotations are parsed and JPEG bytes read inside the shard writer,
-the bytes streamed straight to the file, so neither crosses a shuffle.
+The element they pass on is one per shard (plan.py): a ShardPlan of its pairs (paths,
+sizes), then a ParsedPlan of its pairs with their boxes, both packed. JPEG bytes are read
+inside the shard writer and streamed straight to the file, so they never cross a stage.
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ from detrec.core.errors import one_line
 from detrec.preprocess import annotations, decode_check, labels, longlived, malloc_arenas, pairing, solutions, sources
 from detrec.preprocess import vocab as vocab_lib
 from detrec.preprocess.pairing import Pair
-from detrec.preprocess.plan import BOXES_FROM_CSV, BOXES_FROM_NONE, Item, ShardKey, ShardPlan, plan_split
+from detrec.preprocess.plan import BOXES_FROM_CSV, BOXES_FROM_NONE, Item, ParsedPlan, ShardKey, ShardPlan, plan_split
 from detrec.preprocess.vocab import Vocabulary
 
 T = TypeVar("T")
 R = TypeVar("R")
 REJECTED = "rejected"
 LAYOUT = "layout"
+NAMES = "names"
 NAMESPACE = "detrec"
 log = logging.getLogger("detrec.preprocess")
 # Files in flight per shard on gs:// and other remote file systems, where each read is
@@ -186,33 +187,42 @@ def _parse(pair: Pair) -> Item | Rejected:
 _NO_BOXES = annotations.Annotation(0, 0, ())
 
 
-class ShardSynsets(_DetrecDoFn):
-    """A train ShardPlan -> the distinct object names and class folders of its pairs (the
-    vocabulary's raw material, rule 3 of vocab.py), with `found` (each split's SplitSource)
-    as a side input.
+class ParseShard(_DetrecDoFn):
+    """ShardPlan -> ParsedPlan (its pairs with their boxes); Rejected for annotations that do
+    not parse; on the NAMES output, a train shard's distinct object names and class folders
+    (the vocabulary's raw material, rule 3 of vocab.py) unless `names` is off (a synset map
+    fixes the class list) or the tree fixes it itself (vocab.tree_vocabulary, given `found`,
+    each split's SplitSource, as a side input).
 
-    Parses the shard's annotations for their names only; the writer parses them again for
-    the records (~50 us an XML: cheaper than carrying parsed boxes through the launcher) and
-    reports what fails, so an annotation that does not parse adds no name here and no line.
-    Nothing is parsed when the tree fixes the class list itself (vocab.tree_vocabulary).
+    Each annotation is parsed once, here: the writer needs the class list before its first
+    record, so the names must be known before any shard is written; what is parsed for them
+    travels on packed (plan.ParsedPlan) instead of being parsed again in the writer.
     """
 
-    def __init__(self, splits: list[str]):
+    def __init__(self, splits: list[str], names: bool = True):
         super().__init__()
         self._splits = splits
+        self._names = names
         self._tree_fixes: bool | None = None
 
-    def process(self, plan: ShardPlan, found: dict) -> Iterator[set[str]]:
+    def process(self, plan: ShardPlan, found: dict) -> Iterator:
+        pairs = plan.pairs()
+        items = []
+        for item in ordered_map(_parse, pairs, _threads_for(pairs[0].image if pairs else "", local=1)):
+            if isinstance(item, Rejected):
+                yield _reject(item)
+            else:
+                items.append(item)
+        if self._names and plan.key.split == vocab_lib.TRAIN and not self._tree_fixes_list(found):
+            names = {pair.folder_class for pair in pairs if pair.folder_class}
+            names.update(obj.name for item in items for obj in item.annotation.objects)
+            yield beam.pvalue.TaggedOutput(NAMES, names)
+        yield ParsedPlan.of(plan.key, items)
+
+    def _tree_fixes_list(self, found: dict) -> bool:
         if self._tree_fixes is None:
             self._tree_fixes = vocab_lib.tree_vocabulary(found, self._splits) is not None
-        if self._tree_fixes:
-            return
-        pairs = plan.pairs()
-        names = {pair.folder_class for pair in pairs if pair.folder_class}
-        for item in ordered_map(_parse, pairs, _threads_for(pairs[0].image if pairs else "", local=1)):
-            if isinstance(item, Item):
-                names.update(obj.name for obj in item.annotation.objects)
-        yield names
+        return self._tree_fixes
 
 
 class CollectVocabulary(beam.CombineFn):
@@ -283,7 +293,7 @@ def split_time_metric(split: str, edge: str) -> str:
 
 
 class WriteShard(_DetrecDoFn):
-    """ShardPlan -> ShardResult; bad annotations, images and boxes -> Rejected.
+    """ParsedPlan -> ShardResult; bad images and boxes -> Rejected.
 
     Writes to a temporary name and renames when complete (with its DALI .idx), so a killed
     job never leaves a partial file under a final name and a rerun simply overwrites.
@@ -299,7 +309,7 @@ class WriteShard(_DetrecDoFn):
         self._max_pixels = max_pixels
         self._downscale = downscale
 
-    def process(self, plan: ShardPlan, vocab: Vocabulary) -> Iterator:
+    def process(self, plan: ParsedPlan, vocab: Vocabulary) -> Iterator:
         key = plan.key
         # The split's writing time for the summary: first shard start to last shard end.
         Metrics.distribution(NAMESPACE, split_time_metric(key.split, "start")).update(int(time.time() * 1000))
@@ -312,9 +322,9 @@ class WriteShard(_DetrecDoFn):
             # Reading, checking and encoding may run on a few threads (file reads, the JPEG
             # decode and hashing release the GIL); records are written in plan order, so the
             # bytes do not depend on the thread count and memory holds only a small window.
-            pairs = plan.pairs()
-            threads = _threads_for(pairs[0].image if pairs else "", LOCAL_WRITER_THREADS[self._verify])
-            records = ordered_map(lambda pair: self._record(pair, vocab), pairs, threads)
+            items = plan.items()
+            threads = _threads_for(items[0].pair.image if items else "", LOCAL_WRITER_THREADS[self._verify])
+            records = ordered_map(lambda item: self._record(item, vocab), items, threads)
             for result in records:
                 if isinstance(result, Rejected):
                     yield _reject(result)
@@ -341,12 +351,10 @@ class WriteShard(_DetrecDoFn):
         yield ShardResult(key, len(index_lines), out.size, out.sha256, converted, dict(sorted(label_sources.items())),
                           dict(sorted(box_sources.items())), mismatches)
 
-    def _record(self, pair: Pair, vocab: Vocabulary) -> tuple[schema.Record, bytes, Item, bool] | Rejected:
-        """One example, parsed, checked and serialized (with its item and whether its folder
-        class differs from its largest box's), or why it cannot be."""
-        item = _parse(pair)
-        if isinstance(item, Rejected):
-            return item
+    def _record(self, item: Item, vocab: Vocabulary) -> tuple[schema.Record, bytes, Item, bool] | Rejected:
+        """One example, checked and serialized (with its item and whether its folder class
+        differs from its largest box's), or why it cannot be."""
+        pair = item.pair
         data = _read(pair, pair.image, "image", self._max_bytes)
         if isinstance(data, Rejected):
             return data

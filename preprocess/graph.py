@@ -17,11 +17,9 @@ from detrec.core import fs, image_fit
 from detrec.core.dataset_info import DatasetInfo
 from detrec.preprocess import vocab as vocab_lib
 from detrec.preprocess.dofns import (
-    DEFAULT_MAX_IMAGE_MB, LAYOUT, REJECTED, CollectVocabulary, ListAndAssign, ShardSynsets, WriteShard,
+    DEFAULT_MAX_IMAGE_MB, LAYOUT, NAMES, REJECTED, CollectVocabulary, ListAndAssign, ParseShard, WriteShard,
 )
 from detrec.preprocess.finalize import finalize
-
-TRAIN = "train"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +69,17 @@ class BuildShards(beam.PTransform):
             .with_outputs(LAYOUT, REJECTED, main="shards")
         )
         shards = listed.shards | "Distribute" >> beam.Reshuffle()  # one element per split fans out over workers
-        vocab = self._vocabulary(pbegin, shards, listed[LAYOUT])
+        parsed = shards | "ParseAnnotations" >> beam.ParDo(
+            ParseShard(list(cfg.splits), names=not cfg.synset_map), beam.pvalue.AsDict(listed[LAYOUT]),
+        ).with_outputs(NAMES, REJECTED, main="plans")
+        vocab = self._vocabulary(pbegin, parsed[NAMES], listed[LAYOUT])
         written = (
-            shards
+            parsed.plans
             | "WriteShards" >> beam.ParDo(WriteShard(output, cfg.verify_images, cfg.max_image_mb, cfg.max_pixels,
                                                      cfg.downscale), beam.pvalue.AsSingleton(vocab))
             .with_outputs(REJECTED, main="shards")
         )
-        rejected = (listed[REJECTED], written[REJECTED]) | "AllRejected" >> beam.Flatten()
+        rejected = (listed[REJECTED], parsed[REJECTED], written[REJECTED]) | "AllRejected" >> beam.Flatten()
         return (
             pbegin
             | "Finish" >> beam.Create([None])
@@ -87,10 +88,11 @@ class BuildShards(beam.PTransform):
                 beam.pvalue.AsDict(listed[LAYOUT]), beam.pvalue.AsList(written.shards), beam.pvalue.AsList(rejected))
         )
 
-    def _vocabulary(self, pbegin: beam.pvalue.PBegin, shards: beam.PCollection,
+    def _vocabulary(self, pbegin: beam.pvalue.PBegin, names: beam.PCollection,
                     found: beam.PCollection) -> beam.PCollection:
         """The class list (vocab.py's rules): the synset map when given, else what the tree
-        fixes (class folders, LOC_synset_mapping.txt), else the sorted synsets of the train split."""
+        fixes (class folders, LOC_synset_mapping.txt), else the sorted synsets of the train split
+        (`names`: ParseShard's, one set per train shard)."""
         if self.config.synset_map:
             return (
                 pbegin
@@ -98,9 +100,7 @@ class BuildShards(beam.PTransform):
                 | "ReadSynsetMap" >> beam.Map(vocab_lib.read_synset_map)
             )
         return (
-            shards
-            | "TrainOnly" >> beam.Filter(lambda plan: plan.key.split == TRAIN)
-            | "Synsets" >> beam.ParDo(ShardSynsets(list(self.config.splits)), beam.pvalue.AsDict(found))
+            names
             | "SortedVocabulary" >> beam.CombineGlobally(CollectVocabulary())
             | "TreeVocabulary" >> beam.Map(vocab_lib.of_tree, beam.pvalue.AsDict(found), list(self.config.splits))
         )

@@ -429,9 +429,11 @@ def test_every_planned_shard_is_written_even_when_its_xml_all_fails(tmp_path):
     assert sorted(p.source_id for plan in plans for p in plan.pairs()) == sorted(p.source_id for p in pairs)
     (tmp_path / "out").mkdir()
     for plan in plans:
-        out = list(dofns.WriteShard(str(tmp_path / "out"), "header").process(plan, vocab.from_synsets([])))
-        assert out[-1].key == plan.key and out[-1].num_examples == 0  # the shard itself, empty
-        assert all(r.value.code == "malformed_xml" for r in out[:-1]) and len(out) == plan.size + 1
+        *rejected, parsed = dofns.ParseShard(["train"], names=False).process(plan, {})
+        assert all(r.value.code == "malformed_xml" for r in rejected) and len(rejected) == plan.size
+        assert parsed.key == plan.key and parsed.size == 0 and parsed.items() == []
+        (result,) = dofns.WriteShard(str(tmp_path / "out"), "header").process(parsed, vocab.from_synsets([]))
+        assert result.key == plan.key and result.num_examples == 0  # the shard itself, empty
         assert (tmp_path / "out" / plan.key.name).exists()
 
 
@@ -444,14 +446,27 @@ def test_a_plan_keeps_its_pairs_in_hash_order_packed(tmp_path):
     assert len(plan.packed) < 40 * len(pairs)  # packed: a Pair pickles to ~300 bytes
 
 
-def test_shard_synsets_are_the_names_of_what_parses(tmp_path):
-    """The vocabulary stage skips an annotation that does not parse, silently: the writer
-    reports it (one input, one line)."""
+def test_a_parsed_shard_carries_its_items_and_its_names(tmp_path):
+    """Each annotation is parsed once: a train shard's names (of what parses) go to the class
+    list, its items, packed, to the writer; what does not parse is reported, here only."""
     from detrec.preprocess import dofns, plan as planning, sources
 
-    plan, = planning.plan_split("train", _pairs(tmp_path, 5, bad={2}), 1, 1)
+    pairs = _pairs(tmp_path, 5, bad={2})
+    plan, = planning.plan_split("train", pairs, 1, 1)
     found = {"train": sources.SplitSource(str(tmp_path), "train", sources.DET)}
-    assert list(dofns.ShardSynsets(["train"]).process(plan, found)) == [{"n0", "n1", "n3", "n4"}]
+    out = list(dofns.ParseShard(["train"]).process(plan, found))
+    (rejected,) = [o.value for o in out if getattr(o, "tag", None) == dofns.REJECTED]
+    (names,) = [o.value for o in out if getattr(o, "tag", None) == dofns.NAMES]
+    parsed = out[-1]
+    assert rejected.code == "malformed_xml" and rejected.annotation == pairs[2].annotation
+    assert names == {"n0", "n1", "n3", "n4"}
+    items = parsed.items()
+    assert [item.pair for item in items] == [p for p in plan.pairs() if p != pairs[2]]  # write order kept
+    assert [item.annotation for item in items] == [dofns._parse(item.pair).annotation for item in items]
+    assert len(parsed.packed) < 120 * len(items)
+    # No names when the class list is fixed elsewhere (a synset map), or for another split.
+    assert not [o for o in dofns.ParseShard(["train"], names=False).process(plan, found)
+                if getattr(o, "tag", None) == dofns.NAMES]
 
 
 def test_a_shard_plan_is_pickled_in_one_call(tmp_path):
@@ -475,14 +490,14 @@ def test_a_shard_is_the_same_bytes_whatever_the_writer_threads(synth_tree, tmp_p
     plans = [o for o in dofns.ListAndAssign({"train": 1}, 1).process((synth_tree, "train", "auto"))
              if isinstance(o, planning.ShardPlan)]
     found = {"train": sources.resolve(synth_tree, "train", "auto")}
-    (names,) = dofns.ShardSynsets(["train"]).process(plans[0], found)
-    vocab = vocab_lib.from_synsets(names)
+    (names, parsed) = dofns.ParseShard(["train"]).process(plans[0], found)
+    vocab = vocab_lib.from_synsets(names.value)
     results = []
     for threads in (1, 4):
         monkeypatch.setitem(dofns.LOCAL_WRITER_THREADS, verify, threads)
         out = tmp_path / str(threads)
         out.mkdir()
-        (result,) = list(dofns.WriteShard(str(out), verify).process(plans[0], vocab))
+        (result,) = list(dofns.WriteShard(str(out), verify).process(parsed, vocab))
         results.append(result)
     assert results[0].num_examples == plans[0].size > 10
     assert results[0].sha256 == results[1].sha256

@@ -30,7 +30,7 @@ def test_a_worker_freezes_once_when_it_sets_up_a_detrec_dofn():
     before, first, second = _python(
         "import gc; from detrec.preprocess import dofns; print(gc.get_freeze_count())\n"
         "dofns.WriteShard('/tmp', 'header').setup(); print(gc.get_freeze_count())\n"
-        "garbage = [[] for _ in range(1000)]; dofns.ShardSynsets([]).setup(); print(gc.get_freeze_count())")
+        "garbage = [[] for _ in range(1000)]; dofns.ParseShard([]).setup(); print(gc.get_freeze_count())")
     assert int(before) == 0 and int(first) > 50_000
     assert second == first  # later objects stay in the GC's reach
 
