@@ -77,6 +77,26 @@ def test_hand_encoder_matches_protobuf(record):
     assert schema.encode(inexact) == _protobuf_encode(inexact)  # same float32 rounding as protobuf
 
 
+def test_encoded_entries_are_reused_only_for_equal_values(monkeypatch):
+    """The encoder serializes repeating features once per value (schema._ENTRY_CACHE): records
+    that share some values and differ in others still encode as protobuf does, also when the
+    cache fills and starts over."""
+    import random
+
+    monkeypatch.setattr(schema, "_ENTRY_CACHE_SIZE", 40)
+    monkeypatch.setattr(schema, "_ENTRY_CACHE", {})
+    rng = random.Random(0)
+    for i in range(200):
+        objects = tuple(Box(0.1, 0.2, 0.5, 0.75, rng.choice([1, 2, 300]), rng.choice(["n1", "n2", "ü"]),
+                            rng.random() < 0.5, rng.random() < 0.5) for _ in range(rng.randrange(3)))
+        record = Record(encoded=b"\xff\xd8%d\xff\xd9" % i, height=rng.choice([1, 375, 2**33]), width=rng.choice([500, 0]),
+                        filename=f"{i}.JPEG", source_id=str(i), objects=objects, class_label=rng.choice([0, 1, 300]),
+                        class_text=rng.choice(["background", "n1", "ü"]), converted_from=rng.choice(["", "png"]),
+                        label_source=rng.choice(schema.LABEL_SOURCES))
+        assert schema.encode(record) == _protobuf_encode(record), i
+    assert 0 < len(schema._ENTRY_CACHE) <= 40
+
+
 def test_parse_example_spec_matches_encode():
     records = [golden_record(), Record(encoded=b"x", height=2, width=3, filename="b", source_id="b",
                                        objects=(), class_label=0, class_text="background")]
