@@ -106,15 +106,22 @@ def test_report_folds_in_scale_and_tfds_rows(synth_tree, monkeypatch, capsys, wi
     assert [s["full_img_per_s"] for s in scale["sizes"]] == pytest.approx([1000, 1000])
     assert [s["full_peak_mb"] for s in scale["sizes"]] == pytest.approx([100 + 0.01 * n, 100 + 0.03 * n])
     assert scale["kb_per_extra_image"] == pytest.approx(10) and scale["naive_kb_per_extra_image"] == pytest.approx(10)
+    assert scale["met"] == {"full_vs_naive": False, "kb_per_extra_image": False}  # 1.0x, 10 KB
     if with_tfds:
         assert "TFDS default build" in names
         assert report["tfds"]["full_vs_tfds"] == pytest.approx(2) and report["tfds"]["header_vs_tfds"] == pytest.approx(2)
+        assert report["tfds"]["met"] == {"full_vs_tfds": True, "header_vs_tfds": True}
     else:
         assert "TFDS default build" not in names and "not installed" in captured.err
         assert report["tfds"] == {"skipped": bench_preprocess.TFDS_MISSING}
     assert cli.main(["bench", "preprocess", synth_tree, "--small", "10", "--repeat", "1"]) == 0
     text = capsys.readouterr().out  # without --scale: the default report, no scale section
     assert "naive, 10-image subset" in text and "x tree" not in text and "per extra image" in text
+    assert cli.main(["bench", "preprocess", synth_tree, "--small", "10", "--repeat", "1", "--scale", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "detrec full vs naive at 3N: 1.00 (target >= 2.5) MISSED" in text
+    assert "10.00 KB (target <= 1.0) MISSED" in text
+    assert ("detrec full x2.00 (target >= 1.0) OK" in text) == with_tfds
 
 
 def test_scale_must_be_at_least_two(synth_tree, capsys):
