@@ -270,7 +270,7 @@ def test_shard_names():
 
 def test_writer_side_imports_no_tensorflow():
     """The launcher, the schema and the shard writer load without TensorFlow (~2 s per Beam
-    worker); only the full decode check and the readers import it."""
+    worker); only the readers import it, and the full decode check for a JPEG libjpeg warns about."""
     import subprocess
     import sys
 
