@@ -42,9 +42,9 @@ REMOTE_READ_THREADS = 16
 # Images in flight per shard writer on local files, by --verify-images. full: two, as the
 # JPEG decode releases the GIL, so the single-process runner decodes on two cores (with a
 # Beam worker per core, two still win by a little: the last shard gets both cores; 20k images,
-# 16.4-16.5 s vs 16.7-16.8 s with one). header: one, as what is left
-# is mostly Python and a second thread only contends for the GIL (measured on 2 cores, 20k
-# images: 4.9 s vs 5.1-5.4 s). Annotations are parsed in line (one thread) locally.
+# 16.4-16.5 s vs 16.7-16.8 s with one). header: one, as what is left is mostly Python and a
+# second thread only contends for the GIL (measured on 2 cores, 20k images: 4.9 s vs 5.1-5.4
+# s). ParseShard parses a shard's annotations on one thread locally.
 LOCAL_WRITER_THREADS = {"full": 2, "header": 1}
 # The largest image file read (--max-image-mb): ImageNet's largest are ~15 MB, and a JPEG at
 # the pixel limit (image_fit.MAX_PIXELS) is rarely over 100 MB.
