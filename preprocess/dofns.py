@@ -219,6 +219,9 @@ class ParseShard(_DetrecDoFn):
             yield beam.pvalue.TaggedOutput(NAMES, names)
         yield ParsedPlan.of(plan.key, items)
 
+    def finish_bundle(self) -> None:
+        malloc_arenas.release()
+
     def _tree_fixes_list(self, found: dict) -> bool:
         if self._tree_fixes is None:
             self._tree_fixes = vocab_lib.tree_vocabulary(found, self._splits) is not None

@@ -60,14 +60,18 @@ class Item:
     boxes_from: str = BOXES_FROM_XML
 
 
-# Every field of a Pair but the split (the plan's key has it), and of an Object, in the
-# constructors' order.
+# Every field of a Pair but the split (the plan's key has it), in the constructor's order.
 _PAIR_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Pair)[1:]))
-_OBJECT_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(annotations.Object)))
 
 
-def _pack(rows: tuple) -> bytes:
-    return zlib.compress(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL), 1)
+def _pack(rows: tuple, level: int = 1) -> bytes:
+    return zlib.compress(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL), level)
+
+
+def _compact(value: float) -> float | int:
+    """A whole non-negative coordinate as an int (pickled in 2-3 bytes, not 9), which float()
+    gives back exactly; any other stays a float (-0.0 too: its sign reaches the record)."""
+    return int(value) if value.is_integer() and math.copysign(1.0, value) > 0 else value
 
 
 def _unpack(packed: bytes) -> tuple:
@@ -105,12 +109,19 @@ class ParsedPlan:
     @classmethod
     def of(cls, key: ShardKey, items: Sequence[Item]) -> "ParsedPlan":
         rows = tuple((_PAIR_FIELDS(i.pair), i.boxes_from, i.annotation.width, i.annotation.height,
-                      i.annotation.filename, tuple(map(_OBJECT_FIELDS, i.annotation.objects))) for i in items)
-        return cls(key, _pack(rows), len(rows))
+                      i.annotation.filename,
+                      tuple((o.name, *map(_compact, (o.xmin, o.ymin, o.xmax, o.ymax)), o.difficult, o.truncated)
+                            for o in i.annotation.objects))
+                     for i in items)
+        # Level 6: a third smaller than level 1 here (~50 bytes an item), for ~7 ms more a shard.
+        return cls(key, _pack(rows, 6), len(rows))
 
     def items(self) -> list[Item]:
         split, Object = self.key.split, annotations.Object
-        return [Item(Pair(split, *pair), annotations.Annotation(width, height, tuple(Object(*o) for o in objects), filename),
+        return [Item(Pair(split, *pair),
+                     annotations.Annotation(width, height, tuple(
+                         Object(name, float(x0), float(y0), float(x1), float(y1), difficult, truncated)
+                         for name, x0, y0, x1, y1, difficult, truncated in objects), filename),
                      boxes_from)
                 for pair, boxes_from, width, height, filename, objects in _unpack(self.packed)]
 

@@ -469,6 +469,22 @@ def test_a_parsed_shard_carries_its_items_and_its_names(tmp_path):
                 if getattr(o, "tag", None) == dofns.NAMES]
 
 
+def test_a_parsed_plan_gives_back_every_coordinate_exactly():
+    """Whole coordinates travel as ints: each comes back as the same float, sign of zero too."""
+    import math
+
+    from detrec.preprocess import annotations, pairing, plan as planning
+
+    values = (0.0, -0.0, 1.0, 499.0, 0.5, -3.0, 1e20, 2.0 ** 60 + 2048, 1e-300, 12345.678)
+    objects = tuple(annotations.Object("n1", v, v, v, v, True, False) for v in values)
+    item = planning.Item(pairing.Pair("train", "id", "a.xml", "a.JPEG", "a.JPEG", 10), annotations.Annotation(5, 4, objects, "a"))
+    (back,) = planning.ParsedPlan.of(planning.ShardKey("train", 0, 1), [item]).items()
+    assert back == item
+    got = [o.xmin for o in back.annotation.objects]
+    assert all(type(v) is float for v in got)
+    assert [math.copysign(1.0, v) for v in got] == [math.copysign(1.0, v) for v in values]
+
+
 def test_a_shard_plan_is_pickled_in_one_call(tmp_path):
     """Beam's coder falls back to pickle once for the whole plan, not once per example."""
     import pickle

@@ -6,27 +6,27 @@ import os
 import subprocess
 import sys
 
-CHILD = ("import os, sys; from detrec.preprocess import malloc_arenas; malloc_arenas.limit(); "
-         "print(os.environ['MALLOC_ARENA_MAX']); "
-         "import subprocess; print(subprocess.run([sys.executable, '-c', "
-         "'import os; print(os.environ.get(\"MALLOC_ARENA_MAX\"))'], capture_output=True, text=True).stdout.strip())")
+VARIABLES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")
+SHOW = "import os; print(*(os.environ.get(v) for v in %r))" % (VARIABLES,)
+CHILD = ("import sys, subprocess; from detrec.preprocess import malloc_arenas; malloc_arenas.limit(); "
+         f"{SHOW}; print(subprocess.run([sys.executable, '-c', {SHOW!r}], capture_output=True, text=True).stdout)")
 
 
-def _run(env_value: str | None) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-    if env_value is not None:
-        env["MALLOC_ARENA_MAX"] = env_value
+def _run(**settings: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    env.update(settings)
     done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.split()
 
 
 def test_the_limit_reaches_processes_started_after_it():
-    assert _run(None) == ["2", "2"]  # this process, and a worker it starts
+    assert _run() == ["2", "262144"] * 2  # this process, and a worker it starts
 
 
 def test_a_users_own_setting_is_kept():
-    assert _run("8") == ["8", "8"]
+    assert _run(MALLOC_ARENA_MAX="8") == ["8", "262144"] * 2
+    assert _run(MALLOC_MMAP_THRESHOLD_="65536") == ["2", "65536"] * 2
 
 
 def test_preprocess_sets_it_before_its_workers_start(monkeypatch):
