@@ -3,6 +3,7 @@ its verdict must still be TensorFlow's on every file (preprocess/decode_check.py
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import tensorflow as tf
 from detrec.core.images import ImageError
 from detrec.preprocess import decode_check
 from tests import image_factory as f
-from tests.test_images import REPO
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _verdict(check, data: bytes) -> str:
