@@ -213,7 +213,7 @@ class ParseShard(_DetrecDoFn):
                 yield _reject(item)
             else:
                 items.append(item)
-        if self._names and plan.key.split == vocab_lib.TRAIN and not self._tree_fixes_list(found):
+        if self._names and plan.key.split == vocab_lib.TRAIN and not self._tree_fixes_classes(found):
             names = {pair.folder_class for pair in pairs if pair.folder_class}
             names.update(obj.name for item in items for obj in item.annotation.objects)
             yield beam.pvalue.TaggedOutput(NAMES, names)
@@ -222,7 +222,7 @@ class ParseShard(_DetrecDoFn):
     def finish_bundle(self) -> None:
         malloc_arenas.release()
 
-    def _tree_fixes_list(self, found: dict) -> bool:
+    def _tree_fixes_classes(self, found: dict) -> bool:
         if self._tree_fixes is None:
             self._tree_fixes = vocab_lib.tree_vocabulary(found, self._splits) is not None
         return self._tree_fixes
