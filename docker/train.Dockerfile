@@ -5,7 +5,7 @@
 #   docker build -f docker/train.Dockerfile -t detrec-train:0.1.0 .   # from the repository root
 #   docker run --rm --gpus all -v "$PWD/shards:/data:ro" -v "$PWD/runs:/runs" detrec-train:0.1.0 train ...
 #
-# tests/test_docker.py checks the TensorFlow tag and DALI_VERSION against pyproject.toml.
+# tests/test_docker.py checks the TensorFlow tag and DALI_VERSION against locks/gpu.txt.
 FROM tensorflow/tensorflow:2.21.0-gpu
 
 ARG DALI_VERSION=2.4.0
@@ -30,7 +30,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/detrec/src
-COPY pipelines/dataflow/requirements.txt pipelines/dataflow/requirements.txt
+COPY locks/gpu.txt locks/gpu.txt
 COPY pyproject.toml setup.py ./
 # Every folder pyproject.toml's package-dir maps into `detrec` (tests/test_docker.py checks).
 COPY detrec detrec
@@ -40,9 +40,9 @@ COPY train train
 COPY inspector inspector
 COPY pipelines pipelines
 
-# detrec's own dependencies, pinned by the same file the Dataflow workers use (-c: constraints,
-# so TensorFlow stays the image's GPU build). No TensorFlow extra: the base image provides it.
-RUN python3 -m pip install -c pipelines/dataflow/requirements.txt . "nvidia-dali-cuda120==${DALI_VERSION}" \
+# detrec's own dependencies at the versions of the gpu lock, which CI's cpu lock agrees with
+# (-c: constraints; the base image's TensorFlow is the locked version, so it stays).
+RUN python3 -m pip install -c locks/gpu.txt . "nvidia-dali-cuda120==${DALI_VERSION}" \
  && python3 -m pip install --no-build-isolation "nvidia-dali-tf-plugin-cuda120==${DALI_VERSION}" \
  && python3 -c "import tensorflow as tf, nvidia.dali.plugin.tf, train; assert tf.__version__ == '2.21.0', tf.__version__"
 

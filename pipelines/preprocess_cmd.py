@@ -294,6 +294,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         finished = dry_run or _detached(options) or result.wait_until_finish()
     if dry_run:
         print("dry run: pipeline graph built and validated; nothing was submitted")
+        print("\n".join(dry_run_report(pipeline, options)))
         return 0
     if _detached(options):
         print(f"submitted; {schema.DATASET_INFO} appears in {args.output} when the job has finished")
@@ -308,6 +309,24 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     print(f"{total} examples in {seconds:.1f}s ({total / max(seconds, 1e-9):.0f} img/s, start-up included) -> "
           f"{args.output} (details: dataset_info.json, errors-<split>.jsonl)")
     return 0
+
+
+def dry_run_report(pipeline: beam.Pipeline, options: PipelineOptions) -> list[str]:
+    """What a dry run would have run and shipped: the runner, the job's top-level steps in the
+    graph just built, and what the workers get besides the Beam SDK."""
+    names = [t.unique_name for t in pipeline.to_runner_api().components.transforms.values()]
+    steps = sorted({n.split("/")[1] for n in names if n.startswith("BuildShards/") and n.count("/") >= 1})
+    setup, worker = options.view_as(SetupOptions), options.view_as(WorkerOptions)
+    shipped = []
+    if setup.setup_file:
+        shipped.append(f"an sdist of {setup.setup_file}")
+    if setup.requirements_file:
+        shipped.append(f"pip install -r {setup.requirements_file}")
+    if worker.sdk_container_image:
+        shipped.append(f"the container image {worker.sdk_container_image}")
+    return [f"  runner: {options.view_as(StandardOptions).runner or 'DirectRunner'}",
+            f"  steps: {', '.join(steps)}",
+            f"  workers get: {'; '.join(shipped) or 'nothing beyond the Beam SDK'}"]
 
 
 def _detached(options: PipelineOptions) -> bool:

@@ -8,7 +8,6 @@ CLI or from the versions CI tests with.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import re
@@ -18,10 +17,9 @@ import tarfile
 import tomllib
 
 import pytest
-from packaging.requirements import Requirement
-
 from detrec.pipelines import preprocess_cmd, cli
 from detrec.pipelines.dataflow import main as flex_main
+from tests import lockfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATAFLOW = os.path.join(ROOT, "pipelines", "dataflow")
@@ -52,6 +50,20 @@ def test_launch_script_dry_run_builds_the_dataflow_graph_without_credentials(mod
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "dry run: pipeline graph built and validated" in proc.stdout
     assert "Traceback" not in proc.stderr
+    assert_would_run(proc.stdout, {
+        "setup": "an sdist of ./setup.py; pip install -r pipelines/dataflow/requirements.txt",
+        "image": f"the container image {IMAGE}"}[mode])
+
+
+def assert_would_run(out: str, shipped: str) -> None:
+    """The dry run's report: Dataflow runs the whole job graph, and its workers get `shipped`."""
+    lines = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in out.splitlines()
+             if line.startswith("  ") and ":" in line}
+    assert lines["runner"] == "DataflowRunner", out
+    steps = lines["steps"].split(", ")
+    for step in ("ListPairAssign", "ParseAnnotations", "WriteShards", "WriteDatasetInfo"):
+        assert step in steps, out
+    assert lines["workers get"] == shipped, out
 
 
 def test_flex_template_entry_point_dry_run(capsys):
@@ -65,6 +77,7 @@ def test_flex_template_entry_point_dry_run(capsys):
     out = capsys.readouterr()
     assert rc == 0, out.err[-3000:]
     assert "dry run: pipeline graph built and validated" in out.out
+    assert_would_run(out.out, f"the container image {IMAGE}")
 
 
 def test_flex_translation_renames_detrec_flags_only():
@@ -131,7 +144,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
           f"--sdk_container_image={IMAGE}"], "--temp_location"),
         ([f"--input={GS_IN}", "--output=/tmp/detrec-out", *DATAFLOW_FLAGS, f"--temp_location=gs://{BUCKET}/tmp",
           f"--sdk_container_image={IMAGE}"], "--output"),
-        ([f"--input=/data/ILSVRC", f"--output={GS_OUT}", *DATAFLOW_FLAGS, f"--temp_location=gs://{BUCKET}/tmp",
+        (["--input=/data/ILSVRC", f"--output={GS_OUT}", *DATAFLOW_FLAGS, f"--temp_location=gs://{BUCKET}/tmp",
           f"--sdk_container_image={IMAGE}"], "--input"),
         ([f"--input={GS_IN}", f"--output={GS_OUT}", *DATAFLOW_FLAGS, f"--temp_location=gs://{BUCKET}/tmp"],
          "--setup_file"),
@@ -146,24 +159,22 @@ def test_bad_dataflow_options_fail_before_submission_with_one_line(capsys, argv,
     assert "Traceback" not in err
 
 
-def test_worker_requirements_pin_what_ci_tests():
-    path = os.path.join(DATAFLOW, "requirements.txt")
-    with open(path, encoding="utf-8") as f:
-        reqs = [Requirement(text) for text in (line.split("#", 1)[0].strip() for line in f) if text]
-    pinned = {r.name.lower(): str(next(iter(r.specifier)).version) for r in reqs}
-    for req in reqs:
-        assert [s.operator for s in req.specifier] == ["=="], f"{req} is not pinned with =="
-        installed = importlib.metadata.version(req.name)
-        assert pinned[req.name.lower()] == installed, f"{req}: CI runs {installed}"
+def test_worker_requirements_are_the_locked_closure_of_detrec_with_tensorflow_cpu():
+    """Workers install requirements.txt: it must be what CI tests (the lock's versions), and all
+    of it (detrec's runtime and cpu extra with everything they pull in on a Linux worker)."""
+    worker = lockfile.pins(lockfile.DATAFLOW, lockfile.WORKER_ENV)
+    locked = lockfile.pins(lockfile.CPU, lockfile.WORKER_ENV)
+    differ = {n: (v, locked.get(n)) for n, v in worker.items() if locked.get(n) != v}
+    assert not differ, f"requirements.txt vs locks/cpu.txt: {differ}"
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)["project"]
-    runtime = {Requirement(d).name.lower() for d in project["dependencies"]}
-    cpu = {Requirement(d).name.lower() for d in project["optional-dependencies"]["cpu"]}
     # Workers may import TensorFlow (tf.io.gfile, the decode check for a JPEG libjpeg warns about): the cpu extra too.
-    missing = (runtime | cpu) - set(pinned)
-    assert not missing, f"requirements.txt lacks {sorted(missing)}"
+    needed = lockfile.closure(project["dependencies"] + project["optional-dependencies"]["cpu"], lockfile.WORKER_ENV)
+    assert needed == set(worker), (f"requirements.txt lacks {sorted(needed - set(worker))}, "
+                                   f"has more: {sorted(set(worker) - needed)}")
 
 
+@pytest.mark.xdist_group("repo-build")
 def test_setup_shim_stages_every_package(tmp_path):
     """`--setup_file ./setup.py` ships an sdist: it must hold all code and the Dataflow files."""
     proc = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)],

@@ -2,14 +2,13 @@
 
 What can break an image without anyone noticing: a COPY of a path that was renamed or that
 .dockerignore keeps out of the build context, a base image tag that drifted from the versions
-pyproject.toml pins (Dataflow needs the worker's Beam to equal the launcher's), an unpinned
+the lock (Dataflow needs the worker's Beam to equal the launcher's), an unpinned
 `pip install`, and running as root.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import importlib.metadata
 import os
 import re
 import shlex
@@ -18,6 +17,8 @@ import tomllib
 
 import pytest
 from packaging.requirements import Requirement
+
+from tests import lockfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKERFILES = {"beam": "docker/beam.Dockerfile", "train": "docker/train.Dockerfile"}
@@ -78,17 +79,6 @@ def final_base(path: str) -> str:
 def pyproject() -> dict:
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         return tomllib.load(f)
-
-
-def pinned_spec(name: str, extra: str | None = None) -> Requirement:
-    """The requirement on `name` in pyproject.toml (core dependencies, or an extra)."""
-    project = pyproject()["project"]
-    deps = project["optional-dependencies"][extra] if extra else project["dependencies"]
-    for text in deps:
-        req = Requirement(text)
-        if req.name.lower() == name.lower():
-            return req
-    raise AssertionError(f"pyproject.toml pins no {name!r} in {extra or 'dependencies'}")
 
 
 def dockerignore_patterns() -> list[str]:
@@ -154,11 +144,10 @@ def test_beam_image_is_the_pinned_beam_sdk():
     match = re.fullmatch(r"apache/beam_python(\d+)\.(\d+)_sdk:(\d+\.\d+\.\d+)", image)
     assert match, f"beam.Dockerfile must build on apache/beam_pythonX.Y_sdk:VERSION, not {image}"
     py, beam_version = f"{match[1]}.{match[2]}", match[3]
-    assert pinned_spec("apache-beam").specifier.contains(beam_version), (
-        f"{image}: Beam {beam_version} is outside pyproject.toml's {pinned_spec('apache-beam')}")
-    # Dataflow runs the launcher's graph with the worker's SDK: they must be the same release.
-    installed = importlib.metadata.version("apache-beam")
-    assert beam_version == installed, f"{image}: Beam {beam_version}, but CI tests with {installed}"
+    # Dataflow runs the launcher's graph with the worker's SDK: they must be the same release,
+    # the locked one (CI's; requirements.txt, which the image installs, is held to it too).
+    locked = lockfile.pins(lockfile.CPU)["apache-beam"]
+    assert beam_version == locked, f"{image}: Beam {beam_version}, but the lock has {locked}"
     requires_python = pyproject()["project"]["requires-python"]
     assert Requirement(f"python{requires_python}").specifier.contains(f"{py}.0"), (
         f"{image}: Python {py} is outside requires-python {requires_python}")
@@ -184,15 +173,15 @@ def test_train_image_is_the_pinned_tensorflow_gpu_image_with_pinned_dali():
     match = re.fullmatch(r"tensorflow/tensorflow:(\d+\.\d+\.\d+)-gpu", image)
     assert match, f"train.Dockerfile must build on tensorflow/tensorflow:VERSION-gpu, not {image}"
     tf_version = match[1]
-    tf_req = pinned_spec("tensorflow", extra="gpu")
-    assert tf_req.specifier.contains(tf_version), f"{image}: TF {tf_version} is outside pyproject's {tf_req}"
-    assert tf_version == importlib.metadata.version("tensorflow-cpu"), "train image TF differs from CI's"
+    locked = lockfile.pins(lockfile.GPU)
+    assert tf_version == locked["tensorflow"], f"{image}: TF {tf_version}, the gpu lock has {locked['tensorflow']}"
     dali = build_args(instructions(path)).get("DALI_VERSION")
     assert dali, "train.Dockerfile must pin ARG DALI_VERSION"
-    dali_req = pinned_spec("nvidia-dali-cuda120", extra="gpu")
-    assert dali_req.specifier.contains(dali), f"DALI {dali} is outside pyproject's {dali_req}"
-    assert dali == importlib.metadata.version("nvidia-dali-cuda120"), "train image DALI differs from CI's"
+    for package in ("nvidia-dali-cuda120", "nvidia-dali-tf-plugin-cuda120"):
+        assert dali == locked[package], f"DALI {dali}, the gpu lock has {package} {locked[package]}"
     runs = " ".join(rest for kw, rest in instructions(path) if kw == "RUN")
+    # Everything else detrec pulls in is held to the gpu lock.
+    assert re.search(r"pip install -c locks/gpu\.txt \.", runs), "the train image does not install within locks/gpu.txt"
     # The plugin compiles against the installed TF: it must come after it, without isolation.
     assert re.search(r"--no-build-isolation\s+\"?nvidia-dali-tf-plugin-cuda120==\$\{DALI_VERSION\}", runs)
 
