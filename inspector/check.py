@@ -17,8 +17,10 @@ import dataclasses
 import re
 
 from detrec.core import fs, images, schema, tfrecord
+from detrec.core.dataset_info import SplitInfo
 from detrec.core.errors import one_line
 from detrec.inspector.problem import Problem
+from detrec.inspector.stats import SplitStats
 from detrec.inspector.resolve import Target
 
 
@@ -154,3 +156,18 @@ def check_index(result: ShardResult, problems: list[Problem], notes: list[str]) 
         bad = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
         problems.append(Problem(path, f"DALI index disagrees with the shard at entry {bad} "
                                       f"({len(got)} entries for {len(expected)} records)"))
+
+
+def cross_check_counts(info_path: str, split: str, expected: SplitInfo, stats: SplitStats,
+                       problems: list[Problem]) -> None:
+    """Compares what dataset_info.json counts for a split with the records themselves: images
+    re-encoded (`image/detrec/converted_from`) and where classes came from. Called only when
+    every shard of the split was read to its end, so the records are the whole split."""
+    counted = sum(stats.converted.values())
+    if counted != expected.converted_images:
+        problems.append(Problem(info_path, f"split {split}: {counted} records hold a re-encoded image, "
+                                           f"{schema.DATASET_INFO} counts {expected.converted_images} converted images"))
+    sources = {k: v for k, v in stats.label_sources.items() if v}
+    if expected.label_sources and sources != dict(expected.label_sources):
+        problems.append(Problem(info_path, f"split {split}: records take their class from {sorted(sources.items())}, "
+                                           f"{schema.DATASET_INFO} says {sorted(expected.label_sources.items())}"))

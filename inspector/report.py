@@ -64,7 +64,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from detrec.core import fs, schema
 from detrec.core.dataset_info import ClassInfo, SplitInfo
-from detrec.inspector.check import ShardResult, cross_check
+from detrec.inspector.check import ShardResult, cross_check, cross_check_counts
 from detrec.inspector.contact_sheet import Sample
 from detrec.inspector.problem import Problem
 from detrec.inspector.resolve import Resolution, resolve
@@ -106,6 +106,8 @@ def inspect_paths(paths: Sequence[str], options: Options = Options(),
         results.append(result)
     if options.quick and any(t.expected for t in found.targets):
         found.notes.append("--quick: sha256 and record contents not checked")
+    else:
+        _cross_check_splits(found, walker, results)
     return _report(found, walker, results, options), walker.samples
 
 
@@ -131,6 +133,22 @@ def record_fields(record: schema.Record, classes: Mapping[int, ClassInfo]) -> di
 def _shown_fields(shown: Shown, classes: Mapping[int, ClassInfo]) -> dict[str, Any]:
     return {"shard": shown.target.path, "record": shown.index, "offset": shown.offset,
             "split": shown.target.split, **record_fields(shown.record, classes)}
+
+
+def _cross_check_splits(found: Resolution, walker: Walker, results: list[ShardResult]) -> None:
+    """Each split's counts in dataset_info.json against its records (check.cross_check_counts),
+    where the records read are that whole split: every shard it lists, read to the end, and no
+    other dataset's shards of the same name mixed in."""
+    complete = {r.target.path for r in results if r.complete}
+    holders = collections.Counter(split for d in found.datasets if d.info for split in d.info.splits)
+    for d in found.datasets:
+        for split, expected in (d.info.splits.items() if d.info else ()):
+            read = [t.path for t in found.targets if t.split == split]
+            whole = (holders[split] == 1 and len(read) == len(expected.shards)
+                     and set(read) == {t.path for t in d.shards if t.split == split} <= complete)
+            if whole:
+                cross_check_counts(fs.join(d.dir, schema.DATASET_INFO), split, expected, walker.stats[split],
+                                   found.problems)
 
 
 def _split_entry(shards: list[ShardResult], info: SplitInfo | None) -> dict[str, Any]:
