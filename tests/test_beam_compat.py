@@ -28,16 +28,23 @@ def test_local_runs_go_straight_to_the_fn_api_runner():
     assert beam_compat.local_runner(PipelineOptions(["--runner=DataflowRunner"])) is None
 
 
-def test_the_fn_api_runner_honours_the_running_mode():
-    """The runner we build reads --direct_running_mode and --direct_num_workers as Beam's own does."""
-    runner = beam_compat.local_runner(PipelineOptions(["--direct_running_mode=multi_processing",
-                                                       "--direct_num_workers=2"]))
-    with beam.Pipeline(runner=runner, options=PipelineOptions(["--direct_running_mode=multi_processing",
-                                                               "--direct_num_workers=2"])) as p:
-        counts = p | beam.Create(range(10)) | beam.combiners.Count.Globally()
-        from apache_beam.testing.util import assert_that, equal_to
+@pytest.mark.parametrize("mode, elsewhere", [("multi_processing", True), ("in_memory", False)])
+def test_the_fn_api_runner_honours_the_running_mode(mode, elsewhere):
+    """The runner we build reads --direct_running_mode and --direct_num_workers as Beam's own
+    does: in multi_processing mode the DoFns run in worker processes, in_memory in this one."""
+    from apache_beam.testing.util import BeamAssertException, assert_that
 
-        assert_that(counts, equal_to([10]))
+    argv = [f"--direct_running_mode={mode}", "--direct_num_workers=2"]
+    here = os.getpid()
+
+    def ran_where_expected(lists):
+        (pids,) = lists
+        if len(pids) != 6 or any((pid != here) != elsewhere for pid in pids):
+            raise BeamAssertException(f"{mode}: elements ran in {sorted(set(pids))}, the launcher is {here}")
+
+    with beam.Pipeline(runner=beam_compat.local_runner(PipelineOptions(argv)), options=PipelineOptions(argv)) as p:
+        pids = p | beam.Create(range(6)) | beam.Map(lambda _: os.getpid()) | beam.combiners.ToList()
+        assert_that(pids, ran_where_expected)
 
 
 def _relog(entries: list[beam_fn_api_pb2.LogEntry], source_dir: str) -> list[logging.LogRecord]:

@@ -20,6 +20,8 @@ from detrec.train import input as input_lib
 def by_key(epoch_rows) -> dict[str, tuple]:
     return {row[-1]: row for row in epoch_rows}
 
+pytestmark = pytest.mark.dali  # the DALI input line (tests/conftest.py: skipped without its plugin)
+
 
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("preprocess", ["inception", "seed"])

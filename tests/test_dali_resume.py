@@ -19,6 +19,8 @@ from tests.test_input import records_by_key
 
 BATCH = 8
 
+pytestmark = pytest.mark.dali  # the DALI input line (tests/conftest.py: skipped without its plugin)
+
 
 def train_split(dataset_dir):
     return input_lib.split_shards(dataset_info.load(dataset_dir), dataset_dir, "train")

@@ -179,6 +179,7 @@ def _write_dataset(out: str, records: list[schema.Record]) -> str:
     return out
 
 
+@pytest.mark.dali
 def test_both_input_lines_give_a_tagged_record_the_same_frame(tmp_path):
     x0, y0, x1, y1 = BLOCK
     box = schema.Box(x0 / W, y0 / H, x1 / W, y1 / H, 1, "n01")
@@ -276,6 +277,7 @@ def test_preprocess_turns_the_boxes_with_the_photo(rotated_dataset):
     assert np.allclose(got, truth, atol=1e-3)
 
 
+@pytest.mark.dali
 def test_a_rotated_record_decodes_alike_on_both_decoders(rotated_dataset):
     data, record, upright, _ = rotated_dataset
     pixels = {}

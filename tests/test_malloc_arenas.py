@@ -30,17 +30,26 @@ def test_a_users_own_setting_is_kept():
 
 
 def test_preprocess_sets_it_before_its_workers_start(monkeypatch):
-    """`detrec preprocess` calls limit() first thing (what its workers inherit)."""
+    """`detrec preprocess` calls limit() first thing (what its workers inherit): before it reads
+    its flags, so before any Beam worker can start."""
+    import pytest
+
     from detrec.pipelines import preprocess_cmd
 
+    class FlagsRead(Exception):
+        pass
+
     calls = []
+
+    def flags(*args):
+        calls.append("flags")
+        raise FlagsRead
+
     monkeypatch.setattr(preprocess_cmd.malloc_arenas, "limit", lambda: calls.append("limit"))
-    monkeypatch.setattr(preprocess_cmd, "parse_num_shards", lambda *a: calls.append("flags") or {})
-    try:
-        preprocess_cmd.run(type("Args", (), {"splits": "train", "num_shards": "", "target_shard_mb": -1})(), [])
-    except Exception:
-        pass  # the bad --target-shard-mb stops it after the flags
-    assert calls[:2] == ["limit", "flags"]
+    monkeypatch.setattr(preprocess_cmd, "parse_num_shards", flags)
+    with pytest.raises(FlagsRead):
+        preprocess_cmd.run(type("Args", (), {"splits": "train", "num_shards": "", "target_shard_mb": 128})(), [])
+    assert calls == ["limit", "flags"]
 
 
 def test_release_hands_back_what_a_thread_freed():

@@ -22,8 +22,6 @@ import tensorflow as tf
 
 from detrec.pipelines import cli
 from detrec.core import schema
-from detrec.preprocess import synth
-from tests.conftest import run_preprocess
 from detrec.train import input as input_lib
 from detrec.train import rundir
 from detrec.train.data import make_data
@@ -71,14 +69,6 @@ def checkpoint_state(model_dir: str) -> dict:
     reader = tf.train.load_checkpoint(path)
     key = next(k for k in reader.get_variable_to_shape_map() if k.startswith("state/"))
     return json.loads(reader.get_tensor(key))
-
-
-def all_checkpoints_readable(model_dir: str) -> list[str]:
-    state = tf.train.get_checkpoint_state(os.path.join(model_dir, rundir.CHECKPOINTS))
-    paths = list(state.all_model_checkpoint_paths)
-    for path in paths:
-        assert tf.train.load_checkpoint(path).get_variable_to_shape_map(), path
-    return paths
 
 
 def evaluate(model, dataset: tf.data.Dataset) -> dict:
@@ -276,6 +266,7 @@ def test_mirrored_strategy_on_two_replicas_matches_one(dataset_dir, tmp_path):
 
 
 @pytest.mark.slow  # ~8 s: a training process
+@pytest.mark.dali
 def test_mirrored_strategy_with_dali_gives_each_replica_its_own_pipeline(dataset_dir, tmp_path):
     """DALI under MirroredStrategy (2 logical CPUs, DALI's CPU mode): one pipeline per replica,
     each half the global batch and its own half of the records, joined per step."""
@@ -289,6 +280,7 @@ def test_mirrored_strategy_with_dali_gives_each_replica_its_own_pipeline(dataset
     assert metrics(str(tmp_path / "m"))["total_steps"] == STEPS
 
 
+@pytest.mark.dali
 def test_dali_builds_its_pipelines_once_per_run(dataset_dir, tmp_path, monkeypatch):
     """Two epochs, one training pipeline and one validation pipeline; a rerun builds again."""
     from detrec.train.input import dali
@@ -307,6 +299,7 @@ def test_dali_builds_its_pipelines_once_per_run(dataset_dir, tmp_path, monkeypat
 
 
 @pytest.mark.slow  # ~18 s: a 2-process cluster
+@pytest.mark.dali
 def test_two_workers_with_dali(dataset_dir, tmp_path):
     """MultiWorkerMirroredStrategy + DALI (CPU mode): TensorFlow 2.21 refuses the per-replica
     input DALI on GPUs used to need; one pipeline per replica works under it. Both workers
@@ -332,63 +325,6 @@ def test_two_workers_with_dali(dataset_dir, tmp_path):
 
 
 # --- interruption ---------------------------------------------------------------------------
-@pytest.mark.slow  # ~25 s: three training processes
-def test_sigkill_mid_epoch_then_restart_matches_an_uninterrupted_run(dataset_dir, tmp_path):
-    flags = ("--epochs", "2", "--checkpoint-every", "3")
-    reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
-    proc = spawn(dataset_dir, reference, str(tmp_path / "reference.log"), *flags)
-    assert proc.wait(timeout=600) == 0
-
-    proc = spawn(dataset_dir, resumed, str(tmp_path / "resumed.log"), *flags)
-    wait_for_checkpoint(proc, resumed)  # the first checkpoint is at step 3 of 12: mid-epoch
-    proc.kill()
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    all_checkpoints_readable(resumed)
-    state = checkpoint_state(resumed)
-    assert state["epoch"] == 0 and 0 < state["position"] < STEPS
-
-    proc = spawn(dataset_dir, resumed, str(tmp_path / "resumed.log"), *flags)
-    assert proc.wait(timeout=600) == 0
-    with open(tmp_path / "resumed.log") as f:
-        assert f"resuming from {resumed}/checkpoints/ckpt-" in f.read()
-    ref, got = metrics(reference), metrics(resumed)
-    assert got["total_steps"] == ref["total_steps"] == 2 * STEPS
-    assert [e["epoch"] for e in got["epochs"]] == [e["epoch"] for e in ref["epochs"]] == [1, 2]
-    assert [e["steps"] for e in got["epochs"]] == [STEPS, STEPS]
-    # Same examples in the same order after the resume: the learning curve is identical.
-    for key in ("train_loss", "train_accuracy", "val_loss", "val_top1"):
-        assert [e[key] for e in got["epochs"]] == [e[key] for e in ref["epochs"]], key
-    result = evaluate_export(dataset_dir, resumed)
-    assert result["count"] == 32 and 0 <= result["top1"] <= 1
-
-
-@pytest.mark.slow  # ~12 s: two training processes
-def test_dali_resumes_a_killed_run_mid_epoch_and_says_so(dataset_dir, tmp_path):
-    """DALI's pipeline is built once per run, and a run killed mid-epoch resumes exactly:
-    the log says so and the run keeps its step count (every step's batches compared with an
-    uninterrupted run: tests/test_train_crash.py, tests/test_dali_resume.py)."""
-    model_dir, log = str(tmp_path / "m"), str(tmp_path / "run.log")
-    flags = ("--epochs", "2", "--checkpoint-every", "3", "--decoder", "dali", "--record-keys")
-    proc = spawn(dataset_dir, model_dir, log, *flags)
-    wait_for_checkpoint(proc, model_dir)
-    proc.kill()
-    proc.wait()
-    state = checkpoint_state(model_dir)
-    assert state["epoch"] == 0 and 0 < state["position"] < STEPS
-    proc = spawn(dataset_dir, model_dir, log, *flags)
-    assert proc.wait(timeout=600) == 0
-    with open(log) as f:
-        text = f.read()
-    assert f"skipping the {state['position']} batches of epoch 1 already trained" in text
-    assert "fresh order" not in text
-    doc = metrics(model_dir)
-    assert doc["total_steps"] == 2 * STEPS and [e["steps"] for e in doc["epochs"]] == [STEPS, STEPS]
-    with open(rundir.keys_path(model_dir, 2, 0)) as f:  # the epoch after the resumed one is whole
-        keys = f.read().split()
-    assert len(keys) == len(set(keys)) == STEPS * 8
-
-
 @pytest.mark.slow  # ~15 s: two training processes
 def test_sigint_saves_then_stops_and_the_rerun_finishes(dataset_dir, tmp_path):
     model_dir, log = str(tmp_path / "m"), str(tmp_path / "run.log")
@@ -412,18 +348,13 @@ def test_sigint_saves_then_stops_and_the_rerun_finishes(dataset_dir, tmp_path):
 
 # --- the acceptance run ---------------------------------------------------------------------
 @pytest.mark.slow
-def test_synthetic_10_classes_reach_80_percent_val_top1(tmp_path):
-    """Issue 6's proof that labels flow from XML to loss: 2,000/400 synth images, 10 classes,
-    CPU, 96 px, the article's optimiser settings (Adam 1e-3) and batch 32. How long it takes
-    is a benchmark's business (`detrec bench`), not a pass/fail condition on a shared machine."""
-    root = synth.generate(synth.SynthConfig(out=str(tmp_path / "synth"), train=2000, val=400, classes=10,
-                                            seed=0))["root"]
-    data = str(tmp_path / "data")
-    assert run_preprocess(root, data, "--num-shards", "train=8,val=2",
-                          "--synset-map", os.path.join(root, "devkit", "data", "map_det.txt")) == 0
-    model_dir = str(tmp_path / "model")
-    assert cli.main(["train", "--data", data, "--model-dir", model_dir, "--image-size", "96",
-                     "--batch-size", "32", "--epochs", "10", "--decoder", "cpu"]) == 0
-    best = max(e["val_top1"] for e in metrics(model_dir)["epochs"])
+@pytest.mark.xdist_group("learned")
+def test_synthetic_10_classes_reach_80_percent_val_top1(learned):
+    """Issue 6's proof that labels flow from XML to loss: the session's `learned` run (conftest:
+    800/200 synth images, 10 classes, CPU, the article's Adam 1e-3 and batch 32, 5 epochs at
+    64 px). How long it takes is a benchmark's business (`detrec bench`), not a test's."""
+    history = metrics(learned["model"])["epochs"]
+    assert len(history) == 5 and all(e["steps"] == 25 for e in history)
+    best = max(e["val_top1"] for e in history)
     print(f"acceptance: best val top-1 {best:.3f}")
     assert best >= 0.80

@@ -6,7 +6,6 @@ position). (The real-SIGKILL test is in test_train.py.)"""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -41,14 +40,15 @@ def recorded_keys(model_dir: str, epoch: int) -> list[str]:
 
 
 @pytest.mark.slow  # two short training runs per point
-@pytest.mark.parametrize("decoder, point", [("cpu", "step:2"), ("cpu", "checkpoint-write:1"), ("cpu", "step:14"),
-                                            ("cpu", "checkpoint-write:3"), ("dali", "step:5"),
-                                            ("dali", "checkpoint-write:1"), ("dali", "step:17")])
+@pytest.mark.parametrize("decoder, point", [("cpu", "step:2"), ("cpu", "checkpoint-write:1"),
+                                            ("cpu", "checkpoint-write:3"), ("dali", "step:5")])
 def test_a_crash_at_a_chosen_point_then_rerun_matches_an_uninterrupted_run(dataset_dir, references, tmp_path,
                                                                            decoder, point, monkeypatch):
     """Before any checkpoint, during the first checkpoint (files written, not yet indexed),
-    mid-epoch after a checkpoint (resumed at step 3 of an epoch), in the second epoch, and
-    during a later checkpoint."""
+    during a later checkpoint (the one before it restores), and mid-epoch after a checkpoint
+    with DALI (resumed at step 3 of an epoch: the stream rebuilt, 3 batches skipped). Which
+    batches a resume skips, in either epoch, is pinned in the fast loop by
+    tests/test_train_resume.py."""
     model_dir, log = str(tmp_path / "run"), str(tmp_path / "run.log")
     flags = (*FLAGS, *DECODER_FLAGS[decoder])
     monkeypatch.setenv(crashpoints.ENV, point)

@@ -90,6 +90,7 @@ def test_xla_compiles_the_train_step(dataset_dir, tmp_path, monkeypatch):
     assert xla_functions(steps["train"]) >= 1 and xla_functions(steps["eval"]) >= 1
 
 
+@pytest.mark.dali
 def test_dali_decoder_in_cpu_mode(dataset_dir, tmp_path, monkeypatch, capsys):
     from detrec.train.input import dali
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -34,7 +33,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from detrec.core import dataset_info, schema, tfrecord
+from detrec.core import schema, tfrecord
 from detrec.core.errors import UserError
 from detrec.pipelines import cli
 from detrec.train import input as input_lib
