@@ -6,6 +6,8 @@ record), the TFDS fake-data way.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 
@@ -63,20 +65,52 @@ LEARN = dict(train=800, val=200, classes=10, seed=0, width=160, height=120)
 LEARN_SIZE = 64
 
 
+def shared_folder(tmp_path_factory, worker_id: str):
+    """The run's temporary folder that every xdist worker sees (its own when not under xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
+@contextlib.contextmanager
+def exclusive(tmp_path_factory, worker_id: str, name: str):
+    """Held by one xdist worker at a time: a lock file in the shared folder (fcntl, so a worker
+    that dies lets go of it)."""
+    with open(shared_folder(tmp_path_factory, worker_id) / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # released when the file closes
+
+
+@pytest.fixture
+def repo_build(tmp_path_factory, worker_id):
+    """For tests that build in the repository folder (setuptools writes build/ and *.egg-info
+    there): one at a time across workers."""
+    with exclusive(tmp_path_factory, worker_id, "repo-build"):
+        yield
+
+
 @pytest.fixture(scope="session")
-def learned(tmp_path_factory) -> dict[str, str]:
-    """{"root": the synth tree, "data": its shards, "model": the trained run dir (exported)}."""
+def learned(tmp_path_factory, worker_id) -> dict[str, str]:
+    """{"root": the synth tree, "data": its shards, "model": the trained run dir (exported)}.
+
+    Made once per `make test`, whichever xdist worker asks first: the others wait for it and
+    take what it made.
+    """
     from detrec.pipelines import cli
 
-    out = tmp_path_factory.mktemp("learned")
-    root = synth.generate(synth.SynthConfig(out=str(out / "synth"), **LEARN))["root"]
-    data, model = str(out / "data"), str(out / "model")
-    assert run_preprocess(root, data, "--num-shards", "train=4,val=2",
-                          "--synset-map", os.path.join(root, "devkit", "data", "map_det.txt")) == 0
-    assert cli.main(["train", "--data", data, "--model-dir", model, "--image-size", str(LEARN_SIZE),
-                     "--batch-size", "32", "--epochs", "5", "--decoder", "cpu", "--seed", "0",
-                     "--checkpoint-every", "0"]) == 0
-    return {"root": root, "data": data, "model": model}
+    out = shared_folder(tmp_path_factory, worker_id) / "learned"
+    paths = {"root": str(out / "synth" / "ILSVRC"), "data": str(out / "data"), "model": str(out / "model")}
+    with exclusive(tmp_path_factory, worker_id, "learned"):
+        if (out / "done").exists():
+            return paths
+        root = synth.generate(synth.SynthConfig(out=str(out / "synth"), **LEARN))["root"]
+        assert root == paths["root"]
+        assert run_preprocess(root, paths["data"], "--num-shards", "train=4,val=2",
+                              "--synset-map", os.path.join(root, "devkit", "data", "map_det.txt")) == 0
+        assert cli.main(["train", "--data", paths["data"], "--model-dir", paths["model"],
+                         "--image-size", str(LEARN_SIZE), "--batch-size", "32", "--epochs", "5", "--decoder", "cpu",
+                         "--seed", "0", "--checkpoint-every", "0"]) == 0
+        (out / "done").touch()
+    return paths
 
 
 DALI_MISSING = ("needs the DALI TF plugin (nvidia-dali-tf-plugin-cuda120), which `make install` installs "

@@ -176,8 +176,7 @@ def test_only_detrec_is_importable_from_outside_the_repo_editable():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("repo-build")
-def test_the_wheel_holds_only_detrec(tmp_path):
+def test_the_wheel_holds_only_detrec(tmp_path, repo_build):
     """Built as a wheel and installed on its own, only `detrec` is importable."""
     wheels = tmp_path / "wheels"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",

@@ -417,7 +417,8 @@ def test_a_plan_keeps_its_pairs_in_hash_order_packed(tmp_path):
 
     pairs = _pairs(tmp_path, 50)
     plan, = planning.plan_split("train", pairs, 1, 1)
-    assert plan.pairs() == sorted(pairs, key=lambda p: planning.shard_hash("train", p.source_id))  # write order
+    # Write order: the rank of sha256("split/source_id"), computed here independently of plan.py.
+    assert plan.pairs() == sorted(pairs, key=lambda p: hashlib.sha256(f"train/{p.source_id}".encode()).digest())
     assert len(plan.packed) < 40 * len(pairs)  # packed: a Pair pickles to ~300 bytes
 
 
@@ -437,7 +438,10 @@ def test_a_parsed_shard_carries_its_items_and_its_names(tmp_path):
     assert names == {"n0", "n1", "n3", "n4"}
     items = parsed.items()
     assert [item.pair for item in items] == [p for p in plan.pairs() if p != pairs[2]]  # write order kept
-    assert [item.annotation for item in items] == [dofns._parse(item.pair).annotation for item in items]
+    # What _pairs wrote: one box (1, 1)-(5, 5) named n<i> in a 10x10 frame.
+    assert [(a.width, a.height, [(o.name, o.xmin, o.ymin, o.xmax, o.ymax) for o in a.objects])
+            for a in (item.annotation for item in items)] == [
+        (10, 10, [(f"n{i}", 1.0, 1.0, 5.0, 5.0)]) for i in (int(item.pair.source_id[2:]) for item in items)]
     assert len(parsed.packed) < 120 * len(items)
     # No names when the class list is fixed elsewhere (a synset map), or for another split.
     assert not [o for o in dofns.ParseShard(["train"], names=False).process(plan, found)

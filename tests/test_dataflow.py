@@ -174,8 +174,7 @@ def test_worker_requirements_are_the_locked_closure_of_detrec_with_tensorflow_cp
                                    f"has more: {sorted(set(worker) - needed)}")
 
 
-@pytest.mark.xdist_group("repo-build")
-def test_setup_shim_stages_every_package(tmp_path):
+def test_setup_shim_stages_every_package(tmp_path, repo_build):
     """`--setup_file ./setup.py` ships an sdist: it must hold all code and the Dataflow files."""
     proc = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -66,7 +66,6 @@ def sha256(path: str) -> str:
 
 
 @pytest.mark.slow  # the session's `learned` model trains 5 epochs (~30 s)
-@pytest.mark.xdist_group("learned")
 def test_predict_returns_the_classes_of_synth_images(model_dir, learned_val_files, pipeline_view):
     results = predict.Predictor(model_dir).predict(learned_val_files, top=3)
     correct = 0
@@ -82,7 +81,6 @@ def test_predict_returns_the_classes_of_synth_images(model_dir, learned_val_file
 
 
 @pytest.mark.slow  # the session's `learned` model trains 5 epochs (~30 s)
-@pytest.mark.xdist_group("learned")
 def test_any_common_format_gives_the_same_answer(model_dir, learned_val_files, tmp_path):
     p = predict.Predictor(model_dir)
     originals = p.predict(learned_val_files)
@@ -106,7 +104,6 @@ def test_any_common_format_gives_the_same_answer(model_dir, learned_val_files, t
 
 
 @pytest.mark.slow  # the session's `learned` model trains 5 epochs (~30 s)
-@pytest.mark.xdist_group("learned")
 def test_cli_text_and_json(model_dir, learned_val_files, capsys):
     assert cli.main(["predict", "--model-dir", model_dir, *learned_val_files[:2], "--top", "3", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -128,7 +125,6 @@ def test_cli_text_and_json(model_dir, learned_val_files, capsys):
 
 
 @pytest.mark.slow  # the session's `learned` model trains 5 epochs (~30 s)
-@pytest.mark.xdist_group("learned")
 def test_unreadable_images_are_reported_and_the_rest_predicted(model_dir, learned_val_files, tmp_path, capsys):
     text = tmp_path / "notes.txt"
     text.write_text("not a picture\n")

@@ -348,7 +348,6 @@ def test_sigint_saves_then_stops_and_the_rerun_finishes(dataset_dir, tmp_path):
 
 # --- the acceptance run ---------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.xdist_group("learned")
 def test_synthetic_10_classes_reach_80_percent_val_top1(learned):
     """Issue 6's proof that labels flow from XML to loss: the session's `learned` run (conftest:
     800/200 synth images, 10 classes, CPU, the article's Adam 1e-3 and batch 32, 5 epochs at
