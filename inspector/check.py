@@ -6,7 +6,9 @@ Two levels, both reporting defects as data (`BadRecord`, or `Problem`s appended 
   it also passes `schema.check` and `check_jpeg` (the trainer's own JPEG decode);
 * per shard, `cross_check`: what the walk found (`ShardResult`) against the shard's
   dataset_info.json entry (size, record count, sha256) and its DALI `.idx` (every frame's
-  offset and framed size), so a shard the trainer would stumble on is caught here first.
+  offset and framed size), so a shard the trainer would stumble on is caught here first;
+* per split, `cross_check_counts`: dataset_info.json's counts of converted images and of where
+  classes came from, against the records of a split read whole.
 
 TensorFlow is imported only by `check_jpeg` (and by `schema.decode`), when a record is read.
 """

@@ -315,7 +315,7 @@ def dry_run_report(pipeline: beam.Pipeline, options: PipelineOptions) -> list[st
     """What a dry run would have run and shipped: the runner, the job's top-level steps in the
     graph just built, and what the workers get besides the Beam SDK."""
     names = [t.unique_name for t in pipeline.to_runner_api().components.transforms.values()]
-    steps = sorted({n.split("/")[1] for n in names if n.startswith("BuildShards/") and n.count("/") >= 1})
+    steps = sorted({n.split("/")[1] for n in names if n.startswith("BuildShards/")})
     setup, worker = options.view_as(SetupOptions), options.view_as(WorkerOptions)
     shipped = []
     if setup.setup_file:
