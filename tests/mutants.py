@@ -108,9 +108,11 @@ def run_fast_loop(scratch: str, tests: list[str]) -> tuple[bool, str]:
     """(passed, the first failing test or the summary line)."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     deselect = [arg for test in NOT_IN_A_COPY for arg in ("--deselect", test)]
+    # --dist load: both workers start at the head of the list (worksteal would hand the second
+    # worker the list's second half), so the likeliest killers run first; -x stops at the first.
     proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "not slow", "-x", "-q", "-p", "no:cacheprovider",
-                           "--no-header", "-rf", *deselect, *tests], cwd=scratch, env=env, capture_output=True,
-                          text=True)
+                           "--dist", "load", "--no-header", "-rf", *deselect, *tests], cwd=scratch, env=env,
+                          capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     failed = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
     return proc.returncode == 0, (failed[0] if failed else (lines[-1] if lines else proc.stderr[-300:]))
