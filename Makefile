@@ -16,6 +16,7 @@ EXTRAS_gpu := gpu dali train test bench-tfds
 LOCK_PYTHON := 3.11
 # Builds against the installed TensorFlow, so it is installed after the rest, without isolation.
 PLUGIN := nvidia-dali-tf-plugin-cuda120
+PLUGIN_PIN = $(shell grep -E '^$(PLUGIN)==' $(LOCK))
 
 .PHONY: install lock demo test mutants gpu-check clean
 
@@ -28,11 +29,11 @@ $(STAMP): $(LOCK) pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$$(grep -E '^uv==' $(LOCK))"
 	grep -v '^$(PLUGIN)==' $(LOCK) > $(VENV)/lock-sync.txt
 	$(BIN)/uv pip sync -q --python $(BIN)/python $(VENV)/lock-sync.txt
-	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e . "$$(grep -E '^$(PLUGIN)==' $(LOCK))"
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e . "$(PLUGIN_PIN)"
 	# uv's cache does not know which TensorFlow a cached plugin build was compiled against:
 	# where the cached one does not load, build it again against this one.
 	$(BIN)/python -c "import nvidia.dali.plugin.tf" 2>/dev/null || $(BIN)/uv pip install -q --python $(BIN)/python \
-	  --no-deps --no-build-isolation --refresh-package $(PLUGIN) --reinstall-package $(PLUGIN) "$$(grep -E '^$(PLUGIN)==' $(LOCK))"
+	  --no-deps --no-build-isolation --refresh-package $(PLUGIN) --reinstall-package $(PLUGIN) "$(PLUGIN_PIN)"
 	$(BIN)/uv pip check -q --python $(BIN)/python
 	$(BIN)/detrec --help > /dev/null
 	rm -f $(VENV)/.installed-*
