@@ -10,7 +10,7 @@ that validates the file; everything else reads typed fields. Layout::
      "classes": [{"id": 0, "synset": "background", "name": "background"}, ...],
      "options": {...},
      "splits": {"train": {"num_examples": N, "num_errors": E, "errors_by_reason": {...},
-                          "converted_images": C, "errors_file": "errors-train.jsonl",
+                          "converted_images": C, "non_srgb_images": P, "errors_file": "errors-train.jsonl",
                           "label_sources": {"folder": F, "xml": X, "csv": V},
                           "box_sources": {"xml": X, "csv": V, "none": Z}, "label_mismatches": M,
                           "shards": [{"file": "train-00000-of-00004.tfrecord",
@@ -19,8 +19,10 @@ that validates the file; everything else reads typed fields. Layout::
 `label_sources` counts records by where their class came from (the record's
 `image/detrec/label_source`), `box_sources` by where their boxes came from ("none": a class
 folder labels the image and it has no boxes), `label_mismatches` the folder-labelled records
-whose largest box names another class. Files written before these keys existed load with
-them empty (0).
+whose largest box names another class, `non_srgb_images` the records whose source image carried a
+colour profile other than sRGB (converted to sRGB when re-encoded, else kept inside the JPEG
+stored as is: see core/colour.py). Files written before these keys existed load with them
+empty (0).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class SplitInfo:
     num_errors: int = 0
     errors_by_reason: Mapping[str, int] = dataclasses.field(default_factory=dict)
     converted_images: int = 0
+    non_srgb_images: int = 0
     errors_file: str = ""
     label_sources: Mapping[str, int] = dataclasses.field(default_factory=dict)
     box_sources: Mapping[str, int] = dataclasses.field(default_factory=dict)
@@ -108,6 +111,7 @@ class DatasetInfo:
             "classes": [dataclasses.asdict(c) for c in self.classes], "options": dict(self.options),
             "splits": {name: {"num_examples": s.num_examples, "num_errors": s.num_errors,
                               "errors_by_reason": dict(s.errors_by_reason), "converted_images": s.converted_images,
+                              "non_srgb_images": s.non_srgb_images,
                               "errors_file": s.errors_file, "label_sources": dict(s.label_sources),
                               "box_sources": dict(s.box_sources), "label_mismatches": s.label_mismatches,
                               "shards": [dataclasses.asdict(sh) for sh in s.shards]}
@@ -120,7 +124,7 @@ class DatasetInfo:
         """Parses and validates the file's content; UserError(`path: what is wrong`)."""
         try:
             raw = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
             raise UserError(f"{path}: not valid JSON ({exc})") from None
         try:
             return _parse(raw)
@@ -168,14 +172,15 @@ def _parse(raw: Any) -> DatasetInfo:
             at = f"{where}: shard entry {i}"
             file = _get(sh, "file", str, at)
             at = f"{where}: shard {file}"
-            shards.append(ShardInfo(file, _get(sh, "num_examples", int, at), _get(sh, "num_bytes", int, at),
+            shards.append(ShardInfo(file, _count(sh, "num_examples", at), _count(sh, "num_bytes", at),
                                     _get(sh, "sha256", str, at)))
         splits[name] = SplitInfo(
-            num_examples=_get(entry, "num_examples", int, where, sum(s.num_examples for s in shards)),
+            num_examples=_count(entry, "num_examples", where, sum(s.num_examples for s in shards)),
             shards=tuple(shards),
             num_errors=_get(entry, "num_errors", int, where, 0),
             errors_by_reason=dict(_get(entry, "errors_by_reason", dict, where, {})),
             converted_images=_get(entry, "converted_images", int, where, 0),
+            non_srgb_images=_count(entry, "non_srgb_images", where, 0),
             errors_file=_get(entry, "errors_file", str, where, ""),
             label_sources=_counts(entry, "label_sources", where),
             box_sources=_counts(entry, "box_sources", where),
@@ -195,6 +200,14 @@ def _parse(raw: Any) -> DatasetInfo:
     )
 
 
+def _count(obj: Any, key: str, where: str, default: Any = ...) -> int:
+    """obj[key], a number of at least 0 (a negative count is malformed, not an empty shard)."""
+    value = _get(obj, key, int, where, default)
+    if value < 0:
+        raise _Malformed(f"{where}: `{key}` is negative ({value})")
+    return value
+
+
 def _counts(entry: Any, key: str, where: str) -> dict[str, int]:
     """A {name: count} object (absent: empty); every count a number of at least 0."""
     counts = _get(entry, key, dict, where, {})
@@ -202,6 +215,14 @@ def _counts(entry: Any, key: str, where: str) -> dict[str, int]:
         if _get(counts, name, int, f"{where}: `{key}`") < 0:
             raise _Malformed(f"{where}: `{key}`: `{name}` is negative")
     return dict(counts)
+
+
+def check_class_count(count: int, where: str) -> None:
+    """UserError when a model over `count` classes (background included) is more than
+    detrec builds (schema.MAX_CLASSES): said before anything is built, not by the OOM killer."""
+    if count > schema.MAX_CLASSES:
+        raise UserError(f"{where} lists {count:,} classes; detrec trains and predicts with at most "
+                        f"{schema.MAX_CLASSES:,} (the model's last layer and its optimizer state grow with them)")
 
 
 def path_in(data_dir: str) -> str:

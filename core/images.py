@@ -1,13 +1,21 @@
 """Pure image checks and fixes: bytes in, a 3-channel-decodable JPEG out (no file access).
 
 Shared by the writer (`detrec preprocess`) and `detrec predict`, so an image reaches a model
-along the same road whichever command read it. A good JPEG's bytes are kept untouched (they are what the trainer decodes, and re-encoding
-would lose quality). Anything else that is still a picture - CMYK JPEG, PNG/GIF/BMP/WebP/TIFF
-named .JPEG, a JPEG TensorFlow refuses - is converted to an RGB JPEG with Pillow, and the
-record says so. Empty, truncated and non-image files are rejected with a reason.
+along the same road whichever command read it. A good JPEG's bytes are kept untouched (they
+are what the trainer decodes, and re-encoding would lose quality). Anything else that is still
+a picture - CMYK JPEG, PNG/GIF/BMP/WebP/TIFF named .JPEG, a JPEG TensorFlow refuses - is
+converted to an sRGB JPEG with Pillow, its pixels as a colour-managed viewer shows them
+(core/colour.py: deep modes scaled, transparency on white, a colour profile applied), and
+the record says so. Empty, truncated and non-image files are rejected with a reason.
+
+Bytes after a JPEG's end-of-image marker (a newline, 0xFF padding, a phone's or an editor's
+trailer) are no part of the picture: every decoder stops at EOI. A JPEG whose bytes end with
+EOI (zero padding allowed) is stored as it is, found with one cheap test; any other is walked
+to its first EOI (core/jpeg_segments.py) and stored ending there, its trailer left out.
+Without an EOI it is truncated.
 
 The decoder's own verdict (does TensorFlow's JPEG decoder accept these bytes?) is passed in
-as `decodes`, so this module needs no TensorFlow: the Beam job passes its 1/8-scale check
+as `decodes`, so this module needs no TensorFlow: the Beam job passes its scaled-down check
 (preprocess/decode_check.py), predict its full decode, `--verify-images header` nothing.
 
 Size: every picture's width and height are read from its header before anything decodes it,
@@ -47,7 +55,7 @@ from typing import Callable
 
 from PIL import Image, ImageOps
 
-from detrec.core import image_fit, schema
+from detrec.core import colour, image_fit, jpeg_segments, schema
 from detrec.core.errors import InputError
 
 CONVERT_QUALITY = 95
@@ -66,8 +74,7 @@ ORIENTATION_TAG = 0x0112
 NORMAL = 1
 _TRANSPOSING = (5, 6, 7, 8)  # the orientations that swap width and height
 _EXIF_APP1 = b"Exif\x00\x00"
-# SOF markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but don't.
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_ICC_APP2 = b"ICC_PROFILE\x00"
 # Huffman-coded baseline, extended and progressive frames: what every decoder here reads.
 _DECODED_AS_IS = {0xC0, 0xC1, 0xC2}
 
@@ -85,6 +92,7 @@ class JpegHeader:
     exif: bool = False  # an APP1 Exif segment precedes the frame (it may hold an orientation)
     sof: int = 0xC0  # the frame's marker: C0 baseline, C1 extended, C2 progressive, others rare
     precision: int = 8  # bits per sample; TensorFlow's and DALI's libjpeg decode 8 only
+    icc: bool = False  # an APP2 ICC profile segment precedes the frame
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +102,12 @@ class PreparedImage:
     data: bytes
     width: int  # of the stored (upright) pixels
     height: int
-    converted_from: str = ""  # "" when the source bytes are kept untouched
+    converted_from: str = ""  # "" when the source's picture is kept as it is
     orientation: int = NORMAL  # the source's EXIF orientation, applied to `data` (1: none)
     original_size: tuple[int, int] = (0, 0)  # the source's own (width, height) when downscaled
+    # The source's colour profile is not sRGB: its colours were converted to sRGB
+    # (`converted_from` ends "-to-srgb"), or they stay in the JPEG kept as is, profile and all.
+    non_srgb: bool = False
 
     @property
     def source_size(self) -> tuple[int, int]:
@@ -127,36 +138,45 @@ def sniff(data: bytes) -> str | None:
 
 def jpeg_header(data: bytes) -> JpegHeader:
     """Frame size and components from the SOF segment; raises ImageError when malformed."""
-    pos, end = 2, len(data)
-    exif = False
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
+    exif = icc = False
+    for marker, pos, _ in jpeg_segments.segments(data):
+        if marker == jpeg_segments.JUNK:
             raise ImageError("corrupt_jpeg", f"corrupt JPEG header: no marker at byte {pos}")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if marker in _SOF:
-            if pos + 10 > end:
+        if marker in jpeg_segments.SOF:
+            if pos + 10 > len(data):
                 break
             height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return JpegHeader(width, height, data[pos + 9], marker in (0xC2, 0xC6, 0xCA, 0xCE), exif, marker,
-                              data[pos + 4])
-        if marker == 0xDA:  # start of scan before any frame header
+            return JpegHeader(width, height, data[pos + 9], marker in jpeg_segments.PROGRESSIVE, exif, marker,
+                              data[pos + 4], icc)
+        if marker == jpeg_segments.SOS:  # start of scan before any frame header
             raise ImageError("corrupt_jpeg", "corrupt JPEG: scan data before a frame header")
-        if marker == 0xE1 and data.startswith(_EXIF_APP1, pos + 4):
+        if marker == jpeg_segments.APP1 and data.startswith(_EXIF_APP1, pos + 4):
             exif = True
-        pos += 2 + length
-    raise ImageError("truncated_image", f"truncated JPEG: no frame header in {end} bytes")
+        elif marker == jpeg_segments.APP2 and data.startswith(_ICC_APP2, pos + 4):
+            icc = True
+    raise ImageError("truncated_image", f"truncated JPEG: no frame header in {len(data)} bytes")
 
 
 def has_end_marker(data: bytes) -> bool:
-    """True when the JPEG ends with EOI (trailing zero padding, as some cameras write, is ok)."""
+    """True when the JPEG's bytes end with EOI (after zero padding, as some cameras write):
+    the cheap test that every usual file passes; `jpeg_end` looks further."""
     return data.rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def jpeg_end(data: bytes) -> bytes:
+    """The JPEG up to its end-of-image marker: bytes after it (a phone's or an editor's
+    trailer, a newline, 0xFF padding) are no part of the picture, and every decoder stops
+    at EOI. A file ending with EOI is returned as it is (module docstring).
+
+    Raises:
+      ImageError: `truncated_image` when the picture has no end-of-image marker.
+    """
+    if has_end_marker(data):
+        return data
+    end = jpeg_segments.end_of_image(data)
+    if end is None:
+        raise ImageError("truncated_image", f"truncated JPEG: no end-of-image marker ({len(data)} bytes)")
+    return data[:end]
 
 
 def exif_orientation(data: bytes) -> int:
@@ -174,7 +194,8 @@ def exif_orientation(data: bytes) -> int:
 
 
 def _to_rgb_jpeg(data: bytes, source: str, shrink_to: int | None = None) -> PreparedImage:
-    """Re-encodes any picture Pillow reads as an upright RGB JPEG without EXIF; with
+    """Re-encodes any picture Pillow reads as an upright sRGB JPEG without EXIF, its pixels as
+    a viewer shows them (core/colour.py: scaled, on white, its profile applied); with
     `shrink_to`, decoded into at most that many pixels (image_fit.shrink)."""
     kind = source.split("-", 1)[0]  # "png", "jpeg-cmyk", "jpeg-downscaled"...: the format first
     original = (0, 0)
@@ -189,13 +210,7 @@ def _to_rgb_jpeg(data: bytes, source: str, shrink_to: int | None = None) -> Prep
             orientation = orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else NORMAL
             if orientation != NORMAL:
                 img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "P"):
-                rgba = img.convert("RGBA")
-                flat = Image.new("RGB", rgba.size, (255, 255, 255))
-                flat.paste(rgba, mask=rgba.getchannel("A"))
-                rgb = flat
-            else:
-                rgb = img.convert("RGB")
+            rgb, profiled = colour.to_rgb(img)
     except Image.DecompressionBombError:
         raise ImageError("image_too_large", f"{source} image: more than {image_fit.MAX_PIXELS:,} pixels") from None
     except Exception as exc:  # Pillow raises many types on malformed data; one file's problem
@@ -205,7 +220,8 @@ def _to_rgb_jpeg(data: bytes, source: str, shrink_to: int | None = None) -> Prep
         rgb.save(buf, "JPEG", quality=CONVERT_QUALITY)  # no exif=: the tag must not travel on
     except Exception as exc:  # an encoder error is this picture's problem too
         raise ImageError("undecodable_image", f"{source} image does not encode: {_pillow_reason(exc)}") from None
-    return PreparedImage(buf.getvalue(), rgb.width, rgb.height, source, orientation, original)
+    return PreparedImage(buf.getvalue(), rgb.width, rgb.height, f"{source}-to-srgb" if profiled else source,
+                         orientation, original, profiled)
 
 
 def _picture_size(data: bytes, kind: str) -> tuple[int, int]:
@@ -325,8 +341,7 @@ def prepare(data: bytes, decodes: Callable[[bytes], bool] | None = None, max_pix
         shrink_to = _shrink_to(_picture_size(data, kind), max_pixels, downscale, kind)
         return _to_rgb_jpeg(data, f"{kind}-downscaled" if shrink_to else kind, shrink_to)
     header = jpeg_header(data)
-    if not has_end_marker(data):
-        raise ImageError("truncated_image", f"truncated JPEG: no end-of-image marker ({len(data)} bytes)")
+    data = jpeg_end(data)
     shrink_to = _shrink_to((header.width, header.height), max_pixels, downscale, kind)
     standard = header.sof in _DECODED_AS_IS and header.precision == 8 and header.components in (1, 3)
     decoded = decodes is None or not standard or decodes(data)  # before any conversion: it may reject
@@ -346,4 +361,14 @@ def prepare(data: bytes, decodes: Callable[[bytes], bool] | None = None, max_pix
         # Pillow is more lenient than TensorFlow (e.g. some corrupt-but-complete streams);
         # whatever it can still decode is re-encoded, the rest is rejected.
         return _to_rgb_jpeg(data, "jpeg-undecodable-by-tf")
-    return PreparedImage(data, header.width, header.height)
+    return PreparedImage(data, header.width, header.height, non_srgb=header.icc and _other_profile(data))
+
+
+def _other_profile(data: bytes) -> bool:
+    """Whether a JPEG kept as is carries a colour profile other than sRGB (for the count in
+    dataset_info.json; the bytes stay as they are, profile and all)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as img:
+            return colour.other_than_srgb(img.info.get("icc_profile"), img.mode)
+    except Exception:  # a header Pillow cannot read: the profile is unreadable, as decoders find it
+        return False

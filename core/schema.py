@@ -18,6 +18,10 @@ from typing import Mapping, Sequence
 SCHEMA_VERSION = 1
 BACKGROUND_ID = 0
 BACKGROUND_TEXT = "background"
+# The most classes (background included) a dataset may have for training and predict: well
+# above Open Images' ~20k, far below what makes the logits' layer alone take gigabytes (a
+# dataset_info.json listing 1,000,005 classes took `detrec train` to 24 GB and the OOM killer).
+MAX_CLASSES = 100_000
 IMAGE_FORMAT = "jpeg"
 
 # --- feature keys -----------------------------------------------------------------------
@@ -426,6 +430,8 @@ DATASET_INFO = "dataset_info.json"
 LABELS_FILE = "labels.txt"
 SHARD_SUFFIX = ".tfrecord"
 INDEX_SUFFIX = ".idx"
+# A split's error report is ERRORS_PREFIX + split + ERRORS_SUFFIX (errors_name).
+ERRORS_PREFIX, ERRORS_SUFFIX = "errors-", ".jsonl"
 _SHARD_RE = re.compile(r"^(?P<split>[\w.-]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord$")
 
 
@@ -445,4 +451,4 @@ def parse_shard_name(name: str) -> tuple[str, int, int] | None:
 
 
 def errors_name(split: str) -> str:
-    return f"errors-{split}.jsonl"
+    return f"{ERRORS_PREFIX}{split}{ERRORS_SUFFIX}"

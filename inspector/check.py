@@ -8,7 +8,8 @@ Two levels, both reporting defects as data (`BadRecord`, or `Problem`s appended 
   dataset_info.json entry (size, record count, sha256) and its DALI `.idx` (every frame's
   offset and framed size), so a shard the trainer would stumble on is caught here first;
 * per split, `cross_check_counts`: dataset_info.json's counts of converted images and of where
-  classes came from, against the records of a split read whole.
+  classes came from, against the records of a split read whole;
+* per dataset, with --verify, `check_labels`: labels.txt lists dataset_info.json's classes.
 
 TensorFlow is imported only by `check_jpeg` (and by `schema.decode`), when a record is read.
 """
@@ -19,11 +20,11 @@ import dataclasses
 import re
 
 from detrec.core import fs, images, schema, tfrecord
-from detrec.core.dataset_info import SplitInfo
+from detrec.core.dataset_info import ClassInfo, DatasetInfo, SplitInfo
 from detrec.core.errors import one_line
-from detrec.inspector.problem import Problem
+from detrec.inspector.problem import Problem, access_errors
+from detrec.inspector.resolve import Target, labels_line
 from detrec.inspector.stats import SplitStats
-from detrec.inspector.resolve import Target
 
 
 class BadRecord(Exception):
@@ -48,7 +49,7 @@ def read_record(payload: bytes, num_classes: int | None = None, verify: bool = F
             check_jpeg(record)
     except schema.SchemaError as exc:
         raise BadRecord(str(exc)) from None
-    except Exception as exc:  # a record crafted to break decoding in some other way
+    except ValueError as exc:  # e.g. a text feature that is not UTF-8
         raise BadRecord(one_line(exc)) from None
     return record
 
@@ -89,7 +90,7 @@ class ShardResult:
     Attributes:
       target: the shard and what it should be.
       num_examples: whole records found (up to the first defect).
-      num_bytes: the file's size.
+      num_bytes: the file's size; None when it could not be had (a problem says why).
       sha256: the file's digest; None unless every byte was read without a defect.
       complete: the whole file was walked (False after a problem).
       offsets: (byte offset, payload length) of every record found, in order.
@@ -97,7 +98,7 @@ class ShardResult:
 
     target: Target
     num_examples: int = 0
-    num_bytes: int = 0
+    num_bytes: int | None = None
     sha256: str | None = None
     complete: bool = False
     offsets: list[tuple[int, int]] = dataclasses.field(default_factory=list)
@@ -116,7 +117,7 @@ def cross_check(result: ShardResult, problems: list[Problem], notes: list[str]) 
       notes: where things worth knowing that are not defects are appended.
     """
     exp, path = result.target.expected, result.target.path
-    if exp is not None and result.num_bytes != exp.num_bytes:
+    if exp is not None and result.num_bytes is not None and result.num_bytes != exp.num_bytes:
         problems.append(Problem(path, f"size {result.num_bytes} bytes, {schema.DATASET_INFO} says {exp.num_bytes}"))
     if not result.complete:
         return
@@ -137,14 +138,10 @@ def check_index(result: ShardResult, problems: list[Problem], notes: list[str]) 
     input does not need one.
     """
     path = result.target.path + schema.INDEX_SUFFIX
-    try:
-        exists = fs.exists(path)
-        if exists:
-            text = fs.read_bytes(path).decode("utf-8", "replace")
-    except Exception as exc:
-        problems.append(Problem(path, f"cannot read: {one_line(exc)}"))
+    text = _read_optional(path, problems)
+    if text is _UNREADABLE:
         return
-    if not exists:
+    if text is None:
         if result.num_examples and result.target.expected is not None:
             notes.append(f"{path}: missing (the DALI input needs it; make it with tfrecord2idx)")
         return
@@ -173,3 +170,61 @@ def cross_check_counts(info_path: str, split: str, expected: SplitInfo, stats: S
     if expected.label_sources and sources != dict(expected.label_sources):
         problems.append(Problem(info_path, f"split {split}: records take their class from {sorted(sources.items())}, "
                                            f"{schema.DATASET_INFO} says {sorted(expected.label_sources.items())}"))
+
+
+def check_labels(directory: str, info: DatasetInfo, problems: list[Problem], notes: list[str]) -> None:
+    """--verify: labels.txt must list dataset_info.json's classes, in order, with the same names.
+
+    preprocess writes both from one vocabulary; a labels.txt edited by hand or left by another
+    run names the classes wrongly for whoever reads it. The first difference is one Problem.
+    """
+    path = fs.join(directory, schema.LABELS_FILE)
+    text = _read_optional(path, problems)
+    if text is _UNREADABLE:
+        return
+    if text is None:
+        notes.append(f"{path}: missing; class names not cross-checked with {schema.DATASET_INFO}")
+        return
+    lines = [line for line in text.lstrip("\ufeff").splitlines() if line.strip()]
+    reason = _labels_difference(lines, list(info.classes))
+    if reason:
+        problems.append(Problem(path, f"{reason} (--verify compares it with {schema.DATASET_INFO})"))
+
+
+def _labels_difference(lines: list[str], want: list[ClassInfo]) -> str | None:
+    """What differs first between labels.txt's lines and the classes; None when nothing does."""
+    got = []
+    for number, line in enumerate(lines, 1):
+        found = labels_line(line)
+        if found is None:
+            return f"line {number} is not `id<TAB>synset<TAB>name`: {line[:80]!r}"
+        got.append(found)
+
+    def show(c: ClassInfo) -> str:
+        return f"`{c.id} {c.synset} {c.name}`"
+
+    at = next((i for i in range(max(len(got), len(want)))
+               if i >= len(got) or i >= len(want) or got[i] != want[i]), None)
+    if at is None:
+        return None
+    line = show(got[at]) if at < len(got) else "missing"
+    there = f"{schema.DATASET_INFO} has {show(want[at]) if at < len(want) else 'no class there'}"
+    if len(got) != len(want):
+        return f"{len(got)} classes, {schema.DATASET_INFO} has {len(want)}: line {at + 1} is {line}, {there}"
+    kind = "classes in another order" if sorted(got, key=str) == sorted(want, key=str) else "another class"
+    return f"{kind}: line {at + 1} is {line}, {there}"
+
+
+_UNREADABLE = object()  # what _read_optional returns once it has said why a file cannot be read
+
+
+def _read_optional(path: str, problems: list[Problem]) -> str | None | object:
+    """A small text file beside the shards: its text, None when it does not exist, or
+    _UNREADABLE after adding the problem that says why it cannot be read."""
+    try:
+        if not fs.exists(path):
+            return None
+        return fs.read_bytes(path).decode("utf-8", "replace")
+    except access_errors() as exc:
+        problems.append(Problem(path, f"cannot read: {one_line(exc)}"))
+        return _UNREADABLE

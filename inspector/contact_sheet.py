@@ -1,5 +1,7 @@
 """The contact sheet of `detrec inspect --contact-sheet`: sampled records on a grid, every
-box drawn where the record says it is, the largest one with the image's class name."""
+box drawn where the record says it is, the largest one with the image's class name. A record
+whose image does not decode gets a marked, labelled cell and a Problem naming it, never a
+silently dark cell."""
 
 from __future__ import annotations
 
@@ -7,21 +9,25 @@ import dataclasses
 import io
 from typing import Any, Sequence
 
-from detrec.core import schema
+from detrec.core import fs, schema
+from detrec.core.errors import one_line
+from detrec.inspector.problem import Problem
 
 CELL = 256  # contact-sheet cell, pixels (square)
 LARGEST_BOX_COLOR = (255, 255, 0)  # the box that gives the image its class, with its name
 OTHER_BOX_COLOR = (0, 255, 255)
+UNDECODABLE_COLOR = (160, 0, 0)  # the cell of a record whose image does not decode
 BOX_LINE = 2
 
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
-    """A record picked for the contact sheet, and where it came from."""
+    """A record picked for the contact sheet, and where it came from (offset: its byte offset)."""
 
     shard: str
     index: int
     record: schema.Record
+    offset: int | None = None
 
 
 def class_names(report: dict[str, Any]) -> dict[int, str]:
@@ -29,11 +35,13 @@ def class_names(report: dict[str, Any]) -> dict[int, str]:
 
 
 def contact_sheet(samples: Sequence[Sample], cols: int, rows: int, names: dict[int, str],
-                  cell: int = CELL):
+                  cell: int = CELL, problems: list[Problem] | None = None):
     """Draws samples on a cols x rows grid: every box, and the largest box's class name.
 
-    Each image is scaled to fit a `cell` x `cell` square (aspect kept) and centred in it.
-    Returns (PIL image of cols*cell x rows*cell pixels, cell placements for the report).
+    Each image is scaled to fit a `cell` x `cell` square (aspect kept) and centred in it. A
+    sample whose image does not decode fills its cell with UNDECODABLE_COLOR and a label, and
+    is appended to `problems` (shard, offset, record, why).
+    Returns (PIL image of cols*cell x rows*cell pixels, placements of the images drawn).
     """
     from PIL import Image, ImageDraw, ImageFont
 
@@ -50,7 +58,12 @@ def contact_sheet(samples: Sequence[Sample], cols: int, rows: int, names: dict[i
             # The stored pixels, EXIF orientation ignored (Pillow applies it only when asked):
             # the frame both training decoders see and the boxes are in (detrec.core.images).
             image = Image.open(io.BytesIO(record.encoded)).convert("RGB")
-        except Exception:  # unreadable JPEG: leave the cell dark, --verify names it
+        except Exception as exc:  # noqa: BLE001 - Pillow alone runs here, on the record's bytes
+            _mark(draw, font, k, cols, cell, sample)
+            if problems is not None:
+                problems.append(Problem(sample.shard, f"contact sheet: the image of {record.filename!r} does not "
+                                                      f"decode ({one_line(exc)}); its cell is marked",
+                                        sample.offset, sample.index))
             continue
         scale = min(cell / image.width, cell / image.height)
         w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
@@ -74,6 +87,14 @@ def contact_sheet(samples: Sequence[Sample], cols: int, rows: int, names: dict[i
         draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=(0, 0, 0))
         draw.text(anchor, caption, fill=LARGEST_BOX_COLOR, font=font)
     return sheet, placed
+
+
+def _mark(draw, font, k: int, cols: int, cell: int, sample: Sample) -> None:
+    """Fills cell k with UNDECODABLE_COLOR and says which record could not be drawn."""
+    x0, y0 = (k % cols) * cell, (k // cols) * cell
+    draw.rectangle((x0 + 1, y0 + 1, x0 + cell - 2, y0 + cell - 2), fill=UNDECODABLE_COLOR)
+    text = f"does not decode\n{fs.basename(sample.shard)}\nrecord {sample.index}"
+    draw.multiline_text((x0 + 4, y0 + 4), text, fill=(255, 255, 255), font=font)
 
 
 def _outline(draw, rect: tuple[int, int, int, int], color: tuple[int, int, int]) -> None:

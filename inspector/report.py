@@ -5,8 +5,8 @@ returns one JSON-ready report. The work is done by one module per job, all below
 `resolve` (PATH arguments -> datasets and shard targets), `walk` (reads each shard through
 `detrec.core.tfrecord`), `check` (record schema/JPEG checks, cross-check against
 dataset_info.json and the DALI `.idx`), `stats` (label/size/box statistics). This module only
-orders them and turns what they found into the report; `Problem` and `Options` are
-re-exported here so the CLI needs this module alone.
+orders them and turns what they found into the report; `Problem`, `access_errors` and
+`Options` are re-exported here so the CLI needs this module alone.
 
 Bad input is data here, not an exception: every defect becomes a `Problem` (file, byte
 offset, record index, one-line reason) in the report, inspection goes on with the next
@@ -17,10 +17,13 @@ Report keys (`detrec inspect --json` prints exactly this dict)::
     report_version  1
     ok              true when `problems` is empty
     mode            "full" (every record read) or "quick" (headers only, payloads skipped)
-    verified        true with --verify (schema check and JPEG decode of every record)
+    verified        true with --verify (schema check and JPEG decode of every record, and
+                     labels.txt against dataset_info.json's classes: count, order, names)
     problems        [{file, offset, record, reason}]  offset/record are null when not known
     notes           [str]  things worth knowing that are not failures
     datasets        [{dir, source, created_by, num_classes, classes_from, checked_shards, cross_check_ok}]
+                     the dataset directory given (none when only shard files or globs were);
+                     PATHs in more than one folder are refused (UserError): one dataset a run
                      source, created_by ("detrec 0.1.0"), num_classes, classes_from (where the
                      class list came from) from dataset_info.json (null without a readable one,
                      or when the file does not say)
@@ -34,6 +37,7 @@ Report keys (`detrec inspect --json` prints exactly this dict)::
                          box_sources: {xml|csv|none: records} where boxes came from
                          label_mismatches: folder-labelled records whose largest box differs
                        shards: [{file, num_examples, num_bytes, sha256, complete}]
+                                 num_bytes: null when the file's size could not be had
                                  complete: the whole file was walked (false after a problem)
                        -- the rest only in "full" mode --
                        records_read        records behind the statistics below
@@ -42,14 +46,19 @@ Report keys (`detrec inspect --json` prints exactly this dict)::
                        labels: [{id, synset, name, images, objects}]  images = image class
                        objects_per_image: {min, max, mean, histogram: {"n": images}}
                        width, height: {min, max, mean}  pixels
-                       box_area: {count, min, p10, p50, p90, max, histogram: [{lo, hi, count}]}
-                                 box area as a fraction of its image}}
+                       box_area: {count, min, p10, p50, p90, max, histogram: [{lo, hi, count}], outside}
+                                 box area as a fraction of its image; the quantiles as
+                                 numpy.quantile gives them, exact or within 2**-12 (stats.AreaStats);
+                                 outside: boxes whose area is not in [0, 1] (fail --verify),
+                                 counted in count only}}
     records         --show N: [{shard, record, offset, split, filename, source_id, width, height,
                      channels, format, encoded_bytes, sha256, class_label, class_text, class_name,
                      label_source, converted_from, objects: [{label, text, name, xmin, ymin, xmax, ymax, area,
                      difficult, truncated}]}]  never the image bytes
     contact_sheet   --contact-sheet only: {file, width, height, cell, cols, rows,
                      cells: [{shard, record, filename, x, y, scale}]}
+                     An image that does not decode gets a marked cell (contact_sheet.UNDECODABLE_COLOR,
+                     labelled) and a problem naming its shard and record; it is not in `cells`.
                      Each image is scaled to fit a cell x cell square and centred in it; x, y is
                      its top-left corner in the sheet, scale is sheet pixels per image pixel.
                      The largest box is drawn in contact_sheet.LARGEST_BOX_COLOR with the
@@ -64,13 +73,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 from detrec.core import fs, schema
 from detrec.core.dataset_info import ClassInfo, SplitInfo
-from detrec.inspector.check import ShardResult, cross_check, cross_check_counts
+from detrec.inspector.check import ShardResult, check_labels, cross_check, cross_check_counts
 from detrec.inspector.contact_sheet import Sample
-from detrec.inspector.problem import Problem
+from detrec.inspector.problem import Problem, access_errors
 from detrec.inspector.resolve import Resolution, resolve
 from detrec.inspector.walk import Options, Shown, Walker
 
-__all__ = ["REPORT_VERSION", "Options", "Problem", "inspect_paths", "record_fields"]
+__all__ = ["REPORT_VERSION", "Options", "Problem", "access_errors", "inspect_paths", "record_fields"]
 
 REPORT_VERSION = 1
 
@@ -95,7 +104,7 @@ def inspect_paths(paths: Sequence[str], options: Options = Options(),
     for t in found.targets:
         try:
             sizes[t.path] = fs.size(t.path)
-        except Exception:
+        except access_errors():
             sizes[t.path] = None  # Walker.shard tries again and reports why
     if on_total:
         on_total(sum(v or 0 for v in sizes.values()))
@@ -103,7 +112,10 @@ def inspect_paths(paths: Sequence[str], options: Options = Options(),
     for target in found.targets:
         result = walker.shard(target, sizes[target.path])
         cross_check(result, found.problems, found.notes)
+        result.offsets = []  # checked: memory stays one shard's, not the dataset's
         results.append(result)
+    if options.verify and found.info is not None:
+        check_labels(found.folder, found.info, found.problems, found.notes)
     if options.quick and any(t.expected for t in found.targets):
         found.notes.append("--quick: sha256 and record contents not checked")
     else:
@@ -137,14 +149,13 @@ def _shown_fields(shown: Shown, classes: Mapping[int, ClassInfo]) -> dict[str, A
 
 def _cross_check_splits(found: Resolution, walker: Walker, results: list[ShardResult]) -> None:
     """Each split's counts in dataset_info.json against its records (check.cross_check_counts),
-    where the records read are that whole split: every shard it lists, read to the end, and no
-    other dataset's shards of the same name mixed in."""
+    where the records read are that whole split: every shard it lists, read to the end (the
+    PATHs are one dataset's: `resolve` refuses several)."""
     complete = {r.target.path for r in results if r.complete}
-    holders = collections.Counter(split for d in found.datasets if d.info for split in d.info.splits)
     for d in found.datasets:
         for split, expected in (d.info.splits.items() if d.info else ()):
             read = [t.path for t in found.targets if t.split == split]
-            whole = (holders[split] == 1 and len(read) == len(expected.shards)
+            whole = (len(read) == len(expected.shards)
                      and set(read) == {t.path for t in d.shards if t.split == split} <= complete)
             if whole:
                 cross_check_counts(fs.join(d.dir, schema.DATASET_INFO), split, expected, walker.stats[split],
@@ -155,7 +166,7 @@ def _split_entry(shards: list[ShardResult], info: SplitInfo | None) -> dict[str,
     """A split's counts from its files, beside what dataset_info.json says (null without it)."""
     return {
         "num_examples": sum(s.num_examples for s in shards),
-        "num_bytes": sum(s.num_bytes for s in shards),
+        "num_bytes": sum(s.num_bytes or 0 for s in shards),
         "num_shards": len(shards),
         "expected_examples": info.num_examples if info else None,
         "converted_images": info.converted_images if info else None,

@@ -1,6 +1,9 @@
 """PATH arguments -> the datasets and shard files to read, and what each shard should be.
 
-A PATH is a dataset directory, a shard file or a glob, local or remote. Every shard found is a
+A PATH is a dataset directory, a shard file or a glob, local or remote; all of them must lie in
+one dataset folder (a directory given, or the folder holding a shard): one inspection reports
+one dataset, its splits, classes and expected counts, and several are refused with a UserError
+that says to inspect them one at a time. Every shard found is a
 `Target` carrying its split and, when a `dataset_info.json` lists it, the `ShardInfo` it must
 match, so reading and cross-checking need no second look at the folder. What cannot be
 resolved (missing path, unlistable folder, missing or unlisted shard, malformed
@@ -14,12 +17,13 @@ its content against the folder (a split's count against its shards', listed agai
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 from detrec.core import dataset_info, fs, schema
 from detrec.core.dataset_info import ClassInfo, DatasetInfo, ShardInfo
 from detrec.core.errors import UserError, one_line
-from detrec.inspector.problem import Problem
+from detrec.inspector.problem import Problem, access_errors
 
 UNNAMED_SPLIT = "(unnamed)"  # the split of a shard whose file name says none
 
@@ -59,8 +63,11 @@ class Dataset:
 @dataclasses.dataclass
 class Resolution:
     """What `resolve` found: datasets, shard targets (each once, in order), problems, notes,
-    and the class vocabulary (id -> ClassInfo) from dataset_info.json or labels.txt."""
+    the class vocabulary (id -> ClassInfo) from dataset_info.json or labels.txt, and the one
+    dataset folder the PATHs lie in with its dataset_info.json (None: absent or malformed)."""
 
+    folder: str | None = None
+    info: DatasetInfo | None = None
     datasets: list[Dataset] = dataclasses.field(default_factory=list)
     targets: list[Target] = dataclasses.field(default_factory=list)
     problems: list[Problem] = dataclasses.field(default_factory=list)
@@ -76,22 +83,38 @@ def resolve(paths: Sequence[str]) -> Resolution:
 
     Returns:
       The resolution; its `problems` list every PATH or listed shard that cannot be read.
+
+    Raises:
+      UserError: the PATHs lie in more than one folder. Reporting several datasets as one would
+        merge their splits and classes; each is inspected on its own instead.
     """
     resolver = _Resolver()
     for path in paths:
         resolver.add(path)
+    folders = list(resolver.folders.values())
+    if len(folders) > 1:
+        shown = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
+        raise UserError(f"the PATHs lie in {len(folders)} folders ({shown}); detrec inspect reports one "
+                        "dataset at a time: run it once per dataset folder")
+    if folders:
+        resolver.out.folder = folders[0]
+        resolver.out.info = resolver.info_of(folders[0])
     return resolver.out
 
 
 def read_labels_txt(text: str) -> list[ClassInfo]:
     """`id<TAB>synset<TAB>name` lines (vocab.labels_txt) -> classes; unreadable lines skipped."""
-    out = []
-    for line in text.splitlines():
-        parts = line.split("\t") if "\t" in line else line.split(None, 2)
-        if len(parts) >= 2 and parts[0].strip().isdigit():
-            synset = parts[1].strip()
-            out.append(ClassInfo(int(parts[0]), synset, (parts[2] if len(parts) > 2 else synset).strip()))
-    return out
+    return [c for c in map(labels_line, text.lstrip("\ufeff").splitlines()) if c is not None]
+
+
+def labels_line(line: str) -> ClassInfo | None:
+    """One labels.txt line as a class (`id<TAB>synset<TAB>name`, or space-separated, a missing
+    name being the synset); None when it is not one."""
+    parts = line.split("\t", 2) if "\t" in line else line.split(None, 2)
+    if len(parts) < 2 or not parts[0].strip().isdigit():
+        return None
+    synset = parts[1].strip()
+    return ClassInfo(int(parts[0]), synset, (parts[2] if len(parts) > 2 else synset).strip())
 
 
 def split_of(path: str) -> str:
@@ -104,6 +127,11 @@ def _is_glob(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
+def _key(path: str) -> str:
+    """The same file or folder for every spelling of it (trailing slash, relative, through a link)."""
+    return path.rstrip("/") if fs.is_url(path) else os.path.realpath(path)
+
+
 class _Resolver:
     """Adds PATH arguments one by one to `out`, each shard once, each folder's info read once."""
 
@@ -112,6 +140,13 @@ class _Resolver:
         self._seen: set[str] = set()
         self._info_cache: dict[str, DatasetInfo | None] = {}
         self._labels_count: dict[str, int] = {}
+        self.folders: dict[str, str] = {}  # _key -> the folder as first named
+
+    def info_of(self, directory: str) -> DatasetInfo | None:
+        return self._info_cache.get(directory)
+
+    def _in_folder(self, directory: str) -> None:
+        self.folders.setdefault(_key(directory), directory)
 
     def _problem(self, file: str, reason: str) -> None:
         self.out.problems.append(Problem(file, reason))
@@ -120,7 +155,7 @@ class _Resolver:
         if _is_glob(path):
             try:
                 matches = fs.glob(path)
-            except Exception as exc:  # gs:// auth/network errors
+            except access_errors() as exc:  # gs:// auth/network errors
                 self._problem(path, f"cannot list: {one_line(exc)}")
                 return
             if not matches:
@@ -134,7 +169,7 @@ class _Resolver:
         try:
             exists = fs.exists(path)
             is_dir = exists and fs.isdir(path)
-        except Exception as exc:
+        except access_errors() as exc:
             self._problem(path, f"cannot access: {one_line(exc)}")
             return
         if not exists:
@@ -145,8 +180,9 @@ class _Resolver:
             self._add_shard(path)
 
     def _target(self, target: Target) -> None:
-        if target.path not in self._seen:
-            self._seen.add(target.path)
+        key = _key(target.path)
+        if key not in self._seen:
+            self._seen.add(key)
             self.out.targets.append(target)
 
     def _load_info(self, directory: str) -> DatasetInfo | None:
@@ -160,7 +196,7 @@ class _Resolver:
             except UserError as exc:  # malformed: from_json says what, and names the file
                 reason = str(exc).removeprefix(path + ": ")  # ...which the Problem names too
                 self._problem(path, f"{reason}; not cross-checked")
-            except Exception as exc:  # unreadable file
+            except access_errors() as exc:  # unreadable file
                 self._problem(path, f"cannot read: {one_line(exc)}; not cross-checked")
             if info is not None:
                 for c in info.classes:
@@ -180,16 +216,17 @@ class _Resolver:
                     self.out.classes.setdefault(c.id, c)
                 if found:
                     self._labels_count[directory] = max(c.id for c in found) + 1
-        except Exception as exc:
+        except access_errors() as exc:
             self.out.notes.append(f"{path}: unreadable ({one_line(exc)}); class names come from the records")
 
     def _add_dataset(self, directory: str) -> None:
-        if any(d.dir == directory for d in self.out.datasets):
+        if any(_key(d.dir) == _key(directory) for d in self.out.datasets):
             return
+        self._in_folder(directory)
         info = self._load_info(directory)
         try:
             names = fs.listdir(directory)
-        except Exception as exc:
+        except access_errors() as exc:
             self._problem(directory, f"cannot list: {one_line(exc)}")
             return
         shard_names = [n for n in names if n.endswith(schema.SHARD_SUFFIX)]
@@ -231,7 +268,12 @@ class _Resolver:
                 path = fs.join(directory, shard.file)
                 target = Target(path, split, shard, info.num_classes)
                 dataset.shards.append(target)
-                if not fs.exists(path):
+                try:
+                    exists = fs.exists(path)
+                except access_errors() as exc:
+                    self._problem(path, f"cannot access: {one_line(exc)}")
+                    continue
+                if not exists:
                     if shard.num_examples or shard.num_bytes:
                         self._problem(path, f"missing: listed in {schema.DATASET_INFO} with "
                                             f"{shard.num_examples} examples")
@@ -241,6 +283,7 @@ class _Resolver:
 
     def _add_shard(self, path: str) -> None:
         directory = fs.dirname(path)
+        self._in_folder(directory)
         info = self._load_info(directory)
         if info is None:
             self._target(Target(path, split_of(path), None, self._labels_count.get(directory)))

@@ -10,22 +10,25 @@ stderr: file, byte offset, record index, reason), 2 bad flags.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import sys
 from typing import Any
 
 from detrec.core import fs
-from detrec.core.errors import UserError
+from detrec.core.errors import UserError, one_line
 from detrec.inspector import contact_sheet, report as inspection
 from detrec.pipelines import argtypes
 
 HELP = "look inside shards: counts, integrity, labels, pictures"
 EPILOG = """\
 PATH is a dataset directory (with dataset_info.json), a shard file or a glob such as
-'out/train-*.tfrecord' (quote it), local or gs://. With a dataset_info.json every listed
-shard must exist and match its record count, size and sha256, and no unlisted shard may sit
-beside them. Exit code 1 when anything is wrong; each problem is one line on stderr.
+'out/train-*.tfrecord' (quote it), local or gs://; several PATHs must lie in one dataset
+folder (inspect one dataset per run). With a dataset_info.json every listed shard must exist
+and match its record count, size and sha256, and no unlisted shard may sit beside them;
+--verify also checks labels.txt against it. Exit code 1 when anything is wrong; each problem
+is one line on stderr.
 """
 
 
@@ -93,14 +96,20 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _write_sheet(path: str, samples: list[contact_sheet.Sample], report: dict[str, Any], cols: int, rows: int,
                  cell: int) -> dict[str, Any]:
-    """Draws the contact sheet, writes it as a PNG (whole or not at all) and returns its report entry."""
-    image, cells = contact_sheet.contact_sheet(samples, cols, rows, contact_sheet.class_names(report), cell)
+    """Draws the contact sheet, writes it as a PNG (whole or not at all) and returns its report
+    entry; a sampled image that does not decode joins the report's problems."""
+    undecodable: list[inspection.Problem] = []
+    image, cells = contact_sheet.contact_sheet(samples, cols, rows, contact_sheet.class_names(report), cell,
+                                               undecodable)
+    if undecodable:
+        report["problems"] += [dataclasses.asdict(p) for p in undecodable]
+        report["ok"] = False
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     try:
         fs.write_atomic(path, buf.getvalue())
-    except Exception as exc:  # missing folder, no permission, bucket errors
-        raise UserError(f"--contact-sheet {path}: cannot write ({str(exc).splitlines()[0] if str(exc) else exc})")
+    except inspection.access_errors() as exc:  # missing folder, no permission, bucket errors
+        raise UserError(f"--contact-sheet {path}: cannot write ({one_line(exc)})") from None
     if not cells:
         report["notes"].append(f"{path}: no readable record to draw; the sheet is empty")
     return {"file": path, "width": image.width, "height": image.height, "cell": cell,
@@ -145,7 +154,8 @@ def render_text(report: dict[str, Any]) -> str:
         out.append(f"  {'shard':<{width}}  {'records':>9}  {'bytes':>13}  sha256")
         for sh in s["shards"]:
             digest = sh["sha256"][:12] if sh["sha256"] else ("-" if sh["complete"] else "(incomplete)")
-            out.append(f"  {_name(sh['file']):<{width}}  {sh['num_examples']:>9,}  {sh['num_bytes']:>13,}  {digest}")
+            size = "-" if sh["num_bytes"] is None else f"{sh['num_bytes']:,}"
+            out.append(f"  {_name(sh['file']):<{width}}  {sh['num_examples']:>9,}  {size:>13}  {digest}")
         if not s.get("records_read"):
             continue
         out.append(f"  statistics from {s['records_read']:,} records")
@@ -165,6 +175,8 @@ def render_text(report: dict[str, Any]) -> str:
         a = s["box_area"]
         out.append(f"  box area (share of image, {a['count']:,} boxes): min {_fmt(a['min'])}  p10 {_fmt(a['p10'])}  "
                    f"median {_fmt(a['p50'])}  p90 {_fmt(a['p90'])}  max {_fmt(a['max'])}")
+        if a.get("outside"):
+            out.append(f"    {a['outside']:,} box(es) with an area outside [0, 1] (invalid records: run --verify)")
         out.append("    " + "  ".join(f"{b['lo']:.1f}-{b['hi']:.1f}:{b['count']}" for b in a["histogram"]))
         converted = ", ".join(f"{k} {v}" for k, v in s["converted_counted"].items()) or "none"
         out.append(f"  re-encoded images in the records: {converted}")

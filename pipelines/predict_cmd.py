@@ -1,10 +1,12 @@
 """`detrec predict --model-dir DIR IMAGE...`: top-k classes of image files.
 
 Loads DIR/export (written by `detrec train`). Any common image format works (JPEG, PNG,
-GIF, BMP, TIFF, WebP; CMYK and grey too). Exit codes: 0 every image predicted, 1 some
-image could not be read or prepared (one line each on stderr: not an image, truncated, too
-large or a decompression bomb, larger than 128 MB, not a regular file...; every other file
-is still answered), 2 no usable model in DIR (missing, unreadable, or weights not finite).
+GIF, BMP, TIFF, WebP; CMYK and grey too). Every file that can be answered is answered; each
+one that cannot gets one line on stderr. Exit codes: 0 every image predicted, 1 some image
+could not be read or prepared (not an image, truncated, too large or a decompression bomb,
+larger than 128 MB, a FIFO or device...), 2 a user mistake: no usable model in DIR
+(missing, unreadable, or weights not finite), or an IMAGE path that does not exist or is a
+folder (2 wins over 1).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import json
 import sys
 
+from detrec.core import fs
 from detrec.pipelines import argtypes
 
 HELP = "top-k classes of image files with an exported model"
@@ -30,6 +33,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     gpu.enable_memory_growth()  # before the model touches a GPU (train/gpu.py)
     predictor = predict.Predictor(args.model_dir)
+    # A path that is not there or is a folder is a mistake in the command line, not a bad image.
+    mistaken = any(not fs.exists(path) or fs.isdir(path) for path in args.images)
     results = predictor.predict(args.images, top=args.top)
     for result in results:
         if result.error:
@@ -45,4 +50,4 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             print(result.path)
             for rank, p in enumerate(result.top, start=1):
                 print(f"  {rank}. {p.probability:7.2%}  {p.id:4d}  {p.synset}  {p.name}")
-    return 1 if any(r.error for r in results) else 0
+    return 2 if mistaken else 1 if any(r.error for r in results) else 0

@@ -34,7 +34,7 @@ from apache_beam.options.pipeline_options import (
 from detrec.core import dataset_info, fs, image_fit, schema
 from detrec.core.errors import IOFailure, UserError, one_line
 from detrec.preprocess import beam_compat, decode_check, malloc_arenas, output_folder, sources, vocab as vocab_lib
-from detrec.pipelines import argtypes
+from detrec.pipelines import argtypes, stopping
 from detrec.preprocess.dofns import DEFAULT_MAX_IMAGE_MB, NAMESPACE, split_time_metric
 from detrec.preprocess.graph import BuildShards, JobConfig
 
@@ -262,6 +262,17 @@ def label_origins(entry: dataset_info.SplitInfo) -> str:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
+    """The command; SIGINT and SIGTERM stop it alike (stopping.py): one line, exit 130 or 143."""
+    try:
+        with stopping.signals_raise():
+            return _run(args, extra)
+    except KeyboardInterrupt as stop:
+        left = getattr(stop, "left", "the job had not started")  # _held says more once the job runs
+        print(f"detrec preprocess: stopped by {stopping.signal_name(stop)}; {left}", file=sys.stderr)
+        return stopping.exit_code(stop)
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> int:
     malloc_arenas.limit()
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     if not splits:
@@ -275,14 +286,47 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     dry_run = bool(options.get_all_options().get("dry_run"))
     _log_progress()
     config = job_config(args, num_shards)
-    if not dry_run:
-        folder = output_folder.check(args.output)
-        config = dataclasses.replace(config, previous=folder.previous)
-        with _io_errors(args.output):
-            fs.makedirs(args.output)
+    if dry_run:
+        return _execute(args, options, config, dry_run)
+    with _held(args.output, beam_compat.runs_here(options)) as previous:
+        return _execute(args, options, dataclasses.replace(config, previous=previous), dry_run)
+
+
+@contextlib.contextmanager
+def _held(output: str, here: bool) -> Iterator[dataset_info.DatasetInfo | None]:
+    """The output folder, held by this run alone (output_folder.py), yielding the dataset
+    already in it. When SIGINT or SIGTERM stops a job that runs `here`, its workers are ended
+    and then its temporary files removed (in that order: nothing may write after the cleanup);
+    a job on a remote runner (Dataflow) is not this process's to end, nor are its files."""
+    output_folder.check(output)  # a folder that is not detrec's is refused before anything is written
+    if fs.is_url(output):
+        logging.getLogger("detrec").warning(
+            "%s: object stores have no lock; two runs into one output folder there replace each other's "
+            "files (run one at a time)", output)
+    spared = stopping.child_processes()
+    with contextlib.ExitStack() as stack:
+        with _io_errors(output):
+            fs.makedirs(output)
+            stack.enter_context(output_folder.lock(output))
+            folder = output_folder.check(output)  # again, now that no other run can change it
             # dataset_info.json marks a complete dataset: remove it first, rewrite it last.
             if folder.previous is not None:
-                fs.remove(dataset_info.path_in(args.output))
+                fs.remove(dataset_info.path_in(output))
+        try:
+            yield folder.previous
+        except KeyboardInterrupt as stop:
+            if not here:
+                stop.left = "a job already submitted goes on in its runner: cancel it there"
+                raise
+            with stopping.second_signal_kills():
+                stopping.end_child_processes(spared)
+                output_folder.remove_temporaries(output)
+            stop.left = "workers ended and temporary files removed; run the same command again to finish"
+            raise
+
+
+def _execute(args: argparse.Namespace, options: PipelineOptions, config: JobConfig, dry_run: bool) -> int:
+    """Builds and runs the job, then prints its summary (or what a dry run would do)."""
     start = time.perf_counter()
     try:
         pipeline = beam.Pipeline(runner=beam_compat.local_runner(options), options=options)
@@ -307,7 +351,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     print(summary_table(info, split_seconds(result, list(info.splits))))
     total = sum(e.num_examples for e in info.splits.values())
     print(f"{total} examples in {seconds:.1f}s ({total / max(seconds, 1e-9):.0f} img/s, start-up included) -> "
-          f"{args.output} (details: dataset_info.json, errors-<split>.jsonl)")
+          f"{args.output} (details: {schema.DATASET_INFO}, {schema.errors_name('<split>')})")
     return 0
 
 
@@ -350,9 +394,7 @@ def _io_errors(output: str, clean: bool = False) -> Iterator[None]:
             raise
         if clean:
             with contextlib.suppress(Exception):
-                for name in fs.listdir(output):
-                    if fs.is_temp(name):
-                        fs.remove(fs.join(output, name))
+                output_folder.remove_temporaries(output)
         raise IOFailure(f"writing {output} failed: {cause}") from None
 
 

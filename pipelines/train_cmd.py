@@ -32,6 +32,8 @@ MODELS = ("semi_alexnet", "resnet50", "mobilenet_v3_small", "efficientnet_b0")
 # The same as train.input.config's DALI defaults (a test checks), for the same reason.
 HW_DECODER_LOAD = 0.65
 PREALLOCATE = (0, 0)
+# train.input.common.MAX_IMAGE_SIZE, for the same reason.
+MAX_IMAGE_SIZE = 1024
 EPILOG = """\
 DIR gets: run_config.json (what must match to resume), checkpoints/ (latest few, plus
 checkpoints/best/ by val top-1), logs/ (TensorBoard), metrics.json (per-epoch history) and,
@@ -109,11 +111,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=MODELS, default="semi_alexnet",
                         help="semi_alexnet is the original article's network (default)")
     parser.add_argument("--weights", default=None, metavar="FILE",
-                        help="local weights file for the backbone (default: random init, nothing downloaded)")
+                        help="weights file for the backbone, local or gs://... (default: random init, nothing "
+                             "downloaded); part of the run: a resume needs the same --weights")
     parser.add_argument("--epochs", type=argtypes.positive, default=10, help="default 10")
     parser.add_argument("--batch-size", type=argtypes.positive, default=64,
                         help="global batch, summed over GPUs (default 64)")
-    parser.add_argument("--image-size", type=argtypes.positive, default=224, help="square input side (default 224)")
+    parser.add_argument("--image-size", type=argtypes.bounded(int, 1, MAX_IMAGE_SIZE), default=224,
+                        help=f"square input side, at most {MAX_IMAGE_SIZE} (default 224)")
     parser.add_argument("--lr", type=_rate, default=1e-3, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--decoder", choices=("auto", "cpu", "dali"), default="auto",
                         help="JPEG decode: tf.data on CPU, DALI (GPU), auto = DALI where a GPU is (default)")
@@ -192,7 +196,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                                      image_size=args.image_size, decoder=args.decoder,
                                      preprocess=args.preprocess, seed=args.seed,
                                      skip_corrupt=args.skip_corrupt, data_service=args.data_service,
-                                     with_keys=args.record_keys, dali=dali_tuning(args))
+                                     with_keys=args.record_keys, dali=dali_tuning(args),
+                                     steps_per_epoch=args.steps_per_epoch)
     config = TrainConfig(
         model_dir=args.model_dir,
         model=models.ModelConfig(args.model, len(data.classes), args.image_size, args.weights),

@@ -33,6 +33,7 @@ MAX_XML_BYTES = 1 << 20  # real ILSVRC/VOC files are < 10 KB
 MAX_SIZE = 1 << 20
 # What a quoted number may look like in a message (anything else is not shown).
 _NUMBER_LIKE = re.compile(r"[+-]?([0-9.eE+-]{1,40}|inf|infinity|nan)", re.IGNORECASE)
+_ID_LIKE = re.compile(r"[\w./-]{1,200}")  # what an image id or synset looks like (n01440764_10026)
 _DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 _PARSER = etree.XMLParser(
     resolve_entities=False,
@@ -88,6 +89,17 @@ def shown(text: str) -> str:
     """A value for an error message: quoted when it looks like a number, else only its length
     (the file may be a link to anything; its content must not reach the error report)."""
     return repr(text) if _NUMBER_LIKE.fullmatch(text) else f"({len(text)} characters, not shown)"
+
+
+def shown_id(text: str) -> str:
+    """An image id or synset for a message: quoted when it looks like one, else its length."""
+    return repr(text) if _ID_LIKE.fullmatch(text) else f"({len(text)} characters, not shown)"
+
+
+def is_background_name(name: str) -> bool:
+    """Whether a class name is the background class's (id 0), in any case or spacing: such a
+    class would be a second 'background' beside id 0, so every source refuses it."""
+    return len(name) >= 9 and name.strip().casefold() == schema.BACKGROUND_TEXT  # (casefold may grow a name by one)
 
 
 def _finite(text: str, tag: str, where: str) -> float:
@@ -256,10 +268,17 @@ def normalise(
       image_width, image_height: the stored image's size (fallback frame).
       label_of: synset -> class id (1..K), or None when the synset is unknown.
       where: the annotation's path, for messages.
+
+    Raises:
+      AnnotationError: `unknown_synset`, `reserved_class_name` (an object named as the
+        background class is), `empty_box`.
     """
     frame_w, frame_h = frame(ann, image_width, image_height)
     boxes = []
     for i, obj in enumerate(ann.objects):
+        if is_background_name(obj.name):
+            raise AnnotationError("reserved_class_name", f"{where}: object {i}: <name> {obj.name!r} is the background "
+                                                         "class (id 0: no object), not an object class; rename it")
         label = label_of(obj.name)
         if label is None:
             raise AnnotationError("unknown_synset", f"{where}: object {i}: synset {obj.name!r} is not in the vocabulary")

@@ -15,6 +15,10 @@ silent slowdown or a lost log line in a user's run.
    itself silently ignores unknown flags).
 4. `check_options`: Beam's option parser reports a bad value by printing to stderr and
    raising SystemExit; we capture that text and turn it into one UserError line.
+5. `local_runner` also starts the multi-processing workers with SIGINT and SIGTERM ignored
+   (WORKER_SIGNALS, prefixed to the worker's shell command in the job's environment): Ctrl-C
+   or a `kill` of the process group reaches every process, and each worker would print its
+   own traceback; the launcher ends its workers itself (pipelines/stopping.py).
 """
 
 from __future__ import annotations
@@ -33,20 +37,44 @@ from detrec.core.errors import UserError
 
 # Where Beam's local runner re-logs what its worker processes log.
 WORKER_LOGGER = "apache_beam.runners.portability.local_job_service"
+# Before a multi-processing worker's command (run by /bin/sh): ignored signals stay ignored
+# across exec, and Python leaves an ignored SIGINT alone.
+WORKER_SIGNALS = b"trap '' INT TERM; exec "
+
+
+def runs_here(options: PipelineOptions) -> bool:
+    """Whether the job runs on this machine (the DirectRunner), not on a remote service."""
+    return (options.view_as(StandardOptions).runner or "DirectRunner") == "DirectRunner"
 
 
 def local_runner(options: PipelineOptions):
     """For the DirectRunner, the FnApiRunner it would fall back to, chosen up front; None
     for other runners (Beam picks from the options)."""
-    if (options.view_as(StandardOptions).runner or "DirectRunner") != "DirectRunner":
+    if not runs_here(options):
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+    return _fn_api_runner()(provision_info=fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
+def _fn_api_runner():
+    """FnApiRunner, starting its worker processes with WORKER_SIGNALS (it puts the worker
+    command into the job's environment just before this method)."""
+    from apache_beam.portability import python_urns
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    class LocalRunner(fn_runner.FnApiRunner):
+        def run_via_runner_api(self, pipeline_proto, options):
+            for env in pipeline_proto.components.environments.values():
+                if env.urn == python_urns.SUBPROCESS_SDK and not env.payload.startswith(WORKER_SIGNALS):
+                    env.payload = WORKER_SIGNALS + env.payload
+            return super().run_via_runner_api(pipeline_proto, options)
+
+    return LocalRunner
 
 
 class WorkerLogFilter(logging.Filter):

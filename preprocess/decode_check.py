@@ -21,11 +21,14 @@ file that lost its later scans, which no decoder warns about, so both paths run 
 last scan must not run out of data. For the latter the file is decoded once more with padding
 put before its end marker: a complete scan never reads the padding, a cut one decodes it into
 other pixels (libjpeg fills missing blocks with zeros, the padding with something else). The
-second decode is spent only where a cut can hide: a file of several scans (progressive ones
-are decoded at 1/4 scale, as their last scans refine only AC coefficients, which 1/8 scale
-never uses; for them 1/4 costs the same), or a single-scan file whose last pixel is exactly the
-grey of an all-zero block (128, 128, 128), as every cut single scan's is, and real photos'
-rarely are.
+second decode is spent only where a cut can hide: a file of several scans, or a single-scan
+file whose last pixel is exactly the grey of an all-zero block (128, 128, 128), as every cut
+single scan's is, and real photos' rarely are. TensorFlow decodes a sequential file at 1/8
+scale and a progressive one at 1/4: a progressive file's last scans refine only AC
+coefficients, which a 1/8-scale picture (one pixel per block: its DC coefficient) never shows,
+so a cut in them would leave the two decodes equal; at 1/4 each block has four pixels, and the
+AC coefficients shape them. Either scale entropy-decodes every scan, which is most of a
+progressive file's cost.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Callable
 
 import simplejpeg
 
+from detrec.core import jpeg_segments
 from detrec.core.images import ImageError
 from detrec.preprocess import jpeg_scans, longlived
 
@@ -56,7 +60,7 @@ def _tensorflow():
 # with a warning); enough for the first missing blocks, which is all the comparison needs.
 _PADDING = b"\xff\x00" * 64
 _EOI = b"\xff\xd9"
-_ZERO_BLOCK = 128  # the 1/8-scale pixel of a block whose coefficients are all zero
+_ZERO_BLOCK = 128  # every pixel, at any scale, of a block whose coefficients are all zero
 
 
 def decodes(data: bytes) -> bool:
@@ -84,9 +88,10 @@ def decodes_cleanly(data: bytes) -> bool:
 def tf_decodes(data: bytes, scans: jpeg_scans.Scans | None = None) -> bool:
     """Whether tf.io.decode_jpeg(channels=3) - the trainer's decoder - accepts the bytes.
 
-    Decodes at 1/8 scale (libjpeg DCT scaling): every entropy-coded coefficient of every scan
-    is still read, so truncation and corrupt data fail exactly as at full size, but the
-    inverse DCT and colour conversion cost ~1/64 - the bulk of a full-size decode.
+    Decodes scaled down (libjpeg DCT scaling: 1/8, or 1/4 for a progressive file, see the
+    module docstring): every entropy-coded coefficient of every scan is still read, so
+    truncation and corrupt data fail exactly as at full size, but the inverse DCT and colour
+    conversion, the bulk of a full-size decode, cost 1/64 (1/16).
 
     Raises:
       ImageError: `truncated_image`, a premature end of JPEG data (see the module docstring).
@@ -109,8 +114,10 @@ def tf_decodes(data: bytes, scans: jpeg_scans.Scans | None = None) -> bool:
 
 def _reads_past_end(tf, data: bytes, pixels, ratio: int) -> bool:
     """Whether the last scan wants more data than it has: padding put before the end marker
-    changes the decoded pixels only when the decoder reads it as blocks."""
-    body = data.rstrip(b"\x00")[:-len(_EOI)]
+    changes the decoded pixels only when the decoder reads it as blocks. The end marker is
+    the first one, where decoders stop (bytes after it are no part of the picture)."""
+    end = jpeg_segments.end_of_image(data) or len(data.rstrip(b"\x00"))
+    body = data[:end - len(_EOI)]
     try:
         padded = tf.io.decode_jpeg(body + _PADDING + _EOI, channels=3, ratio=ratio).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):

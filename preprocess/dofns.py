@@ -78,6 +78,7 @@ class ShardResult:
       label_sources: records by where their class came from (schema.LABEL_FROM_*).
       box_sources: records by where their boxes came from (plan.BOXES_FROM_*).
       label_mismatches: folder-labelled records whose largest box names another class.
+      non_srgb: records whose source image carried a colour profile other than sRGB.
     """
 
     key: ShardKey
@@ -88,6 +89,7 @@ class ShardResult:
     label_sources: dict = dataclasses.field(default_factory=dict)
     box_sources: dict = dataclasses.field(default_factory=dict)
     label_mismatches: int = 0
+    non_srgb: int = 0
 
 
 def _reject(r: Rejected):
@@ -318,7 +320,7 @@ class WriteShard(_DetrecDoFn):
         Metrics.distribution(NAMESPACE, split_time_metric(key.split, "start")).update(int(time.time() * 1000))
         final = fs.join(self._output, key.name)
         tmp = fs.temp_path(final)
-        converted, index_lines, mismatches = 0, [], 0
+        converted, non_srgb, index_lines, mismatches = 0, 0, [], 0
         label_sources: collections.Counter[str] = collections.Counter()
         box_sources: collections.Counter[str] = collections.Counter()
         with _HashingWriter(tmp) as out:
@@ -332,7 +334,7 @@ class WriteShard(_DetrecDoFn):
                 if isinstance(result, Rejected):
                     yield _reject(result)
                     continue
-                record, payload, item, disagrees = result
+                record, payload, item, disagrees, profiled = result
                 label_sources[record.label_source] += 1
                 box_sources[item.boxes_from] += 1
                 mismatches += disagrees
@@ -341,6 +343,7 @@ class WriteShard(_DetrecDoFn):
                 for chunk in (head, payload, tail):
                     out.write(chunk)
                 converted += bool(record.converted_from)
+                non_srgb += profiled
         with fs.open(tmp + schema.INDEX_SUFFIX, "wb") as f:
             f.write("".join(index_lines).encode("ascii"))
         crashpoint("shard-written")
@@ -349,14 +352,16 @@ class WriteShard(_DetrecDoFn):
         Metrics.counter(NAMESPACE, "examples_written").inc(len(index_lines))
         Metrics.distribution(NAMESPACE, split_time_metric(key.split, "end")).update(int(time.time() * 1000))
         Metrics.counter(NAMESPACE, "converted_images").inc(converted)
+        Metrics.counter(NAMESPACE, "non_srgb_images").inc(non_srgb)
         Metrics.counter(NAMESPACE, "folder_labels_unlike_largest_box").inc(mismatches)
         log.info("wrote %s: %d examples, %.1f MB", key.name, len(index_lines), out.size / 1e6)
         yield ShardResult(key, len(index_lines), out.size, out.sha256, converted, dict(sorted(label_sources.items())),
-                          dict(sorted(box_sources.items())), mismatches)
+                          dict(sorted(box_sources.items())), mismatches, non_srgb)
 
-    def _record(self, item: Item, vocab: Vocabulary) -> tuple[schema.Record, bytes, Item, bool] | Rejected:
-        """One example, checked and serialized (with its item and whether its folder class
-        differs from its largest box's), or why it cannot be."""
+    def _record(self, item: Item, vocab: Vocabulary) -> tuple[schema.Record, bytes, Item, bool, bool] | Rejected:
+        """One example, checked and serialized (with its item, whether its folder class
+        differs from its largest box's and whether its source's colour profile is not sRGB),
+        or why it cannot be."""
         pair = item.pair
         data = _read(pair, pair.image, "image", self._max_bytes)
         if isinstance(data, Rejected):
@@ -372,7 +377,7 @@ class WriteShard(_DetrecDoFn):
             got = labels.label_image(item.annotation, item.boxes_from, pair.folder_class, source_width, source_height,
                                      vocab.id_of, pair.label_file or pair.image)
         except annotations.AnnotationError as exc:
-            stage = "label" if exc.code in ("unknown_synset", "unknown_class", "empty_csv_row") else "box"
+            stage = "label" if exc.code in labels.LABEL_CODES else "box"
             return Rejected.of(pair, stage, exc.code, str(exc))
         # images.prepare turned an EXIF-rotated photo upright: its boxes turn with it.
         annotated = (item.annotation.width, item.annotation.height) if item.annotation else None
@@ -381,4 +386,4 @@ class WriteShard(_DetrecDoFn):
             source_id=pair.source_id, objects=images.upright_boxes(got.boxes, image, annotated), class_label=got.class_label, class_text=got.class_text,
             converted_from=image.converted_from, label_source=got.source,
         )
-        return record, schema.encode(record), item, got.disagrees
+        return record, schema.encode(record), item, got.disagrees, image.non_srgb

@@ -89,6 +89,7 @@ def finalize(
             num_errors=len(errors),
             errors_by_reason=dict(sorted(collections.Counter(r.code for r in errors).items())),
             converted_images=sum(s.converted for s in mine),
+            non_srgb_images=sum(s.non_srgb for s in mine),
             errors_file=schema.errors_name(split),
             shards=tuple(ShardInfo(s.key.name, s.num_examples, s.num_bytes, s.sha256) for s in mine),
             label_sources=_sum(s.label_sources for s in mine),

@@ -6,8 +6,8 @@ decodes without an error in every decoder we use: libjpeg warns "premature end o
 segment" and paints what is missing grey. When the cut falls before the last scan of a
 progressive JPEG, the scans after it are simply absent, and so are the coefficients only they
 carry; the 1/8-scale decode check cannot see that (it uses only DC coefficients), but the scan
-headers can. Walking the segments (no entropy decoding: the data between markers is skipped
-with one regex search) costs microseconds.
+headers can. Walking the segments (core/jpeg_segments.py: no entropy decoding, the scan data is
+skipped with one regex search) costs microseconds.
 
 The rule: a progressive frame must bring every coefficient (0..63) of every component to full
 precision (a scan with successive-approximation Al 0 covering it); a sequential frame must scan
@@ -17,16 +17,10 @@ decoding half's to find (decode_check.py), told by `Scans.count` where to look.
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple
 
-# A marker after entropy-coded data: 0xFF followed by neither a stuffed 0x00, a restart marker
-# (RST0-7 sit inside scan data) nor another 0xFF (a fill byte before the marker itself).
-_MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
-_SOS, _EOI = 0xDA, 0xD9
-_STANDALONE = {0x01, 0xD8} | set(range(0xD0, 0xD8))  # TEM, SOI, RST0-7: no length field
+from detrec.core import jpeg_segments as js
+
 _COEFFICIENTS = 64
 
 
@@ -39,50 +33,35 @@ class Scans(NamedTuple):
     progressive: bool
 
 
-def missing_scans(data: bytes) -> str:
-    """What a JPEG's scans leave out ("" when nothing): a description for an error message."""
-    return walk(data).missing
-
-
 def walk(data: bytes) -> Scans:
     """The scans of a JPEG, judged by the rule in the module docstring.
 
     Only structure is judged; a malformed stream (a segment running past the end, no frame
     header) is left to the header check and the decoder, and passes here.
     """
-    pos, end = 2, len(data)
     count = 0
     progressive = False
     components: list[int] = []
     precision: dict[int, list[int]] = {}  # component id -> lowest Al seen per coefficient (99: none)
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
+    for marker, start, end in js.segments(data):
+        if marker == js.JUNK:
             return Scans("", count, progressive)
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        if marker in _STANDALONE:
-            pos += 2
-            continue
-        if marker == _EOI:
+        if marker == js.EOI:
             break
-        length = (data[pos + 2] << 8) | data[pos + 3]
-        segment = data[pos + 4:pos + 2 + length]
-        if marker in _SOF and len(segment) >= 6:
-            progressive = marker in _PROGRESSIVE
-            components = [segment[6 + 3 * i] for i in range(segment[5]) if 6 + 3 * i < len(segment)]
+        body = data[start + 4:end]
+        if marker in js.SOF and len(body) >= 6:
+            progressive = marker in js.PROGRESSIVE
+            components = [body[6 + 3 * i] for i in range(body[5]) if 6 + 3 * i < len(body)]
             precision = {c: [99] * _COEFFICIENTS for c in components}
-        pos += 2 + length
-        if marker != _SOS:
+        if marker != js.SOS:
             continue
-        if not segment or len(segment) < 1 + 2 * segment[0] + 3:
+        if not body or len(body) < 1 + 2 * body[0] + 3:
             return Scans("", count, progressive)
         count += 1
-        members = segment[0]
-        ss, se, al = segment[1 + 2 * members], segment[2 + 2 * members], segment[3 + 2 * members] & 0x0F
+        members = body[0]
+        ss, se, al = body[1 + 2 * members], body[2 + 2 * members], body[3 + 2 * members] & 0x0F
         for i in range(members):
-            levels = precision.get(segment[1 + 2 * i])
+            levels = precision.get(body[1 + 2 * i])
             if levels is None:
                 continue
             if progressive:
@@ -91,10 +70,6 @@ def walk(data: bytes) -> Scans:
                 levels[:] = [0] * _COEFFICIENTS
         if not progressive and all(min(precision[c]) == 0 for c in components):
             return Scans("", count, False)  # the usual interleaved sequential JPEG: nothing to search for
-        found = _MARKER_AFTER_SCAN.search(data, pos)
-        if found is None:
-            break
-        pos = found.start()
     if not components:
         return Scans("", count, progressive)
     unscanned = [c for c in components if min(precision[c]) == 99]

@@ -19,6 +19,8 @@ from detrec.core import schema
 from detrec.preprocess import annotations
 from detrec.preprocess.annotations import AnnotationError
 
+# The codes of an image's class (not its boxes) being wrong (its errors' stage is "label").
+LABEL_CODES = ("unknown_synset", "unknown_class", "reserved_class_name", "empty_csv_row")
 # The record's label source for boxes from each place (plan.BOXES_FROM_*).
 _LABEL_SOURCE_OF_BOXES = {"xml": schema.LABEL_FROM_XML, "csv": schema.LABEL_FROM_CSV}
 
@@ -54,8 +56,9 @@ def label_image(ann: annotations.Annotation, boxes_from: str, folder: str, image
       where: the annotation (or image) path, for messages.
 
     Raises:
-      AnnotationError: `unknown_synset` (a box), `unknown_class` (the folder), `empty_csv_row`
-        (a CSV row without boxes labels nothing), or a box error.
+      AnnotationError: `unknown_synset` (a box), `unknown_class` (the folder), `reserved_class_name`
+        (a box or folder named as the background class is), `empty_csv_row` (a CSV row without
+        boxes labels nothing), or a box error.
     """
     boxes = annotations.normalise(ann, image_width, image_height, id_of, where)
     largest = schema.largest_box_label(boxes, annotations.pixel_areas(ann, image_width, image_height))
@@ -64,6 +67,9 @@ def label_image(ann: annotations.Annotation, boxes_from: str, folder: str, image
         if source == schema.LABEL_FROM_CSV and not boxes:
             raise AnnotationError("empty_csv_row", f"{where}: no boxes, so no class for the image")
         return Labels(boxes, largest[0], largest[1], source)
+    if annotations.is_background_name(folder):
+        raise AnnotationError("reserved_class_name", f"{where}: class folder {folder!r} is the background class "
+                                                     "(id 0: no object), not an object class; rename the folder")
     label = id_of(folder)
     if label is None:
         raise AnnotationError("unknown_class", f"{where}: class folder {folder!r} is not a class of this dataset "

@@ -8,23 +8,22 @@ Read in two steps so memory per image stays small and one bad line costs one ima
 `read_rows` runs once per split listing and keeps each row's text by image id (a string, not
 parsed boxes: real train is 544,546 rows); `parse_row` runs in the shard's parse step, and
 its AnnotationError becomes that image's line in errors-<split>.jsonl. Pure: text in, data out.
-Messages quote an image id or a number only when it looks like one (annotations.shown): the
-CSV may be a link to any file, and no file's content may reach an error line.
+A bad row's message quotes no more than its image id, and that only when it looks like one
+(annotations.shown_id): the CSV may be a link to any file, and no file's content may reach
+an error line.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import posixpath
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
-import re
+from detrec.preprocess.annotations import AnnotationError, Annotation, Object, shown_id
 
-from detrec.preprocess.annotations import AnnotationError, Annotation, Object, shown
-
-HEADER = "ImageId"
+HEADER, BOXES_HEADER = "ImageId", "PredictionString"
 FIELDS_PER_BOX = 5  # synset xmin ymin xmax ymax
-_ID_LIKE = re.compile(r"[\w./-]{1,200}")  # what an ImageId looks like (n01440764_10026)
 
 
 def file_name(split: str) -> str:
@@ -52,34 +51,65 @@ class BadLine:
 def read_rows(lines: Iterable[str], path: str) -> tuple[dict[str, Row], list[BadLine]]:
     """Image id -> its row, and the lines that could not be used.
 
+    Read with the csv module: quoted fields (a quoted PredictionString may hold commas and
+    newlines), a BOM, CRLF and extra columns are fine; a header row names the ImageId and
+    PredictionString columns (without one they are the first two).
+
     Args:
-      lines: the file's lines (a BOM on the first is fine), header first or not.
+      lines: the file's lines, header first or not.
       path: the file's path, for `where`.
 
     Returns:
-      The rows by ImageId (the first row wins when an id repeats) and the bad lines: no comma
-      (`bad_csv_line`) or an id seen before (`duplicate_csv_row`).
+      The rows by ImageId (the first row wins when an id repeats) and the bad lines: not a CSV
+      row or no PredictionString (`bad_csv_line`), or an id seen before (`duplicate_csv_row`).
+      A message quotes no more than the row's image id (and that only when it looks like one).
     """
     rows: dict[str, Row] = {}
     bad: list[BadLine] = []
-    for number, line in enumerate(lines, start=1):
-        text = line.lstrip("\ufeff").strip() if number == 1 else line.strip()
-        if not text:
+    reader = csv.reader(_without_bom(lines))
+    id_col, boxes_col = 0, 1
+    first, end = True, 0
+    while True:
+        start = end + 1  # a quoted field may span lines: a row is named by its first
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # an unclosed quote, a field over the csv module's limit
+            end = reader.line_num
+            bad.append(BadLine(f"{path}:{start}", "bad_csv_line", f"{path}:{start}: not a CSV row ({exc})"))
             continue
-        image_id, comma, boxes = text.partition(",")
-        image_id = image_id.strip().strip('"')
-        where = f"{path}:{number}"
-        if number == 1 and image_id == HEADER:
+        end = reader.line_num
+        fields = [f.strip() for f in fields]
+        if not any(fields):
             continue
-        if not comma or not image_id:
-            bad.append(BadLine(where, "bad_csv_line", f"{where}: not `ImageId,PredictionString` (no comma)"))
+        where = f"{path}:{start}"
+        if first:
+            first = False
+            if HEADER in fields:
+                id_col = fields.index(HEADER)
+                boxes_col = fields.index(BOXES_HEADER) if BOXES_HEADER in fields else (1 if id_col == 0 else 0)
+                continue
+        image_id = fields[id_col] if id_col < len(fields) else ""
+        if not image_id or len(fields) <= boxes_col:
+            bad.append(BadLine(where, "bad_csv_line", f"{where}: not `{HEADER},{BOXES_HEADER}` "
+                                                      f"({len(fields)} field{'s' if len(fields) != 1 else ''})"))
             continue
         if image_id in rows:
             bad.append(BadLine(where, "duplicate_csv_row",
-                               f"{where}: image {_shown_id(image_id)} again (kept the row at {rows[image_id].where})"))
+                               f"{where}: image {shown_id(image_id)} again (kept the row at {rows[image_id].where})"))
             continue
-        rows[image_id] = Row(where, boxes.strip().strip('"'))
+        rows[image_id] = Row(where, fields[boxes_col])
     return rows, bad
+
+
+def _without_bom(lines: Iterable[str]) -> Iterator[str]:
+    """The lines, the first without a byte order mark."""
+    it = iter(lines)
+    for line in it:
+        yield line.removeprefix("\ufeff")
+        break
+    yield from it
 
 
 def row_for(rows: Mapping[str, Row], key: str) -> Row | None:
@@ -102,24 +132,31 @@ def parse_row(row: Row) -> Annotation:
     objects = []
     for i in range(0, len(fields), FIELDS_PER_BOX):
         name, *coords = fields[i:i + FIELDS_PER_BOX]
-        try:
-            xmin, ymin, xmax, ymax = (float(c) for c in coords)
-        except ValueError:
-            raise AnnotationError("bad_csv_row", f"{row.where}: box {i // FIELDS_PER_BOX} ({_shown_id(name)}): "
-                                                 f"{', '.join(map(shown, coords))} are not four numbers") from None
-        if not all(map(_finite, (xmin, ymin, xmax, ymax))):
-            raise AnnotationError("bad_csv_row", f"{row.where}: box {i // FIELDS_PER_BOX} ({_shown_id(name)}): "
-                                                 f"{', '.join(map(shown, coords))} are not finite")
+        where = f"{row.where}: box {i // FIELDS_PER_BOX}"
+        values = [_number(c) for c in coords]
+        wrong = [tag for tag, v in zip(_COORDS, values) if v is None]
+        if wrong:
+            raise AnnotationError("bad_csv_row", f"{where}: {', '.join(wrong)} not a number "
+                                                 "(the box is not four numbers)")
+        wrong = [tag for tag, v in zip(_COORDS, values) if not _finite(v)]
+        if wrong:
+            raise AnnotationError("bad_csv_row", f"{where}: {', '.join(wrong)} not finite")
+        xmin, ymin, xmax, ymax = values
         if xmin > xmax or ymin > ymax:
-            raise AnnotationError("inverted_box", f"{row.where}: box {i // FIELDS_PER_BOX} ({_shown_id(name)}): "
-                                                  f"inverted box xmin {xmin:g} xmax {xmax:g} ymin {ymin:g} ymax {ymax:g}")
+            raise AnnotationError("inverted_box", f"{where}: inverted box xmin {xmin:g} xmax {xmax:g} "
+                                                  f"ymin {ymin:g} ymax {ymax:g}")
         objects.append(Object(name, xmin, ymin, xmax, ymax))
     return Annotation(0, 0, tuple(objects))
 
 
-def _shown_id(text: str) -> str:
-    """An image id or synset for a message: quoted when it looks like one, else its length."""
-    return repr(text) if _ID_LIKE.fullmatch(text) else f"({len(text)} characters, not shown)"
+_COORDS = ("xmin", "ymin", "xmax", "ymax")
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _finite(v: float) -> bool:

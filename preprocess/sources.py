@@ -25,11 +25,21 @@ record or labels file can hold), or holds a control character (a tab or newline 
 name breaks labels.txt), is an Unusable too (`bad_file_name`, shown with \\xNN escapes),
 whether the file's own name or a folder above it is the culprit; so is a folder that cannot be
 listed (`unreadable_folder`). Each becomes one line of errors-<split>.jsonl.
+
+A split is walked by real path and never left: a link to a folder is never followed (a link
+is not a class). One that leaves the split (`link_leaves_split`), leads to a folder above it
+(`link_loop`) or to another folder of the split (`duplicate_folder`, whose images are listed
+there) is one line. An image file reached twice (a link to a listed image, two links to one
+file) is kept once, at its first path in sorted order; each other path is one line
+(`duplicate_image`). A hard link is a file of its own (its own real path). Listing is linear
+in the split's files whatever its links. Folders holding a dataset_info.json (detrec's own
+datasets) are not listed, and a folder without images is no class.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import posixpath
 import re
@@ -38,7 +48,8 @@ from typing import Iterator, NamedTuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from detrec.core import fs
+from detrec.core import fs, schema
+from detrec.preprocess import annotations
 
 DET, CLS_LOC, VOC, FOLDER = "det", "cls-loc", "voc", "folder"
 LAYOUTS = ("auto", DET, CLS_LOC, VOC, FOLDER)
@@ -46,9 +57,13 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 ANNOTATION_EXTENSION = ".xml"
 KAGGLE_ROOT = "ILSVRC"  # what the Kaggle download unpacks beside its LOC_*.csv files
 NOT_REGULAR, BAD_NAME, UNREADABLE_FOLDER = "not_a_regular_file", "bad_file_name", "unreadable_folder"
+LINK_LEAVES, LINK_LOOP, DUPLICATE_FOLDER = "link_leaves_split", "link_loop", "duplicate_folder"
+DUPLICATE_IMAGE, MISSING_FILES = "duplicate_image", "missing_files"
+_FOLDER_CODES = (UNREADABLE_FOLDER, LINK_LEAVES, LINK_LOOP, DUPLICATE_FOLDER)  # rows of folders, not files
 MAX_SPLIT_LIST_BYTES = 64 << 20  # ImageSets/Main/<split>.txt: VOC's are < 1 MB
 _UNLISTABLE = "cannot list the folder"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1 control characters
+log = logging.getLogger("detrec.preprocess")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +88,8 @@ class FileEntry(NamedTuple):
 
 
 class Unusable(NamedTuple):
-    """A listed path that is never read: `code` is NOT_REGULAR, BAD_NAME or UNREADABLE_FOLDER,
-    `path` is printable (see shown_path)."""
+    """A listed path that is never read: `code` is one of the codes above (NOT_REGULAR,
+    BAD_NAME, UNREADABLE_FOLDER, ...), `path` is printable (see shown_path)."""
 
     split: str
     kind: str  # "annotation" | "image": which folder it was listed in
@@ -148,7 +163,7 @@ def _missing(root: str, split: str, layout: str) -> str:
         if not fs.isdir(img_dir):
             return f"{root}: no folder {split}/ (expected {split}/<class>/<image>)"
         if not class_folders(root, split):
-            return f"{img_dir}: no class folders (expected {split}/<class>/<image>)"
+            return f"{img_dir}: no class folders (expected {split}/<class>/<image>): a folder without images is none"
     return ""
 
 
@@ -157,17 +172,18 @@ def resolve(root: str, split: str, layout: str) -> SplitSource:
 
     Raises:
       ValueError: the tree does not have the split in that layout (or in any, for `auto`);
-        the message says what was looked for.
+        the message says what was looked for. Or a class folder is named as the background
+        class is (id 0): refused, as a synset map naming it is (vocab.py).
     """
     root = tree_root(root, layout)
     if layout != "auto":
         problem = _missing(root, split, layout)
         if problem:
             raise ValueError(f"--layout {layout}: {problem}")
-        return SplitSource(root, split, layout)
+        return _checked(SplitSource(root, split, layout))
     for candidate in (DET, CLS_LOC, VOC, FOLDER):
         if not _missing(root, split, candidate):
-            return SplitSource(root, split, candidate)
+            return _checked(SplitSource(root, split, candidate))
     try:
         held = [n for n in fs.listdir(root) if not n.startswith(".")][:8]
     except Exception:
@@ -177,6 +193,17 @@ def resolve(root: str, split: str, layout: str) -> SplitSource:
         f"JPEGImages or {split}/<class>/<image> folders" + (f" (it holds: {', '.join(held)})" if held else "")
         + "; pass the folder that holds Annotations/ and Data/ (or the split folders), and --splits naming its splits"
     )
+
+
+def _checked(source: SplitSource) -> SplitSource:
+    """The source, unless a class folder of it is named as the background class is (any case):
+    it would be a second 'background' beside id 0."""
+    if source.layout == FOLDER:
+        name = next((n for n in class_folders(source.root, source.split) if annotations.is_background_name(n)), "")
+        if name:
+            raise ValueError(f"{fs.join(source.root, source.split, name)}: a class folder named {name!r}, the name "
+                             f"of class 0 ({schema.BACKGROUND_TEXT}: no object); rename the folder to make it a class")
+    return source
 
 
 def find_beside(root: str, name: str) -> str:
@@ -197,21 +224,60 @@ def find_beside(root: str, name: str) -> str:
 
 
 def class_folders(root: str, split: str) -> list[str]:
-    """The class folder names of a folder-layout split, sorted: its subfolders (symlinked ones
-    too), except hidden ones such as .ipynb_checkpoints (as Keras skips them). An object store
-    has no empty folders: there, the first path parts of its files."""
+    """The class folder names of a folder-layout split, sorted: its subfolders that hold at
+    least one image (at any depth), except hidden ones such as .ipynb_checkpoints (as Keras
+    skips them), links (a link is not a class: see the module docstring) and detrec's own
+    output folders (see `_is_output`). An object store has no empty folders or links: there,
+    the first path parts of its images."""
     base = fs.join(root, split)
     if fs.is_url(base):
-        names = {_relative(path, base).split("/", 1)[0] for path, _ in list_files(base, recursive=True)
-                 if "/" in _relative(path, base)}
+        rows = _scan_remote(base, recursive=True)
+        names = {rel.split("/", 1)[0] for rel in (_relative(row[0], base) for row in rows)
+                 if "/" in rel and posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS}
     else:
         try:
             with os.scandir(base) as entries:
-                names = {e.name for e in entries if e.is_dir()}
+                names = {e.name for e in entries if e.is_dir(follow_symlinks=False)}
         except OSError:
             return []
     # A name that is not UTF-8 text is no class (its images are reported as bad_file_name).
-    return sorted(n for n in names if not n.startswith(".") and is_text(n))
+    names = {n for n in names if not n.startswith(".") and is_text(n)}
+    return sorted(names if fs.is_url(base) else (n for n in names if _holds_image(os.path.join(base, n))))
+
+
+def _holds_image(folder: str) -> bool:
+    """Whether a folder holds an image listing would keep (a regular file, or a link to one,
+    with an image extension and a text name) in it or in a real subfolder, walked as
+    `_walk_local` walks (no links to folders, no output folder); stops at the first."""
+    folders, visited = [folder], set()
+    while folders:
+        current = folders.pop()
+        if _is_output(current):
+            continue
+        try:
+            with os.scandir(current) as entries:
+                for e in entries:
+                    if e.is_dir(follow_symlinks=False):
+                        try:
+                            info = e.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        if (info.st_dev, info.st_ino) not in visited:
+                            visited.add((info.st_dev, info.st_ino))
+                            folders.append(e.path)
+                    elif (posixpath.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and is_text(e.path)
+                          and e.is_file()):
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def _is_output(folder: str) -> bool:
+    """Whether a folder is a detrec dataset (it holds dataset_info.json): never a class, never
+    listed. (A dataset being written has no dataset_info.json yet, and no image either: a
+    folder without images is no class, so it is none of those.)"""
+    return os.path.lexists(os.path.join(folder, schema.DATASET_INFO))
 
 
 def _relative(path: str, base: str) -> str:
@@ -219,79 +285,142 @@ def _relative(path: str, base: str) -> str:
     return rel.replace("\\", "/")
 
 
-def list_files(base: str, recursive: bool, follow_links: bool = False) -> list[tuple[str, int]]:
-    """(path, size) of every regular file in `base` (and its subfolders when recursive), by path.
-
-    `follow_links` also walks symlinked local folders (not into a loop), as torchvision's
-    ImageFolder does: a class folder linked in from elsewhere is how image-folder subsets are
-    often made. Object stores have no links. What is not a regular file is left out (see
-    `scan`, which says why).
-    """
-    return [(path, size) for path, size, problem in scan(base, recursive, follow_links) if not problem]
+def list_files(base: str, recursive: bool) -> list[tuple[str, int]]:
+    """(path, size) of every regular file in `base` (and its subfolders when recursive), by
+    path, walked as `scan` walks; what is not a regular file is left out (`scan` says why)."""
+    return [(row[0], row[1]) for row in scan(base, recursive)[0] if not row[2]]
 
 
-def scan(base: str, recursive: bool, follow_links: bool = False) -> list[tuple[str, int, str]]:
-    """(path, size, problem) of everything listed under `base`, by path: problem is "" for a
-    regular file, else what keeps it from being read (a folder's problem comes with the
-    folder's path)."""
+# A listed row: (path, size, code, reason, link target). code is "" for a regular file (or a
+# link to one), else why it is never read (NOT_REGULAR, UNREADABLE_FOLDER or a link's
+# code; a folder's problem comes with the folder's path). The link target is the real path of
+# the file a link names, "" for a file that is no link. (Plain tuples: a split lists millions.)
+Row = tuple[str, int, str, str, str]
+
+
+def scan(base: str, recursive: bool, skip_hidden: bool = False) -> tuple[list[Row], set[str]]:
+    """Every row listed under `base`, by path, and the real paths that links among them name
+    (what may be reached twice; see `_walk_local`)."""
     if fs.is_url(base):
-        pattern = fs.join(base, "**" if recursive else "*")
-        return sorted((m.path, m.size_in_bytes, "") for m in FileSystems.match([pattern])[0].metadata_list)
-    return sorted(_scan_local(base, recursive, follow_links))
+        return _scan_remote(base, recursive), set()
+    targets: set[str] = set()
+    return sorted(_walk_local(base, recursive, targets, skip_hidden)), targets
 
 
-def _scan_local(base: str, recursive: bool, follow_links: bool = False) -> Iterator[tuple[str, int, str]]:
-    """What Beam's local match lists (os.walk: symlinked folders not followed), with one stat
-    per file instead of two, and a problem for what is no regular file: a FIFO, device or
-    socket, a dangling link (or a file that vanished), a folder that cannot be listed. With
-    `follow_links`, a linked folder is walked unless it is one of its own ancestors."""
-    folders: list[tuple[str, frozenset]] = [(base, frozenset([os.path.realpath(base)]) if follow_links else frozenset())]
+def _scan_remote(base: str, recursive: bool) -> list[Row]:
+    """An object store's files (no links, no empty folders), less those of detrec datasets."""
+    pattern = fs.join(base, "**" if recursive else "*")
+    rows = sorted((m.path, m.size_in_bytes, "", "", "") for m in FileSystems.match([pattern])[0].metadata_list)
+    top = base.rstrip("/")
+    own = {posixpath.dirname(r[0]) for r in rows if posixpath.basename(r[0]) == schema.DATASET_INFO} - {top}
+    if own:
+        rows = [r for r in rows if not any(r[0].startswith(o + "/") for o in own)]
+    return rows
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether a real path is `folder` or below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _walk_local(base: str, recursive: bool, targets: set[str], skip_hidden: bool = False) -> Iterator[Row]:
+    """The files under `base` by real path (see the module docstring), one stat per file, and
+    a row with a code for what is no regular file: a FIFO, device or socket, a dangling link (or
+    a vanished file), a folder that cannot be listed, a link to a folder (never followed: each
+    real folder of the split is reached by its real path anyway). A folder is walked once (bind
+    mounts); a detrec dataset (`_is_output`) not at all, nor with `skip_hidden` the hidden
+    folders right under `base` (the folder layout's non-classes). The real path a file link
+    names goes into `targets` (list_split keeps an image reached twice once).
+    """
+    root_real = os.path.realpath(base)
+    try:
+        info = os.stat(base)
+    except OSError as exc:
+        yield base, 0, UNREADABLE_FOLDER, f"{_UNLISTABLE} ({exc.strerror or type(exc).__name__})", ""
+        return
+    visited = {(info.st_dev, info.st_ino)}
+    folders = [(base, root_real)]
     while folders:
-        folder, ancestors = folders.pop()
+        folder, real = folders.pop()
+        if folder != base and _is_output(folder):
+            log.info("%s: a detrec dataset, not listed", shown_path(folder))
+            continue
         try:
             entries = os.scandir(folder)
         except OSError as exc:
-            yield folder, 0, f"{_UNLISTABLE} ({exc.strerror or type(exc).__name__})"
+            yield folder, 0, UNREADABLE_FOLDER, f"{_UNLISTABLE} ({exc.strerror or type(exc).__name__})", ""
             continue
         with entries:
             for entry in entries:
-                if entry.is_dir():
-                    if not recursive:
+                if entry.is_dir():  # follows a link
+                    if not recursive or (skip_hidden and folder == base and entry.name.startswith(".")):
                         continue
-                    if not follow_links:
-                        if not entry.is_symlink():
-                            folders.append((entry.path, ancestors))
+                    if entry.is_symlink():
+                        yield _folder_link(entry.path, real, root_real)
                         continue
-                    real = os.path.realpath(entry.path)
-                    if real not in ancestors:
-                        folders.append((entry.path, ancestors | {real}))
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # vanished while listed
+                    if (info.st_dev, info.st_ino) not in visited:
+                        visited.add((info.st_dev, info.st_ino))
+                        folders.append((entry.path, os.path.join(real, entry.name)))
                     continue
                 try:
                     info = entry.stat()  # follows a link: a link to a regular file is that file
                 except OSError:
-                    yield entry.path, 0, "a dangling link" if entry.is_symlink() else "vanished while listed"
+                    why = "a dangling link" if entry.is_symlink() else "vanished while listed"
+                    yield entry.path, 0, NOT_REGULAR, why, ""
                     continue
-                if stat.S_ISREG(info.st_mode):
-                    yield entry.path, info.st_size, ""
+                if not stat.S_ISREG(info.st_mode):
+                    yield entry.path, 0, NOT_REGULAR, "not a regular file (a FIFO, device or socket)", ""
+                elif entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    targets.add(target)
+                    yield entry.path, info.st_size, "", "", target
                 else:
-                    yield entry.path, 0, "not a regular file (a FIFO, device or socket)"
+                    yield entry.path, info.st_size, "", "", ""
 
 
-def _voc_ids(root: str, split: str) -> set[str]:
-    """The ids ImageSets/Main/<split>.txt lists; bytes that are not UTF-8 are kept as os.scandir
-    keeps them in names (lone surrogates), so such an image is found and reported, not missed."""
-    path = fs.join(root, "ImageSets", "Main", f"{split}.txt")
+def _folder_link(path: str, folder_real: str, root_real: str) -> Row:
+    """The row of a link to a folder (never followed), saying where it leads."""
+    target = os.path.realpath(path)
+    shown = shown_path(target)
+    if not _inside(target, root_real):
+        return path, 0, LINK_LEAVES, (f"a link to a folder outside the split ({shown}): not followed (detrec never "
+                                      "leaves a split; copy the folder in, or link its files)"), ""
+    if _inside(folder_real, target):
+        return path, 0, LINK_LOOP, f"a link to {shown}, a folder above it: not followed (it would loop)", ""
+    return path, 0, DUPLICATE_FOLDER, (f"a link to {shown}, a folder of this split: not followed (its images are "
+                                       "listed there, once)"), ""
+
+
+def _voc_ids(root: str, split: str) -> dict[str, int]:
+    """The ids ImageSets/Main/<split>.txt lists, each with the line first listing it (a BOM,
+    CRLF and blank lines are fine); bytes that are not UTF-8 are kept as os.scandir keeps them
+    in names (lone surrogates), so such an image is found and reported, not missed."""
+    path = _voc_list(root, split)
     data = fs.read_capped(path, MAX_SPLIT_LIST_BYTES)
     if len(data) > MAX_SPLIT_LIST_BYTES:
         raise ValueError(f"{path}: over {MAX_SPLIT_LIST_BYTES >> 20} MB, not a VOC split list")
-    text = data.decode("utf-8", "surrogateescape")
-    return {line.split()[0] for line in text.splitlines() if line.strip()}
+    ids: dict[str, int] = {}
+    # split("\n"), not splitlines(): that also breaks at \x1c-\x1e, \x85 and U+2028, which a name may hold.
+    for number, line in enumerate(data.decode("utf-8", "surrogateescape").removeprefix("\ufeff").split("\n"), 1):
+        fields = line.split()
+        if fields:
+            ids.setdefault(fields[0], number)
+    return ids
 
 
-def _judged(split: str, kind: str, path: str, size: int, problem: str, key: str) -> FileEntry | Unusable:
-    """A listed input as a FileEntry, or the Unusable saying why it is never read."""
-    if problem:
-        return Unusable(split, kind, shown_path(path), NOT_REGULAR, f"{shown_path(path)}: {problem}", key)
+def _voc_list(root: str, split: str) -> str:
+    return fs.join(root, "ImageSets", "Main", f"{split}.txt")
+
+
+def _judged(split: str, kind: str, row: Row, key: str) -> FileEntry | Unusable:
+    """A listed row as a FileEntry, or the Unusable saying why it is never read."""
+    path, size, code, reason, _ = row
+    if code:
+        return Unusable(split, kind, shown_path(path), code, f"{shown_path(path)}: {reason}", key)
     if not is_text(path):
         return Unusable(split, kind, shown_path(path), BAD_NAME,
                         f"{shown_path(path)}: the file or a folder above it has a name that is not UTF-8 text "
@@ -299,39 +428,63 @@ def _judged(split: str, kind: str, path: str, size: int, problem: str, key: str)
     return FileEntry(split, kind, key, path, size)
 
 
+def _listed(split: str, kind: str, base: str, extensions: tuple[str, ...], recursive: bool, whole_key: bool,
+            wanted: dict[str, int] | None = None, unseen: dict[str, int] | None = None
+            ) -> Iterator[FileEntry | Unusable]:
+    """The inputs of one folder (`kind` files with these extensions), by path, keyed by their
+    path under `base` (without the extension unless `whole_key`), and a row for each folder
+    that is not listed. An image reached twice (through a link) is kept once, at its first
+    path in sorted order; the others are DUPLICATE_IMAGE. With `wanted` (VOC: the ids its
+    split list names), only those are inputs, and each one found is taken out of `unseen`."""
+    rows, targets = scan(base, recursive, skip_hidden=whole_key)
+    root_real = os.path.realpath(base) if targets else ""
+    kept: dict[str, str] = {}
+    for row in rows:
+        if row[2] in _FOLDER_CODES:
+            yield _judged(split, kind, row, "")
+            continue
+        rel = _relative(row[0], base)
+        stem, ext = posixpath.splitext(rel)
+        if ext.lower() not in extensions or (whole_key and "/" in rel and rel.startswith(".")):
+            continue  # (an object store's hidden first folder: no class, as locally)
+        if wanted is not None:
+            if stem not in wanted:
+                continue
+            unseen.pop(stem, None)
+        entry = _judged(split, kind, row, rel if whole_key else stem)
+        if targets and kind == "image" and isinstance(entry, FileEntry):
+            real = row[4] or os.path.join(root_real, rel)  # a file that is no link is at its real path
+            if real in targets:
+                first = kept.setdefault(real, row[0])
+                if first != row[0]:
+                    entry = Unusable(split, kind, shown_path(row[0]), DUPLICATE_IMAGE,
+                                     f"{shown_path(row[0])}: the same file as {shown_path(first)} (a link to it, or "
+                                     "both link to one file): kept once, there", entry.key)
+        yield entry
+
+
 def list_split(source: SplitSource) -> Iterator[FileEntry | Unusable]:
     """Every annotation and image file of a split (sorted, so output order is stable), and an
-    Unusable for each such path that is never read (see the module docstring)."""
+    Unusable for each such path that is never read (see the module docstring); for VOC also
+    one for each id its split list names that has no file at all (MISSING_FILES)."""
     ann_dir, img_dir = _dirs(source.root, source.split, source.layout)
     if source.layout == FOLDER:
-        yield from _list_folder_split(source.split, img_dir)
+        yield from _listed(source.split, "image", img_dir, IMAGE_EXTENSIONS, recursive=True, whole_key=True)
         return
     wanted = _voc_ids(source.root, source.split) if source.layout == VOC else None
+    unseen = dict(wanted) if wanted is not None else None
     for base, kind, extensions in (
         (ann_dir, "annotation", (ANNOTATION_EXTENSION,)),
         (img_dir, "image", IMAGE_EXTENSIONS),
     ):
-        if not fs.exists(base):
-            continue
-        for path, size, problem in scan(base, recursive=source.layout != VOC):
-            if problem.startswith(_UNLISTABLE):
-                yield Unusable(source.split, kind, shown_path(path), UNREADABLE_FOLDER, f"{shown_path(path)}: {problem}")
-                continue
-            stem, ext = posixpath.splitext(_relative(path, base))
-            if ext.lower() not in extensions or (wanted is not None and stem not in wanted):
-                continue
-            yield _judged(source.split, kind, path, size, problem, stem)
-
-
-def _list_folder_split(split: str, base: str) -> Iterator[FileEntry | Unusable]:
-    """The images of a folder-layout split, keyed by their path under it, extension kept;
-    those under a hidden first folder (not a class: see class_folders) are left out."""
-    for path, size, problem in scan(base, recursive=True, follow_links=True):
-        rel = _relative(path, base)
-        if problem.startswith(_UNLISTABLE):
-            yield Unusable(split, "image", shown_path(path), UNREADABLE_FOLDER, f"{shown_path(path)}: {problem}")
-        elif posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS and not ("/" in rel and rel.startswith(".")):
-            yield _judged(split, "image", path, size, problem, rel)
+        if fs.exists(base):
+            yield from _listed(source.split, kind, base, extensions, source.layout != VOC, False, wanted, unseen)
+    if unseen:
+        where = shown_path(_voc_list(source.root, source.split))
+        for voc_id, line in unseen.items():
+            yield Unusable(source.split, "annotation", f"{where}:{line}", MISSING_FILES,
+                           f"{where}:{line}: lists image {annotations.shown_id(voc_id)}, but neither Annotations/ "
+                           "nor JPEGImages/ has a file of that name", voc_id)
 
 
 def folder_class(key: str) -> str:

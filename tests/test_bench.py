@@ -263,7 +263,6 @@ def test_dali_bench_builds_the_trainers_decoders():
         library.pop("output_type")
         assert dali_bench.decoder_args(gpu) == library
     assert (dali_bench.HW_DECODER_LOAD, dali_bench.PREALLOCATE) == (config.HW_DECODER_LOAD, config.PREALLOCATE)
-    assert dali_bench.IMAGENET_PREALLOCATE == config.IMAGENET_PREALLOCATE
     assert dali_bench.MAX_THREADS == dali.MAX_THREADS and dali_bench.TOLERANCE == dali.GPU_PARITY
     assert (dali_bench.AREA, dali_bench.ASPECT, dali_bench.ATTEMPTS, dali_bench.SCALE) == (
         augment.AREA_RANGE, augment.ASPECT_RATIO_RANGE, augment.MAX_ATTEMPTS, augment.INCEPTION_SCALE)

@@ -226,7 +226,7 @@ FOLDER_TRAIN = {  # path under train/ -> image bytes; the class is the first fol
     "golden retriever/x.png": f.png(40, 30),  # same stem as x.jpg: two images all the same
     "ñandú/e.jpeg": f.gray_jpeg(W, H),
 }
-FOLDER_CLASSES = ["cat", "empty", "golden retriever", "ñandú"]  # sorted train class folders
+FOLDER_CLASSES = ["cat", "golden retriever", "ñandú"]  # sorted train class folders with images
 FOLDER_VAL = {"cat/v1.jpg": f.jpeg(W, H, seed=5), "golden retriever/v2.png": f.png(W, H)}
 
 
@@ -237,7 +237,7 @@ def folder_tree(tmp_path_factory) -> str:
         write(root / "train" / rel, data)
     for rel, data in FOLDER_VAL.items():
         write(root / "val" / rel, data)
-    (root / "train" / "empty").mkdir()  # a class without images still has its id
+    (root / "train" / "empty").mkdir()  # a folder without images is no class (issue #22)
     write(root / "train/cat/notes.txt", "not an image")
     write(root / "train/.ipynb_checkpoints/cp.jpg", f.jpeg(W, H))  # not a class
     write(root / "train/stray.jpg", f.jpeg(W, H))  # outside any class folder

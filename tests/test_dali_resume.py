@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from detrec.core import dataset_info
 from detrec.train import input as input_lib
-from detrec.train.input import dali, dali_feed, draws, streams
+from detrec.train.input import common, dali, dali_feed, draws, streams
 from tests.test_input import records_by_key
 
 BATCH = 8
@@ -119,9 +119,11 @@ def test_a_record_that_is_no_example_names_its_shard_and_offset(dataset_dir, mon
     split = train_split(dataset_dir)
     feed = dali.make_feed(split, input_lib.InputConfig(batch_size=BATCH, image_size=24, training=False))
     monkeypatch.setattr(feed.table, "read", lambda record: b"\xff" * 100)
-    path, offset = feed.table.where(0)
-    with pytest.raises(ValueError, match=f"Error while parsing TFRecord file: {path} at index {offset}"):
+    path, number, offset = feed.table.where(0)
+    with pytest.raises(ValueError) as info:
         feed.batch(0)
+    error = common.shard_error(str(info.value))  # what shard_errors() raises from it
+    assert error.path == path and f"offset {offset}, record {number}: it is not a tf.Example" in error.detail
 
 
 # --- the DALI stream itself ---------------------------------------------------------------

@@ -50,3 +50,10 @@ def test_malformed_label_origins_are_named(key, value, message):
 def test_load_reads_them_from_a_folder(tmp_path):
     (tmp_path / "dataset_info.json").write_text(_info().to_json())
     assert dataset_info.load(str(tmp_path)).splits["train"].box_sources == {"none": 2, "xml": 1}
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"a":' * 100_000])
+def test_json_nested_too_deep_is_one_line(text):
+    """json.loads recurses per level: a hostile file must not escape as RecursionError."""
+    with pytest.raises(UserError, match=r"^x/dataset_info.json: not valid JSON \(maximum recursion depth"):
+        DatasetInfo.from_json(text, "x/dataset_info.json")

@@ -167,9 +167,12 @@ def test_flat_pictures_are_not_taken_for_cut_ones(picture):
 
 def test_scan_script_coverage():
     pic = photo()
-    assert jpeg_scans.missing_scans(f.encode(pic, quality=90, progressive=True)) == ""
-    assert "precision" in jpeg_scans.missing_scans(cut_keep_end(f.encode(pic, quality=90, progressive=True), 0.4))
-    assert jpeg_scans.missing_scans(b"\xff\xd8\xff\xd9") == ""  # no frame: left to the header check
+    whole = jpeg_scans.walk(f.encode(pic, quality=90, progressive=True))
+    assert whole.missing == "" and whole.progressive and whole.count > 1
+    cut = jpeg_scans.walk(cut_keep_end(f.encode(pic, quality=90, progressive=True), 0.4))
+    assert "precision" in cut.missing and 0 < cut.count < whole.count
+    assert jpeg_scans.walk(f.encode(pic, quality=90)) == ("", 1, False)  # one interleaved sequential scan
+    assert jpeg_scans.walk(b"\xff\xd8\xff\xd9").missing == ""  # no frame: left to the header check
 
 
 def _sof(data: bytes, marker: int, precision: int = 8) -> bytes:

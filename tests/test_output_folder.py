@@ -87,7 +87,8 @@ def test_rerunning_one_split_with_other_classes_removes_the_splits_it_cannot_kee
     out = str(tmp_path / "other_classes")
     shutil.copytree(dataset_dir, out)
     bigger = tmp_path / "map.txt"
-    bigger.write_text(open(_map(synth_tree)).read() + "n99999999 an extra class\n")
+    lines = open(_map(synth_tree)).read().splitlines()  # `synset id name` lines: the next id
+    bigger.write_text("\n".join(lines) + f"\nn99999999 {len(lines) + 1} an_extra_class\n")
     assert run_preprocess(synth_tree, out, "--splits", "train", "--num-shards", "train=4",
                           "--synset-map", str(bigger)) == 0
     info = dataset_info.load(out)

@@ -77,29 +77,36 @@ def test_an_explicit_layout_the_tree_does_not_have_is_an_error(trees, tmp_path):
         sources.resolve(trees["voc"], "val", "voc")
 
 
-def test_class_folders_are_sorted_skip_hidden_and_follow_links(tmp_path):
+def test_class_folders_are_sorted_folders_with_images_and_no_links(tmp_path):
+    """Hidden folders, links (a link is not a class), folders without images and detrec's own
+    datasets are no classes; an image in a subfolder makes one."""
     root = tmp_path / "t"
-    for name in ("zebra", "Apple", "golden retriever", ".ipynb_checkpoints", "empty"):
-        (root / "train" / name).mkdir(parents=True)
+    for name in ("zebra", "Apple", "golden retriever", ".ipynb_checkpoints"):
+        touch(root / "train" / name / "a.jpg")
+    (root / "train/empty").mkdir()
+    touch(root / "train/notes/readme.txt")
+    touch(root / "train/deep/2019/x.PNG")
+    touch(root / "train/out/dataset_info.json", b"{}")
+    touch(root / "train/out/contact.png")
     touch(root / "train/stray.jpg")
     touch(tmp_path / "elsewhere/kiwi/k.jpg")
     os.symlink(tmp_path / "elsewhere/kiwi", root / "train/kiwi")
-    assert sources.class_folders(str(root), "train") == ["Apple", "empty", "golden retriever", "kiwi", "zebra"]
+    os.symlink(root / "train/zebra", root / "train/zebra2")
+    assert sources.class_folders(str(root), "train") == ["Apple", "deep", "golden retriever", "zebra"]
 
 
-def test_folder_listing_follows_linked_class_folders_but_not_into_a_loop(tmp_path):
+def test_folder_listing_never_follows_a_folder_link(tmp_path):
     root = tmp_path / "t"
     touch(root / "train/cat/a.jpg")
     touch(root / "train/cat/notes.txt")
     touch(root / "train/.ipynb_checkpoints/cp.jpg")
     touch(tmp_path / "elsewhere/dog/b.JPG")
     os.symlink(tmp_path / "elsewhere/dog", root / "train/dog")
-    os.symlink(root / "train", root / "train/cat/loop")  # a link back up: walked once, not forever
-    entries = list(sources.list_split(sources.SplitSource(str(root), "train", "folder")))
-    keys = sorted(e.key for e in entries)
-    assert "cat/a.jpg" in keys and "dog/b.JPG" in keys
-    assert not any(k.startswith(".") or k.endswith(".txt") for k in keys)
-    assert all(k.count("loop") <= 1 for k in keys)
+    os.symlink(root / "train", root / "train/cat/loop")  # a link back up: a loop
+    listed = list(sources.list_split(sources.SplitSource(str(root), "train", "folder")))
+    assert sorted(e.key for e in listed if isinstance(e, sources.FileEntry)) == ["cat/a.jpg"]
+    assert sorted((os.path.relpath(u.path, root), u.code) for u in listed if isinstance(u, sources.Unusable)) == [
+        ("train/cat/loop", "link_loop"), ("train/dog", "link_leaves_split")]
 
 
 def test_find_beside_looks_in_root_then_its_parent(tmp_path):

@@ -1,8 +1,9 @@
 """Per-image ops of the tf.data input: decode, crop, resize, flip, normalise; boxes follow.
 
 Pure TensorFlow on one example, so each op runs eagerly (tests) and inside `Dataset.map`
-alike (the big_vision `pp/ops_image` lesson). train/dali.py builds the same geometry from
-DALI operators and imports the constants from here, so the two decoders cannot drift apart.
+alike (the big_vision `pp/ops_image` lesson). The DALI line (train/input/dali.py, its crop
+windows drawn by train/input/draws.py) builds the same geometry from DALI operators and
+imports the constants from here, so the two decoders cannot drift apart.
 
 Every transform is "take a window of the source image, bring it to the output size":
 
@@ -22,8 +23,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-# "inception" normalisation: x / 127.5 - 1 maps [0, 255] to [-1, 1], the convention of the
-# keras.applications Inception/MobileNet/EfficientNetV2 backbones the trainer can use.
+# "inception" normalisation: x / 127.5 - 1 maps [0, 255] to [-1, 1]. Every model the trainer
+# builds (train/models.py: semi_alexnet, resnet50, mobilenet_v3_small, efficientnet_b0) takes
+# this range; a backbone with pretrained weights maps it to what those weights expect.
 INCEPTION_SCALE = 127.5
 # Inception random-resized crop (Szegedy et al. 2015; the torchvision/TF-slim defaults).
 AREA_RANGE = (0.08, 1.0)

@@ -14,8 +14,10 @@ that works under MultiWorkerMirroredStrategy too); validation on one replica kee
 pipeline for the whole run as well. The stream is built at epoch e0 with the run's seed,
 and its epoch e (e >= e0) reads, in the order and with the crops and flips of
 train/input/draws.py: pure functions of (seed, e, record), fed to DALI in numpy
-(train/input/dali_feed.py). So a run resumed at epoch e, step s builds the stream at e and
-drops s batches, as tf.data does, and trains on exactly the batches the interrupted run
+(train/input/dali_feed.py). So a run resumed at epoch e, step s builds the stream where its epoch e
+starts (stream epoch e, or with --steps-per-epoch S other than the data's D steps, stream
+epoch e*S // D after dropping e*S % D batches: the run reads one stream across its epochs)
+and drops s batches, as tf.data does, and trains on exactly the batches the interrupted run
 would have trained on (`Data.resume == "exact"` for both decoders).
 
 tf.data service (`--data-service`)
@@ -76,11 +78,6 @@ class Data:
     resume: str = RESUME_EXACT
     with_keys: bool = False
 
-    @property
-    def reproducible(self) -> bool:
-        """Whether `train(e)` gives the same batches every time it is rebuilt."""
-        return self.resume == RESUME_EXACT
-
 
 def resume_note(resume: str, epoch: int, position: int, steps: int) -> str:
     """The line a run resumed `position` batches into `epoch` (from 0) of `steps` prints."""
@@ -99,7 +96,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: int,
               image_size: int, decoder: str, preprocess: str, seed: int,
               skip_corrupt: bool = False, data_service: str | None = None,
-              with_keys: bool = False, dali: input_lib.DaliTuning = input_lib.DaliTuning()) -> tuple[Data, int]:
+              with_keys: bool = False, dali: input_lib.DaliTuning = input_lib.DaliTuning(),
+              steps_per_epoch: int | None = None) -> tuple[Data, int]:
     """`Data` from a detrec dataset through detrec.train.input, and the train steps per epoch.
 
     tf.data training goes through `strategy.distribute_datasets_from_function` (each input
@@ -115,6 +113,8 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
         pipeline runs there (see the module docstring); validation stays local.
       with_keys: also deliver each training example's key (see `Data.with_keys`).
       dali: DALI's threads and hardware-decoder settings (ignored by tf.data).
+      steps_per_epoch: the trainer's steps per epoch (`--steps-per-epoch`; default: the
+        data's, the returned count). DALI needs it: its stream runs on across epochs.
 
     Raises:
       UserError: a bad dataset or split, a batch that does not divide over the replicas or
@@ -128,6 +128,8 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
                             "graphs on CPU workers, DALI decodes on this machine's GPU; use --decoder cpu")
         decoder = "cpu"  # "auto" included: only the tf.data decoder can be serialised
     info = dataset_info.load(data_dir)
+    # Before anything is built: the model's last layer grows with the classes.
+    dataset_info.check_class_count(max(info.num_classes, len(info.classes)), dataset_info.path_in(data_dir))
     decoder = input_lib.resolve_decoder(decoder)
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
@@ -160,16 +162,25 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
     val_config = input_lib.InputConfig(batch_size=batch_size, image_size=image_size, training=False,
                                        decoder=decoder, preprocess=preprocess, skip_corrupt=skip_corrupt,
                                        counter=counter, dali=dali)
-    live: dict[str, object] = {}  # the DALI streams kept across epochs, and the epoch due next
+    live: dict[str, object] = {}  # the DALI streams kept across epochs, and the batch due next
+    run_steps = steps_per_epoch or steps
 
     def dali_train(epoch: int) -> Iterable:
-        if live.get("next_epoch") != epoch:  # the first epoch of this run, or a jump
+        # The run reads one stream, `run_steps` batches per trainer epoch: trainer epoch
+        # `epoch` starts `start` batches in, at batch `offset` of stream epoch `stream_epoch`
+        # (the same as `epoch` only when --steps-per-epoch is the data's).
+        start = epoch * run_steps
+        if live.get("next_start") != start:  # the first epoch of this run, or a jump
             if "train" in live:
                 live.pop("train").close()
+            stream_epoch, offset = divmod(start, steps)
             # The run's seed and the first epoch: each epoch's draws depend on those only.
             live["train"] = streams.replica_stream(
-                train_split, train_config.replace(seed=seed, epoch=epoch), strategy, plans[0], steps)
-        live["next_epoch"] = epoch + 1
+                train_split, train_config.replace(seed=seed, epoch=stream_epoch), strategy, plans[0], steps)
+            batches = live["train"].batches()
+            for _ in range(offset):  # read by the trainer epochs before this one
+                next(batches)
+        live["next_start"] = start + run_steps
         return live["train"].batches()
 
     def train(epoch: int) -> Iterable:

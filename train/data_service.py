@@ -149,18 +149,17 @@ def start_worker(
     return server
 
 
-def distribute(dataset: tf.data.Dataset, service: str, job_name: str | None = None) -> tf.data.Dataset:
+def distribute(dataset: tf.data.Dataset, service: str) -> tf.data.Dataset:
     """Runs `dataset` on the tf.data service at `service`; each iteration is one epoch, exactly once.
+
+    Each iteration is its own service job (no job name): trainer workers that shared one job
+    could each take batches of the next pass while another still drains this one (see
+    train/data.py's `_service_dataset_fn`, which gives every trainer worker its own share).
 
     Args:
       dataset: the full input pipeline up to and including `batch` (everything in it runs on
         the workers); add `prefetch` on the result, on the trainer's side.
       service: the dispatcher, `grpc://HOST:PORT`.
-      job_name: trainers that pass the same name share one job, i.e. split one epoch between
-        them (multi-worker training); None gives each iteration its own job (a full epoch).
     """
     return dataset.apply(
-        tf.data.experimental.service.distribute(
-            processing_mode=PROCESSING_MODE, service=parse_address(service), job_name=job_name
-        )
-    )
+        tf.data.experimental.service.distribute(processing_mode=PROCESSING_MODE, service=parse_address(service)))

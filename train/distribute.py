@@ -16,17 +16,21 @@ contents). On resume every worker restores the chief's checkpoint when it can se
 shared model dir: gs://, NFS) and its own scratch copy otherwise (one local disk per
 machine); the workers then check that they all resumed at the same step before training
 (`check_same_step`: the same one-line error on every worker if not, instead of training
-diverging copies). Only the chief writes metrics, logs and the export. ^C's save-and-stop
-is for single-process runs (each worker would stop at a different step, and saves are
-collective): stop a multi-worker run by ending all its workers (SIGTERM/SIGKILL) and
-restart them all; they resume from the last checkpoint (`--checkpoint-every` bounds the
-work lost).
+diverging copies). Only the chief writes metrics, logs and the export.
+
+^C (SIGINT) on any worker stops them all at the same step: after every step (and every
+validation batch, and every epoch) the workers all-reduce "was I interrupted?"
+(`any_worker`), so all see the same answer at the same step, save that step's checkpoint
+together and exit 130; the same commands resume it exactly. A worker that is killed
+instead (SIGTERM/SIGKILL) takes the others down at their next collective; restarted, they
+resume from the last checkpoint (`--checkpoint-every` bounds the work lost).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Callable
 
 import tensorflow as tf
 
@@ -116,15 +120,32 @@ def check_same_step(strategy: tf.distribute.Strategy, total_steps: int, workers:
     """
     steps = float(total_steps)
     mine = tf.constant([1.0, steps, steps * steps], tf.float64)
-
-    @tf.function
-    def all_sums():
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(mine)),
-                               axis=None)
-
-    n, total, squares = (float(v) for v in all_sums().numpy())
+    n, total, squares = (float(v) for v in _all_sum(strategy)(mine).numpy())
     if abs(n * squares - total * total) > 0.5:
         raise UserError(
             f"the {workers} workers resumed from different checkpoints (this one at step "
             f"{int(steps)}, mean {total / n:g}): give every worker the same --model-dir on shared "
             "storage, or start them all from empty model dirs")
+
+
+def any_worker(strategy: tf.distribute.Strategy) -> Callable[[bool], bool]:
+    """`vote(flag)`: whether `flag` is set on any worker, the same answer on every worker.
+
+    A collective under a multi-worker strategy: every worker must call it at the same points
+    of the loop (each call waits for the others'). With one worker, the flag itself.
+    """
+    if worker_position(strategy)[0] < 2:
+        return bool
+    all_sum = _all_sum(strategy)
+    return lambda flag: float(all_sum(tf.constant([float(flag)], tf.float64))[0]) > 0
+
+
+def _all_sum(strategy: tf.distribute.Strategy) -> Callable[[tf.Tensor], tf.Tensor]:
+    """A tf.function summing a float64 vector over all replicas of all workers (each replica
+    adds its worker's vector once)."""
+
+    @tf.function
+    def all_sum(values: tf.Tensor) -> tf.Tensor:
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(values,)), axis=None)
+
+    return all_sum

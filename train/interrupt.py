@@ -1,9 +1,9 @@
 """^C during training: finish the step, save a checkpoint, stop; a second ^C aborts at once.
 
 A run stopped this way exits 130 and resumes, with the same command, from the exact step
-it saved; killing it instead costs the steps since the last checkpoint. Single-process runs
-only: the workers of a multi-worker run would each stop at a different step, and saving is
-collective (train/distribute.py).
+it saved; killing it instead costs the steps since the last checkpoint. In a multi-worker
+run this flag is only this worker's vote: the trainer all-reduces it, so every worker stops
+at the same step and they save together (train/distribute.py, `any_worker`).
 """
 
 from __future__ import annotations

@@ -5,21 +5,26 @@ to K+1 logits (background is class 0). Logits, not probabilities: the loop uses 
 stable softmax cross-entropy, and the last layer is float32 even under a mixed-precision
 policy so the loss never runs in float16/bfloat16.
 
-Nothing is downloaded: the applications are built with `weights=None`, or from a local
-weights file (a Keras `.h5`/`.weights.h5` of the backbone without its top).
+Nothing is downloaded: the applications are built with `weights=None`, or from a weights
+file (a Keras `.h5`/`.weights.h5` of the backbone without its top) at any path
+detrec.core.fs reads, gs:// included: Keras reads only local files, so a URL is copied to a
+temporary local file first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
+import tempfile
+from typing import Iterator
 
 import keras
 from keras import layers
 
+from detrec.core import fs
 from detrec.core.errors import UserError
-
-MODELS = ("semi_alexnet", "resnet50", "mobilenet_v3_small", "efficientnet_b0")
 
 # The input pipeline's "inception" preprocessing gives pixels in [-1, 1]; pretrained
 # backbones expect their own input convention. Only pretrained weights care, so the adapters
@@ -81,21 +86,26 @@ def semi_alexnet(num_classes: int, image_size: int) -> keras.Model:
     return keras.Model(inputs, logits, name="semi_alexnet")
 
 
-def _backbone(name: str, inputs, weights: str | None):
-    """A keras.applications feature extractor (no top, global average pool) on `inputs`."""
-    apps = keras.applications
-    if name == "resnet50":
-        x = CaffeInput(name="caffe_input")(inputs) if weights else inputs
-        return apps.ResNet50(include_top=False, weights=weights, input_tensor=x, pooling="avg")
-    if name == "mobilenet_v3_small":
-        # include_preprocessing=False: the network then takes [-1, 1], the inception range.
-        return apps.MobileNetV3Small(include_top=False, weights=weights, input_tensor=inputs,
-                                     pooling="avg", include_preprocessing=False)
-    if name == "efficientnet_b0":
-        # EfficientNet always normalises [0, 255] input itself.
-        x = layers.Rescaling(127.5, offset=127.5, name="to_0_255")(inputs) if weights else inputs
-        return apps.EfficientNetB0(include_top=False, weights=weights, input_tensor=x, pooling="avg")
-    raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+def _resnet50(inputs, weights: str | None):
+    x = CaffeInput(name="caffe_input")(inputs) if weights else inputs
+    return keras.applications.ResNet50(include_top=False, weights=weights, input_tensor=x, pooling="avg")
+
+
+def _mobilenet_v3_small(inputs, weights: str | None):
+    # include_preprocessing=False: the network then takes [-1, 1], the inception range.
+    return keras.applications.MobileNetV3Small(include_top=False, weights=weights, input_tensor=inputs,
+                                               pooling="avg", include_preprocessing=False)
+
+
+def _efficientnet_b0(inputs, weights: str | None):
+    # EfficientNet always normalises [0, 255] input itself.
+    x = layers.Rescaling(127.5, offset=127.5, name="to_0_255")(inputs) if weights else inputs
+    return keras.applications.EfficientNetB0(include_top=False, weights=weights, input_tensor=x, pooling="avg")
+
+
+# The keras.applications feature extractors (no top, global average pool), by model name.
+_BACKBONES = {"resnet50": _resnet50, "mobilenet_v3_small": _mobilenet_v3_small, "efficientnet_b0": _efficientnet_b0}
+MODELS = ("semi_alexnet", *_BACKBONES)
 
 
 def build(config: ModelConfig) -> keras.Model:
@@ -110,27 +120,51 @@ def build(config: ModelConfig) -> keras.Model:
     if config.name == "semi_alexnet":
         model = semi_alexnet(config.num_classes, config.image_size)
         if config.weights:  # the whole model, e.g. from another detrec run's export
-            _load_weights(model, config.weights)
+            with _local_weights(config.weights) as path:
+                try:
+                    model.load_weights(path)
+                except (ValueError, OSError) as exc:
+                    raise UserError(f"{config.weights}: cannot load into {model.name}: {exc}") from None
         return model
-    if config.name not in MODELS:
+    if config.name not in _BACKBONES:
         raise UserError(f"unknown model {config.name!r}; choose one of: {', '.join(MODELS)}")
     if config.image_size < 32:
         raise UserError(f"{config.name} needs --image-size >= 32 (got {config.image_size})")
-    if config.weights and not os.path.exists(config.weights):
-        raise UserError(f"{config.weights}: weights file not found")
     inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
-    try:
-        backbone = _backbone(config.name, inputs, config.weights)
-    except ValueError as exc:  # keras: shape mismatch when loading a foreign weights file
-        raise UserError(f"{config.weights}: cannot load into {config.name}: {exc}") from None
+    with _local_weights(config.weights) as path:
+        try:
+            backbone = _BACKBONES[config.name](inputs, path)
+        except (ValueError, OSError) as exc:  # keras: shape mismatch; h5py: not an HDF5 file
+            raise UserError(f"{config.weights}: cannot load into {config.name}: {exc}") from None
     logits = layers.Dense(config.num_classes, dtype="float32", name="logits")(backbone.output)
     return keras.Model(inputs, logits, name=config.name)
 
 
-def _load_weights(model: keras.Model, path: str) -> None:
-    if not os.path.exists(path):
-        raise UserError(f"{path}: weights file not found")
-    try:
-        model.load_weights(path)
-    except ValueError as exc:
-        raise UserError(f"{path}: cannot load into {model.name}: {exc}") from None
+@contextlib.contextmanager
+def _local_weights(path: str | None) -> Iterator[str | None]:
+    """`path` as a local file Keras can read: itself, or a temporary copy of a URL (under
+    the same name: Keras picks the file format by its suffix). None stays None.
+
+    Raises:
+      UserError: no such file (a local path must be a regular file: a FIFO would block
+        Keras' reader, a folder is no weights file).
+    """
+    if path is None:
+        yield None
+        return
+    if not fs.is_url(path):
+        if not os.path.isfile(path):  # follows links; False for a FIFO, device or folder
+            raise UserError(f"{path}: weights file not found" if not os.path.lexists(path)
+                            else f"{path}: not a regular file (a folder, FIFO or device), so no weights file")
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="detrec-weights-") as tmp:
+        local = os.path.join(tmp, fs.basename(path))
+        try:
+            with fs.open(path, "rb") as src, open(local, "wb") as dst:
+                shutil.copyfileobj(src, dst)  # in chunks: memory stays flat whatever the file's size
+        except Exception as exc:  # each backend (gfile, Beam) has its own "not found"
+            if fs.exists(path) and not fs.isdir(path):
+                raise UserError(f"{path}: cannot read the weights file ({type(exc).__name__}: {exc})") from None
+            raise UserError(f"{path}: weights file not found") from None
+        yield local

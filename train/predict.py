@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from detrec.core import fs, images
+from detrec.core import dataset_info, fs, images
 from detrec.core.errors import UserError
 from detrec.train import augment
 from detrec.train import input as input_lib
@@ -121,8 +121,10 @@ class Predictor:
             self.image_size = int(meta["image_size"])
             self.preprocess = str(meta["preprocess"])
             self.classes = {int(c["id"]): c for c in meta["classes"]}
+            input_lib.as_size(self.image_size)  # ValueError outside 1..MAX_IMAGE_SIZE
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{labels_path}: not a detrec labels file ({exc})") from None
+        dataset_info.check_class_count(len(meta["classes"]), labels_path)  # before the model is loaded
         try:
             self.model = keras.saving.load_model(model_path)
         except (ValueError, OSError) as exc:
@@ -131,7 +133,6 @@ class Predictor:
             # A model trained to NaN (detrec no longer exports one) would answer "nan%".
             raise UserError(f"{model_path}: the model's weights are not finite (NaN or inf), so it has no "
                             "answer for any image; train it again (a lower --lr)")
-        self.meta = meta
 
     def _read(self, path: str) -> tf.Tensor:
         limit = MAX_FILE_MB << 20

@@ -4,7 +4,9 @@ A tqdm bar redraws itself with carriage returns many times a second. On a termin
 one line that moves; written to a file (CI logs, `nohup`, a scheduler's log collector) it is
 thousands of fragments glued into one enormous "line". So where the stream is not a
 terminal, `bar` returns a `LineProgress` instead: the same calls (`update`, `set_postfix`,
-`close`, a context manager), printing one whole line every `LINE_EVERY` seconds.
+`close`, a context manager), printing one whole line every `LINE_EVERY` seconds, and one when
+it closes if it moved since its last line: every epoch (and validation pass) leaves at least
+its final count, loss and rate in the log, however short it was.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ def is_terminal(stream) -> bool:
 
 
 class LineProgress:
-    """tqdm's interface, printing `desc: n/total unit, elapsed, postfix` at most every `every` s."""
+    """tqdm's interface, printing `desc: n/total unit, rate, elapsed, postfix` at most every
+    `every` s, and at `close` (see the module docstring)."""
 
     def __init__(self, total: int | None, initial: int, desc: str, unit: str, file, every: float) -> None:
         self.total, self.n, self.desc, self.unit, self.file = total, initial, desc, unit, file
         self.every = every
         self.postfix = ""
         self._start = self._last = time.monotonic()
-        self._initial = initial
+        self._initial = self._shown = initial
+        self._closed = False
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -52,9 +56,13 @@ class LineProgress:
         if self.postfix:
             parts.append(self.postfix)
         print(", ".join(parts), file=self.file, flush=True)
+        self._shown = self.n
 
     def close(self) -> None:
-        pass
+        """Prints the final line, unless the last line already showed this count."""
+        if not self._closed and self.n != self._shown:
+            self._print(time.monotonic())
+        self._closed = True
 
     def __enter__(self) -> "LineProgress":
         return self

@@ -37,9 +37,11 @@ EXPORT_MODEL = "model.keras"
 EXPORT_LABELS = "labels.json"
 KEYS = "keys"
 # Fields of run_config.json that must match to resume: they define the weights' layout and
-# meaning (model, classes, size, input scaling, optimizer state layout) or the step and
-# input-position bookkeeping (batch size, steps per epoch, seed).
-RESUME_KEYS = ("model", "num_classes", "image_size", "synsets", "preprocess", "batch_size",
+# meaning (model, classes, size, input scaling, optimizer state layout; `weights` too: a
+# pretrained backbone gets its input convention's adapter layer, see train/models.py, and
+# a resume must not swap the file the run started from) or the step and input-position
+# bookkeeping (batch size, steps per epoch, seed).
+RESUME_KEYS = ("model", "num_classes", "image_size", "synsets", "weights", "preprocess", "batch_size",
                "steps_per_epoch", "seed", "mixed_precision")
 
 
@@ -67,7 +69,7 @@ def check_resumable(model_dir: str, wanted: dict) -> None:
       wanted: this run's run_config.json content (`detrec.train.config.run_config_dict`).
     """
     path = os.path.join(model_dir, RUN_CONFIG)
-    if not tf.io.gfile.exists(path):
+    if not fs.exists(path):
         raise UserError(f"{model_dir} holds checkpoints but no {RUN_CONFIG}: not a detrec model "
                         "dir; use an empty --model-dir")
     try:
@@ -137,12 +139,12 @@ def prepare(model_dir: str, wanted: dict, chief: bool) -> None:
       UserError: the dir cannot be made, is a file, is a non-empty folder that is not a
         detrec run (`check_owned`), or holds another run's checkpoints.
     """
+    if fs.exists(model_dir) and not fs.isdir(model_dir):
+        raise UserError(f"{model_dir}: not a directory")
     try:
-        tf.io.gfile.makedirs(model_dir)
+        fs.makedirs(model_dir)
     except (tf.errors.OpError, OSError) as exc:
         raise UserError(f"{model_dir}: cannot create the model dir ({exc})") from None
-    if not tf.io.gfile.isdir(model_dir):
-        raise UserError(f"{model_dir}: not a directory")
     check_owned(model_dir)
     if tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINTS)):
         check_resumable(model_dir, wanted)

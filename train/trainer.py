@@ -90,6 +90,7 @@ class Trainer:
         self.state = RunState()
         self.best = BestRecord()
         self._stop = StopRequested()
+        self._any_worker = distribute.any_worker(self.strategy)
 
     # --- set-up -------------------------------------------------------------------------
     def _log(self, message: str) -> None:
@@ -162,6 +163,12 @@ class Trainer:
     def _lr(self) -> float:
         # A MirroredVariable under MirroredStrategy: float() needs a tensor.
         return float(tf.convert_to_tensor(self.optimizer.learning_rate))
+
+    def _stopping(self) -> bool:
+        """Whether to stop now: ^C here or, in a multi-worker run, on any worker. There it is
+        a collective vote, asked at the same points on every worker (after each step, each
+        validation batch and each epoch), so all stop at the same step and save together."""
+        return self._any_worker(self._stop.requested)
 
     # --- saving -------------------------------------------------------------------------
     def _save(self) -> str:
@@ -246,7 +253,7 @@ class Trainer:
                 f"{record['images_per_sec']:.0f} img/s, input wait "
                 f"{100 * record['input_wait_fraction']:.0f}%, {sums.seconds:.1f}s"
                 + (" [best]" if is_best else "") + self._skipped_note())
-            if self._stop.requested and s.epoch < cfg.epochs:
+            if self._stopping() and s.epoch < cfg.epochs:
                 return False
         self._write_metrics()
         return True
@@ -320,20 +327,21 @@ class Trainer:
                 sums.seconds += time.perf_counter() - start
                 sums.input_wait += waited
                 saving = cfg.checkpoint_every and s.total_steps % cfg.checkpoint_every == 0
+                stop = self._stopping()
                 now = time.perf_counter()
-                if saving or self._stop.requested or now - last_shown > 1.0 or s.position == steps:
+                if saving or stop or now - last_shown > 1.0 or s.position == steps:
                     sync()
                     last_shown = now
                     self._show(bar, sums)
                 if saving and s.position < steps:
                     self._save()
-                if self._stop.requested:
+                if stop:
                     return False
         finally:
             bar.close()
         if keys is not None:
             path = rundir.keys_path(self.dir, epoch + 1, self.worker_index)
-            tf.io.gfile.makedirs(os.path.dirname(path))
+            fs.makedirs(fs.dirname(path))
             fs.write_atomic(path, "".join(f"{key}\n" for key in keys))
         return True
 
@@ -365,7 +373,7 @@ class Trainer:
             for batch in self.data.val():
                 totals += self._eval_step(batch)
                 bar.update(1)
-                if self._stop.requested:
+                if self._stopping():
                     return None
         loss, top1, top5, count = (float(v) for v in totals.numpy())
         self.val_examples = int(count)  # each example exactly once, whatever the strategy

@@ -15,7 +15,8 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
     streams.replica_stream(...) / EpochStream     DALI under any strategy, built once per run
     check_framing / shard_errors() / CorruptShardError / SkipCounter   corruption, see below
 
-* images: [B, H, W, 3] of `output_dtype(preprocess, dtype)`; `image_size` is an int or (H, W).
+* images: [B, H, W, 3] of `output_dtype(preprocess, dtype)`; `image_size` is an int or (H, W),
+  each side in 1..MAX_IMAGE_SIZE.
   - preprocess="inception": pixels scaled to [-1, 1] (x / 127.5 - 1). Training takes a
     random-resized crop (decoding only the crop window) and a random flip; evaluation
     decodes the whole image and resizes it to (H, W). Default dtype float32, or float16 when
@@ -75,15 +76,22 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
   truncated shard stops iteration with a TF error whose message names the file; inside
   `with shard_errors():` it is raised as `CorruptShardError` (a UserError: one line from the
   CLI), as are a record that is no tf.Example and an image that does not decode (both lines).
+  Every record's label is checked against the split's classes (0..K where dataset_info.json
+  lists K+1), and its image and label keys must be there: a bad one stops either line with
+  one line naming the shard and the record's number in it (`detrec inspect --verify` finds
+  them too). Inside a pipeline these errors name their shard by a number, never by its path
+  (`common.tagged`: a path may hold any character), and shard_errors() puts the path back.
   skip_corrupt=True goes on instead, prints a line naming the shard and adds to `counter` (a
   SkipCounter: records and shards skipped): tf.data reads the sound records before a bad
   header or CRC and drops the rest of that shard, a record that is no tf.Example costs its
-  parse batch (up to 64 records), an image that does not decode costs its example (not
-  counted: TensorFlow gives no count there). DALI reads without CRCs, so it also checks every
+  parse batch (up to 64 records), a record with a bad label or without its label or image
+  costs that record (named and counted), an image that does not decode costs its example
+  (not counted: TensorFlow gives no count there). DALI reads without CRCs, so it also checks every
   shard's size and .idx against dataset_info.json and the .idx against the record headers
-  before it starts, and leaves a bad shard out whole; flipped bits inside a record are only
-  caught by the tf.data path (or `detrec inspect --verify`), and DALI cannot skip a bad
-  record inside a running pipeline (one line, exit 2).
+  before it starts (reading each .idx once per loaded split, `SplitShards.checked`), and
+  leaves a bad shard out whole; flipped bits inside a record are only caught by the tf.data
+  path (or `detrec inspect --verify`), and DALI cannot skip a bad record inside a running
+  pipeline (one line, exit 2).
 
 The shard list always comes from dataset_info.json (never a glob), and records are parsed
 only by the schema's keys: tf.data with `detrec.core.schema.parse_spec()`, DALI's feed with
@@ -110,17 +118,17 @@ import tensorflow as tf
 from detrec.core import dataset_info
 import detrec.train.input.dali as dali
 import detrec.train.input.tfdata as tfdata
-from detrec.train.input.common import (DECODERS, MAX_BOXES, PREPROCESS, SHUFFLE_BUFFER, CorruptShardError,
-                                       EpochPlan, Shard, SkipCounter, SplitShards, as_size, check_framing,
-                                       check_workers, dali_available, gpu_visible, key_strings, output_dtype,
+from detrec.train.input.common import (DECODERS, MAX_BOXES, MAX_IMAGE_SIZE, PREPROCESS, SHUFFLE_BUFFER,
+                                       CorruptShardError, EpochPlan, Shard, SkipCounter, SplitShards, as_size,
+                                       check_framing, check_workers, dali_available, gpu_visible, key_strings, output_dtype,
                                        resolve_decoder, split_shards, take_epoch)
 from detrec.train.input.config import DaliTuning, InputConfig
 from detrec.train.input.streams import EpochStream
 from detrec.train.input.tfdata import shard_errors
 
 __all__ = [
-    "DECODERS", "MAX_BOXES", "PREPROCESS", "SHUFFLE_BUFFER", "CorruptShardError", "DaliTuning", "EpochPlan",
-    "EpochStream", "InputConfig",
+    "DECODERS", "MAX_BOXES", "MAX_IMAGE_SIZE", "PREPROCESS", "SHUFFLE_BUFFER", "CorruptShardError", "DaliTuning",
+    "EpochPlan", "EpochStream", "InputConfig",
     "Shard", "SkipCounter", "SplitShards", "as_size", "build_dataset", "build_dataset_fn", "check_framing",
     "dali_available",
     "dataset_fn", "epoch_plan", "gpu_visible", "input_options", "key_strings", "make_dataset", "output_dtype",

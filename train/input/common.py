@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import struct
 import sys
 import threading
@@ -35,6 +36,10 @@ from detrec.core.errors import UserError
 DECODERS = ("auto", "cpu", "dali")
 PREPROCESS = ("inception", "seed")
 MAX_BOXES = 32
+# The largest output side: 4x the article's 482x415 and above any backbone's training size
+# (EfficientNet-B7 600, FixRes 800). A float32 batch of 64 at this size is 800 MB; a side of
+# 20,000 took 9.9 GB before TensorFlow gave up with a traceback.
+MAX_IMAGE_SIZE = 1024
 # Records held for shuffling *before* decode (~100 KB of JPEG each, not 600 KB of pixels).
 SHUFFLE_BUFFER = 2048
 
@@ -101,11 +106,19 @@ class Shard:
 
 @dataclasses.dataclass(frozen=True)
 class SplitShards:
-    """A split's non-empty shards in dataset_info order: what both input lines read."""
+    """A split's non-empty shards in dataset_info order: what both input lines read.
+
+    `num_classes` bounds the labels a record may carry (0..num_classes-1, what the model's
+    logits cover); both lines check every record's label against it. `checked` keeps what
+    the DALI line learnt about each shard (its .idx, read and checked once): the trainer
+    loads a split once per run and every pipeline, plan and replica of the run shares it.
+    """
 
     data_dir: str
     name: str
     shards: tuple[Shard, ...]
+    num_classes: int
+    checked: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 def split_shards(info: DatasetInfo, data_dir: str, split: str) -> SplitShards:
@@ -117,7 +130,7 @@ def split_shards(info: DatasetInfo, data_dir: str, split: str) -> SplitShards:
     paths = dataset_info.shard_files(info, data_dir, split)  # UserError for a bad/empty split
     listed = [s for s in info.split(split, data_dir).shards if s.num_examples > 0]
     return SplitShards(data_dir, split, tuple(Shard(path, s.num_examples, s.num_bytes)
-                                              for path, s in zip(paths, listed)))
+                                              for path, s in zip(paths, listed)), len(info.classes))
 
 
 def check_workers(num_workers: int, worker_index: int) -> None:
@@ -241,12 +254,50 @@ def corrupt_shard(shard: Shard, problem: str) -> CorruptShardError:
                                          "--skip-corrupt to go on without it")
 
 
+# --- data errors raised inside a pipeline -------------------------------------------------
+# An error raised while a pipeline runs (a TensorFlow op, or the DALI feed's Python inside
+# one) reaches the caller as a TF error with a message only. It names its shard by a number
+# from this registry, never by its path (a path may hold spaces, colons, brackets, anything),
+# and `shard_error` turns the message back into a CorruptShardError with the path.
+_shard_ids: dict[str, int] = {}
+_shard_paths: list[str] = []
+_shard_lock = threading.Lock()
+_TAGGED_RE = re.compile(r"detrec shard #(?P<id>\d+): (?P<detail>.*?) #end")
+
+
+def shard_id(path: str) -> int:
+    """This process's number for a shard path (the same number every time it is asked)."""
+    with _shard_lock:
+        if path not in _shard_ids:
+            _shard_ids[path] = len(_shard_paths)
+            _shard_paths.append(path)
+        return _shard_ids[path]
+
+
+def tagged(shard: int, detail: str, path: str) -> str:
+    """A data error's message naming shard number `shard` (`shard_id`) of `path`; `detail` is
+    one line. The path comes after the end marker: for a reader of the raw TF error only.
+    (tfdata builds the same format in the graph, with tf.strings.join.)"""
+    return f"detrec shard #{shard}: {detail} #end ({path})"
+
+
+def shard_error(message: str) -> CorruptShardError | None:
+    """The CorruptShardError a message built by `tagged` stands for (None: not one of ours)."""
+    match = _TAGGED_RE.search(message)
+    if match is None:
+        return None
+    with _shard_lock:
+        path = _shard_paths[int(match["id"])]
+    return CorruptShardError(path, match["detail"].strip())
+
+
 # --- images: size and dtype ---------------------------------------------------------------
 def as_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """(height, width) from an int or a pair; ValueError unless both are positive."""
+    """(height, width) from an int or a pair; ValueError unless both are in 1..MAX_IMAGE_SIZE."""
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
+    if len(size) != 2 or min(size) <= 0 or max(size) > MAX_IMAGE_SIZE:
+        raise ValueError(f"image_size must be an int or (height, width) in 1..{MAX_IMAGE_SIZE}, "
+                         f"got {image_size!r}")
     return size  # type: ignore[return-value]
 
 

@@ -1,4 +1,4 @@
-"""`InputConfig`: how to read a split, as one validated value instead of eighteen keywords.
+"""`InputConfig`: how to read a split, as one validated value instead of a keyword per setting.
 
 The trainer builds its input pipelines long after it has parsed its flags (once per run
 and replica for DALI, every epoch for tf.data), and they pass through `dataset_fn`,
@@ -19,14 +19,14 @@ from detrec.train.input.common import (MAX_BOXES, SHUFFLE_BUFFER, SkipCounter, a
 
 
 # DALI's defaults until a GPU session measures better ones with `pipelines/dali_bench.py
-# --sweep` (it tries hardware-decoder shares, thread counts and ImageNet's preallocation):
-# the 0.65 share is NVIDIA's A100 measurement (DALI's default). No preallocation hint: DALI
-# preallocates the hardware decoder's pool anyway; NVIDIA's ImageNet example hints the
-# largest ImageNet image, 5980x6430, for every slot of the hardware decoder's batch, which
-# can take gigabytes of GPU memory next to the model - measure before making it a default.
+# --sweep` (it tries hardware-decoder shares, thread counts and ImageNet's preallocation,
+# its IMAGENET_PREALLOCATE): the 0.65 share is NVIDIA's A100 measurement (DALI's default).
+# No preallocation hint: DALI preallocates the hardware decoder's pool anyway; NVIDIA's
+# ImageNet example hints the largest ImageNet image, 5980x6430, for every slot of the
+# hardware decoder's batch, which can take gigabytes of GPU memory next to the model -
+# measure before making it a default.
 HW_DECODER_LOAD = 0.65
 PREALLOCATE = (0, 0)  # (width, height); 0x0: no hint
-IMAGENET_PREALLOCATE = (5980, 6430)  # the largest ImageNet image (NVIDIA's ResNet-50 example)
 
 
 @dataclasses.dataclass(frozen=True)

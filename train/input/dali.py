@@ -24,7 +24,8 @@ What differs from tf.data, by necessity:
 * The feed does not check TFRecord CRCs (DALI's reader did not either), so shards are
   checked against dataset_info.json (size) and their .idx (count, extent), and the .idx
   against the file's record headers (each length and its CRC, `common.shard_framing`),
-  before the pipeline starts.
+  before the pipeline starts: once per shard and split (`SplitShards.checked`), however
+  many replicas, plans and validation passes read it.
 
 Same pixels as tf.data: every decoder is told `adjust_orientation=False` (records are stored
 upright, see detrec.core.images; TensorFlow ignores EXIF, and so must DALI or a tagged record
@@ -51,12 +52,12 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from detrec.core import schema, tfrecord
+from detrec.core import fs, schema, tfrecord
 from detrec.train import augment
 import detrec.train.input.common as common
 import detrec.train.input.dali_feed as dali_feed
 import detrec.train.input.draws as draws
-from detrec.train.input.common import CorruptShardError, SkipCounter, SplitShards
+from detrec.train.input.common import CorruptShardError, Shard, SkipCounter, SplitShards
 from detrec.train.input.config import DaliTuning, InputConfig
 
 _DALI_DTYPES = {tf.float32: "FLOAT", tf.float16: "FLOAT16"}
@@ -100,58 +101,68 @@ def decoder_args(gpu: bool, tuning: DaliTuning = DaliTuning()) -> dict:
     return args
 
 
-def _index_problem(path: str, expected: int, num_bytes: int) -> tuple[str | None, list[tuple[int, int]]]:
-    """(why DALI cannot read `path` as dataset_info.json describes it, or None; its .idx spans).
+def _index_problem(path: str, expected: int, num_bytes: int) -> tuple[str | None, np.ndarray]:
+    """(why DALI cannot read `path` as dataset_info.json describes it, or None; its .idx spans
+    as an int64 [records, 2] array of (offset, framed size)).
 
     The feed reads each record where the .idx puts it, without CRCs, so the index must agree
     with the file's real headers (`common.shard_framing` walks them): a shard damaged while
     its .idx stayed intact is caught here too.
     """
+    none = np.zeros((0, 2), np.int64)
     gfile = tf.io.gfile
     if not gfile.exists(path):
-        return "the file is missing", []
+        return "the file is missing", none
     size = gfile.stat(path).length
     if size != num_bytes:
-        return f"it is {size} bytes, dataset_info.json says {num_bytes} (truncated or replaced)", []
+        return f"it is {size} bytes, dataset_info.json says {num_bytes} (truncated or replaced)", none
     index = path + schema.INDEX_SUFFIX
     if not gfile.exists(index):
-        return f"{index} is missing (DALI needs it; `detrec preprocess` writes it)", []
-    with gfile.GFile(index, "r") as f:
-        text = f.read()
+        return f"{index} is missing (DALI needs it; `detrec preprocess` writes it)", none
     try:
-        spans = tfrecord.parse_index(text)
-    except ValueError:
-        return f"{index} is not a DALI index (lines of 'offset size')", []
+        spans = tfrecord.parse_index(fs.read_bytes(index).decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return f"{index} is not a DALI index (lines of 'offset size')", none
     if len(spans) != expected:
-        return f"{index} lists {len(spans)} records, dataset_info.json says {expected}", []
+        return f"{index} lists {len(spans)} records, dataset_info.json says {expected}", none
     end = 0
     for offset, span in spans:
         if offset != end:
-            return f"{index} has a gap or overlap at offset {offset}", []
+            return f"{index} has a gap or overlap at offset {offset}", none
         end = offset + span
     if end != size:
-        return f"{index} covers {end} of its {size} bytes", []
+        return f"{index} covers {end} of its {size} bytes", none
     framing = common.shard_framing(path)
     if framing.problem:
-        return framing.problem, []
+        return framing.problem, none
     if framing.records != len(spans) or framing.spans_digest != common.spans_digest(spans):
-        return f"{index} does not match the record headers in the file (rebuilt or edited apart)", []
-    return None, spans
+        return f"{index} does not match the record headers in the file (rebuilt or edited apart)", none
+    return None, np.array(spans, np.int64).reshape(-1, 2)
+
+
+def _checked(split: SplitShards, shard: Shard) -> tuple[str | None, np.ndarray]:
+    """`_index_problem` of a shard of `split`, worked out once per split: every plan, replica
+    and validation pass of a run reads each .idx once (1024 shards on 8 GPUs read them
+    10,000 times at start-up, each a request to gs://, before they were kept)."""
+    result = split.checked.get(shard.path)
+    if result is None:
+        result = split.checked[shard.path] = _index_problem(shard.path, shard.num_examples, shard.num_bytes)
+    return result
 
 
 def usable_shards(split: SplitShards, skip_corrupt: bool = False, counter: SkipCounter | None = None,
-                  quiet: bool = False, spans: bool = False) -> list[tuple]:
-    """(path, num_examples) of the split's shards that DALI can read; with `spans`,
-    (path, [(offset, framed size)] of its records) instead.
+                  quiet: bool = False) -> list[tuple[Shard, np.ndarray]]:
+    """(shard, its .idx spans: [(offset, framed size)] of its records) for each shard of the
+    split that DALI can read.
 
     A bad shard raises CorruptShardError, or with skip_corrupt is left out (named on stderr
     and counted in `counter` unless `quiet`).
     """
     usable = []
     for shard in split.shards:
-        problem, index = _index_problem(shard.path, shard.num_examples, shard.num_bytes)
+        problem, spans = _checked(split, shard)
         if problem is None:
-            usable.append((shard.path, index if spans else shard.num_examples))
+            usable.append((shard, spans))
         elif not skip_corrupt:
             raise common.corrupt_shard(shard, problem)
         elif not quiet:
@@ -165,7 +176,7 @@ def usable_shards(split: SplitShards, skip_corrupt: bool = False, counter: SkipC
 
 def worker_sizes(split: SplitShards, num_workers: int, skip_corrupt: bool = False) -> list[int]:
     """Records each DALI reader shard holds: DALI's split [N*i//k, N*(i+1)//k)."""
-    total = sum(n for _, n in usable_shards(split, skip_corrupt, quiet=True))
+    total = sum(len(spans) for _, spans in usable_shards(split, skip_corrupt, quiet=True))
     return [total * (i + 1) // num_workers - total * i // num_workers for i in range(num_workers)]
 
 
@@ -228,7 +239,8 @@ def make_feed(split: SplitShards, config: InputConfig) -> dali_feed.Feed:
     """The feed of one worker's pipeline (`dali_feed.Feed`): what it reads, in which order,
     with which draws, from `config.seed` (drawn now when None) and `config.epoch` on."""
     c = config
-    table = dali_feed.RecordTable(usable_shards(split, c.skip_corrupt, c.counter, spans=True))
+    table = dali_feed.RecordTable([(shard.path, spans) for shard, spans in
+                                   usable_shards(split, c.skip_corrupt, c.counter)])
     n = len(table)
     sizes = [end - start for start, end in (draws.worker_span(n, c.num_workers, i) for i in range(c.num_workers))]
     seed = c.seed if c.seed is not None else int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1)
@@ -236,7 +248,7 @@ def make_feed(split: SplitShards, config: InputConfig) -> dali_feed.Feed:
     return dali_feed.Feed(table, seed=seed, first_epoch=c.epoch, training=c.training, preprocess=c.preprocess,
                           size=c.size, batch_size=c.batch_size, span=span,
                           stream_steps=dali_feed.stream_steps(sizes, c.batch_size), with_boxes=c.with_boxes,
-                          max_boxes=c.max_boxes, with_keys=c.with_keys)
+                          max_boxes=c.max_boxes, with_keys=c.with_keys, num_classes=split.num_classes)
 
 
 def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:

@@ -15,9 +15,10 @@ its row j is position step * batch + j of this worker's span of that epoch's ord
 `pad_last_batch`: every worker's epoch has the same number of batches). Records are read
 with one positioned read each (the .idx gives every record's place; the framing was checked
 before, `dali._index_problem`) and parsed as tf.train.Example by protobuf without
-TensorFlow (`detrec.core.example_proto`). A record that is no tf.Example stops the stream
-with "Error while parsing TFRecord file: PATH at index OFFSET" (what DALI's reader said, so
-`shard_errors` names the shard as before).
+TensorFlow (`detrec.core.example_proto`). A record that is no tf.Example, lacks its image
+or label, or has a label outside the classes stops the stream with an error that names the
+shard by its number and the record (`RecordTable.error`), which `tfdata.shard_errors` turns
+into one line naming the file.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from detrec.core import fs, images, schema, tfrecord
+import detrec.train.input.common as common
 import detrec.train.input.draws as draws
 
 _RUNS = 1 << 62  # batches of an endless stream
@@ -50,13 +52,15 @@ class RecordTable:
     """Every record of the usable shards, numbered 0..n-1 in dataset_info order.
 
     Args:
-      shards: (path, [(offset, framed size)] from its .idx) per shard.
+      shards: (path, its .idx spans: an int64 [records, 2] array of (offset, framed size)).
     """
 
-    def __init__(self, shards: list[tuple[str, list[tuple[int, int]]]]) -> None:
+    def __init__(self, shards: list[tuple[str, np.ndarray]]) -> None:
         self.paths = [path for path, _ in shards]
-        self.shard = np.concatenate([np.full(len(spans), i, np.int32) for i, (_, spans) in enumerate(shards)])
-        spans = np.array([span for _, spans in shards for span in spans], np.int64).reshape(-1, 2)
+        counts = [len(spans) for _, spans in shards]
+        self.shard = np.repeat(np.arange(len(shards), dtype=np.int32), counts)
+        self.first = np.cumsum([0, *counts[:-1]]).astype(np.int64)  # each shard's first record
+        spans = np.concatenate([np.asarray(spans, np.int64).reshape(-1, 2) for _, spans in shards])
         self.offset = spans[:, 0]
         self.payload = spans[:, 1] - tfrecord.OVERHEAD
         self._files: dict[int, object] = {}
@@ -64,9 +68,20 @@ class RecordTable:
     def __len__(self) -> int:
         return len(self.offset)
 
-    def where(self, record: int) -> tuple[str, int]:
-        """(path, byte offset of the record's frame)."""
-        return self.paths[self.shard[record]], int(self.offset[record])
+    def where(self, record: int) -> tuple[str, int, int]:
+        """(path, the record's number in its shard, byte offset of its frame)."""
+        shard = int(self.shard[record])
+        return self.paths[shard], int(record - self.first[shard]), int(self.offset[record])
+
+    def error(self, record: int, problem: str) -> ValueError:
+        """What the stream raises for a record no model can train on: its message names the
+        shard by its number (`common.tagged`), which `tfdata.shard_errors` turns back into a
+        CorruptShardError with the path; DALI cannot skip a record inside a running pipeline."""
+        path, number, offset = self.where(record)
+        return ValueError(common.tagged(common.shard_id(path), f"offset {offset}, record {number}: {problem}; "
+                                        "find such records with `detrec inspect --verify` and rebuild the shard "
+                                        "with `detrec preprocess` (--decoder cpu --skip-corrupt goes on without "
+                                        "them)", path))
 
     def read(self, record: int) -> bytes:
         """The record's payload (a serialized tf.train.Example): one positioned read."""
@@ -95,13 +110,22 @@ class RecordTable:
 
 
 def _parse(data: bytes, with_boxes: bool, with_keys: bool) -> dict:
-    """The features the pipeline needs from a serialized tf.train.Example (KeyError/ValueError
-    when it is none, or lacks one)."""
+    """The features the pipeline needs from a serialized tf.train.Example; ValueError naming
+    what is wrong when it is none, or lacks a key."""
     from detrec.core.example_proto import Example
 
-    fmap = Example.FromString(data).features.feature
-    out = {"encoded": fmap[schema.ENCODED].bytes_list.value[0],
-           "label": fmap[schema.CLASS_LABEL].int64_list.value[0]}
+    try:
+        fmap = Example.FromString(data).features.feature
+    except Exception:  # protobuf's DecodeError, or what its runtime raises on other bad bytes
+        raise ValueError("it is not a tf.Example") from None
+
+    def first(key: str, kind: str):
+        values = getattr(fmap[key], kind).value if key in fmap else ()
+        if not values:
+            raise ValueError(f"it has no `{key}`")
+        return values[0]
+
+    out = {"encoded": first(schema.ENCODED, "bytes_list"), "label": first(schema.CLASS_LABEL, "int64_list")}
     if with_boxes:
         columns = [fmap[k].float_list.value if k in fmap else ()
                    for k in (schema.YMIN, schema.XMIN, schema.YMAX, schema.XMAX)]
@@ -109,9 +133,9 @@ def _parse(data: bytes, with_boxes: bool, with_keys: bool) -> dict:
         out["boxes"] = np.array(columns, np.float32).reshape(4, -1).T
         out["box_labels"] = np.array(labels, np.int64)
     if with_keys:
-        key = fmap[schema.SHA256].bytes_list.value[0]
+        key = first(schema.SHA256, "bytes_list")
         if len(key) != 64:
-            raise ValueError("a key is 64 hex digits")
+            raise ValueError(f"its `{schema.SHA256}` is not 64 hex digits")
         out["key"] = key
     return out
 
@@ -138,17 +162,19 @@ class Feed:
       preprocess, size: which window the pipeline needs ("seed": the centred one).
       batch_size, span: rows per batch; this worker's [start, end) of each epoch's order.
       stream_steps: batches per epoch of the stream (the largest worker's, padded).
+      num_classes: labels must be in 0..num_classes-1 (else the stream stops, naming the record).
     """
 
     def __init__(self, table: RecordTable, *, seed: int, first_epoch: int, training: bool, preprocess: str,
                  size: tuple[int, int], batch_size: int, span: tuple[int, int], stream_steps: int,
-                 with_boxes: bool, max_boxes: int, with_keys: bool) -> None:
+                 with_boxes: bool, max_boxes: int, with_keys: bool, num_classes: int) -> None:
         if span[1] <= span[0]:
             raise ValueError(f"a worker with no records (positions {span[0]}..{span[1]})")
         self.table, self.seed, self.first_epoch = table, seed, first_epoch
         self.training, self.preprocess, self.size = training, preprocess, size
         self.batch_size, self.span, self.stream_steps = batch_size, span, stream_steps
         self.with_boxes, self.max_boxes, self.with_keys = with_boxes, max_boxes, with_keys
+        self.num_classes = num_classes
         self.names = ["encoded", "label"]
         if preprocess == "seed" or training:
             self.names.append("window")
@@ -187,11 +213,13 @@ class Feed:
         for record in records:
             data = self.table.read(record)
             try:
-                rows.append(_parse(data, self.with_boxes, self.with_keys))
-            except Exception as exc:  # protobuf's DecodeError, a missing feature (KeyError, IndexError)
-                path, offset = self.table.where(record)
-                raise ValueError(f"Error while parsing TFRecord file: {path} at index {offset} "
-                                 f"(not a detrec tf.Example: {type(exc).__name__})") from None
+                row = _parse(data, self.with_boxes, self.with_keys)
+            except ValueError as exc:
+                raise self.table.error(record, str(exc)) from None
+            if not 0 <= row["label"] < self.num_classes:
+                raise self.table.error(record, f"label {row['label']} is outside 0..{self.num_classes - 1} "
+                                               f"(dataset_info.json lists {self.num_classes} classes)")
+            rows.append(row)
         encoded = [row["encoded"] for row in rows]
         parts = {"encoded": (np.frombuffer(b"".join(encoded), np.uint8), np.array([len(e) for e in encoded])),
                  "label": np.array([row["label"] for row in rows], np.int64)}

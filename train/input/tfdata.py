@@ -3,8 +3,9 @@
 One straight line of tf.data ops, so that it can also run on the tf.data service's workers
 (every step a TensorFlow op, the source a list of files). It owns what only this line does:
 CRC-checked reads whose readable record count is compared with dataset_info.json at the
-end of every shard (`_read_shard`), the corrupt-shard TF error that carries the file name
-and `shard_errors`, which turns it back into a `CorruptShardError`. Records are parsed only
+end of every shard, every record's label checked against the classes (`_read_shard`), the
+corrupt-shard TF error that names the shard by its number (`common.tagged`) and
+`shard_errors`, which turns it back into a `CorruptShardError`. Records are parsed only
 with `detrec.core.schema.parse_spec()`; images go through train/augment.py.
 """
 
@@ -21,7 +22,7 @@ from detrec.core import schema
 from detrec.core.errors import UserError
 from detrec.train import augment
 import detrec.train.input.common as common
-from detrec.train.input.common import CorruptShardError, Shard, SkipCounter, SplitShards, worker_shards
+from detrec.train.input.common import Shard, SkipCounter, SplitShards, worker_shards
 from detrec.train.input.config import InputConfig
 
 # Records read, counted and parsed per step of a shard: one parse_example op per 64 records.
@@ -31,14 +32,14 @@ CYCLE_LENGTH = 16
 # Large sequential reads: few requests per shard on gs://, little seeking on disks.
 READ_BUFFER = 8 << 20
 
-_CORRUPT_TAG = "detrec corrupt shard"
-# Assert prints its data as `[...]`; the message ends at that bracket.
-_CORRUPT_RE = re.compile(_CORRUPT_TAG + r" (?P<path>[^\s:]+(?::\S+?)?): (?P<detail>.*?pass skip_corrupt)")
-
+# A record without its label or image parses to these (a tf.Example parse cannot tell a
+# missing key from its default), and the record check below names what it lacks.
+_NO_LABEL = -(1 << 63)
+_NO_BYTES = b""
+_HINT = "rebuild it with `detrec preprocess` or pass --skip-corrupt"
 
 # What the readers say about a record that `detrec preprocess` did not write (sound framing
 # and CRCs, bad content), so that it reaches the user as one line, not a traceback.
-_DALI_PARSE_RE = re.compile(r"Error while parsing TFRecord file: (?P<path>\S+) at index (?P<offset>\d+)")
 _DALI_DECODE_RE = re.compile(r"operator `nvidia\.dali\.fn\.(?:peek_image_shape|decoders\.image(?:_slice)?)`")
 _TF_DECODE_RE = re.compile(r"Invalid JPEG data|jpeg::|JPEG", re.IGNORECASE)
 _BAD_RECORD_HINT = ("find it with `detrec inspect --verify` and rebuild the shard with `detrec preprocess`")
@@ -48,22 +49,20 @@ _BAD_RECORD_HINT = ("find it with `detrec inspect --verify` and rebuild the shar
 def shard_errors() -> Iterator[None]:
     """Re-raises the input pipeline's data errors as UserErrors: one line from the CLI.
 
-    Errors raised inside tf.data can only be TF errors. A corrupt shard's message carries
-    the file name and becomes a CorruptShardError; so does DALI's "not a tf.Example" (file
-    and offset). A record whose image does not decode is named as well as the readers allow
-    (tf.data drops it under skip_corrupt; DALI cannot skip inside a running pipeline).
+    Errors raised inside tf.data can only be TF errors. A corrupt shard's message, from
+    either line (a short shard, a record that is no tf.Example, lacks a key or has a label
+    outside the classes), names the shard by its number (`common.tagged`) and becomes a
+    CorruptShardError with its path. A record whose image does not decode is named as well
+    as the readers allow (tf.data drops it under skip_corrupt; DALI cannot skip inside a
+    running pipeline).
     """
     try:
         yield
     except tf.errors.OpError as exc:
         message = exc.message or ""
-        match = _CORRUPT_RE.search(message)
-        if match is not None:
-            raise CorruptShardError(match["path"], match["detail"].strip()) from None
-        match = _DALI_PARSE_RE.search(message)
-        if match is not None:
-            raise CorruptShardError(match["path"], f"offset {match['offset']}: the record is not a tf.Example; "
-                                                   f"rebuild the shard with `detrec preprocess`") from None
+        corrupt = common.shard_error(message)
+        if corrupt is not None:
+            raise corrupt from None
         if _DALI_DECODE_RE.search(message):
             raise UserError("DALI could not decode the image of a record, which `detrec preprocess` never "
                             f"writes; {_BAD_RECORD_HINT} (--decoder cpu --skip-corrupt drops such records)") from None
@@ -109,13 +108,52 @@ def _read_limits(shards: tuple[Shard, ...], skip_corrupt: bool) -> list[int]:
     return limits
 
 
-def _read_shard(path: tf.Tensor, expected: tf.Tensor, limit: tf.Tensor, skip_corrupt: bool,
-                counter: SkipCounter | None, spec: dict) -> tf.data.Dataset:
-    """One shard's parsed records, in batches of up to PARSE_BATCH, checked at the end of the
-    file against its dataset_info count.
+def glob_escape(path: str) -> str:
+    """`path` as a tf.io.matching_files pattern that matches that one file: `[`, `]`, `*`, `?`
+    and the escape character itself are literal characters of a data folder's name."""
+    return re.sub(r"([][*?\\])", r"\\\1", path)
+
+
+def _record_problems(features: dict, first: tf.Tensor, num_classes: int, with_keys: bool) -> tf.Tensor:
+    """[n] strings, one per record of a parsed batch: "" for a sound record, else "record R: why"
+    (R: its number in the shard, counted from `first`). Computed only for a batch with a bad record."""
+    labels = features[schema.CLASS_LABEL]
+    records = tf.strings.as_string(first + tf.range(tf.size(labels, out_type=tf.int64)))
+    why = tf.where((labels < 0) | (labels >= num_classes),
+                   tf.strings.join(["label ", tf.strings.as_string(labels), f" is outside 0..{num_classes - 1} "
+                                    f"(dataset_info.json lists {num_classes} classes)"]), "")
+    why = tf.where(labels == _NO_LABEL, f"it has no `{schema.CLASS_LABEL}`", why)
+    why = tf.where(tf.strings.length(features[schema.ENCODED]) == 0, f"it has no `{schema.ENCODED}`", why)
+    if with_keys:
+        why = tf.where(tf.strings.length(features[schema.SHA256]) != 64, f"its `{schema.SHA256}` is not 64 "
+                       "hex digits", why)
+    return tf.where(why == "", "", tf.strings.join(["record ", records, ": ", why]))
+
+
+def _bad_records(features: dict, num_classes: int, with_keys: bool) -> tf.Tensor:
+    """[n] bool: which records of a parsed batch no model can train on (cheap: no strings)."""
+    labels = features[schema.CLASS_LABEL]
+    bad = (labels < 0) | (labels >= num_classes) | (tf.strings.length(features[schema.ENCODED]) == 0)
+    if with_keys:
+        bad |= tf.strings.length(features[schema.SHA256]) != 64
+    return bad
+
+
+_KEEP = "detrec/keep"  # whether a record passed its check (skip_corrupt drops the others after unbatch)
+
+
+def _read_shard(path: tf.Tensor, pattern: tf.Tensor, shard: tf.Tensor, expected: tf.Tensor, limit: tf.Tensor,
+                num_classes: int, skip_corrupt: bool, counter: SkipCounter | None, spec: dict,
+                with_keys: bool) -> tf.data.Dataset:
+    """One shard's parsed records, in batches of up to PARSE_BATCH, each record checked
+    (label within the classes, image and label present) and the shard checked at its end
+    against its dataset_info count.
 
     Records are parsed before they are counted, so a record that is no tf.Example costs its
     parse batch (at most PARSE_BATCH records) and is caught by the count, like a bad CRC.
+    A bad record stops the pipeline with an error naming the shard (by its number,
+    `common.tagged`) and the record; with skip_corrupt it is dropped, named on stderr and
+    counted.
 
     TFRecordDataset moves to the next file after a DataLossError (so ignore_errors ends just
     this file's stream); an end marker then compares how many records were readable with
@@ -124,55 +162,92 @@ def _read_shard(path: tf.Tensor, expected: tf.Tensor, limit: tf.Tensor, skip_cor
     (-1: no limit) stops the reader before a record header `_read_limits` found unsound.
     """
     # A file that cannot be opened would make ignore_errors retry forever, so a missing one is
-    # read as no file at all (matching_files: [] or [path]) and fails the count like any other.
-    present = tf.io.matching_files(path)
+    # read as no file at all (matching_files: [] or [path], `pattern` is the path escaped)
+    # and fails the count like any other.
+    present = tf.io.matching_files(pattern)
     records = tf.data.TFRecordDataset(present, buffer_size=READ_BUFFER).take(limit).ignore_errors()
     # A record with sound framing and CRCs can still be no tf.Example (crafted or a bug): its
-    # parse batch fails and is dropped, and the count below finds the shard short.
-    parsed = records.batch(PARSE_BATCH).map(lambda batch: tf.io.parse_example(batch, spec)).ignore_errors()
-    end = tf.data.Dataset.from_tensors((tf.io.parse_example(tf.constant([], tf.string), spec), True))
-    marked = parsed.map(lambda features: (features, False)).concatenate(end)
+    # parse batch fails and is dropped, and the count below finds the shard short. Batches are
+    # numbered first, so a record's number in the shard survives a dropped batch before it.
+    parsed = records.batch(PARSE_BATCH).enumerate().map(
+        lambda b, batch: (tf.io.parse_example(batch, spec), b * PARSE_BATCH)).ignore_errors()
+    empty = tf.io.parse_example(tf.constant([], tf.string), spec)
+    end = tf.data.Dataset.from_tensors((empty, tf.constant(-1, tf.int64), True))
+    marked = parsed.map(lambda features, first: (features, first, False)).concatenate(end)
+    shard_tag = tf.strings.join(["detrec shard #", shard, ": "])
+    path_tail = tf.strings.join([" #end (", path, ")"])
 
-    def count(n, element):
-        features, is_end = element
+    def count(state, element):
+        n, flagged = state
+        features, first, is_end = element
         n = n + tf.shape(features[schema.ENCODED], out_type=tf.int64)[0]
-        return n, (features, is_end, n)
+        bad = _bad_records(features, num_classes, with_keys)
+        flagged = flagged + tf.reduce_sum(tf.cast(bad, tf.int64))
+        return (n, flagged), (features, first, is_end, bad, n, flagged)
 
-    def check(features, is_end, n):
-        def at_end():
-            short = n < expected
-            message = tf.strings.join([
-                _CORRUPT_TAG, " ", path, ": only ", tf.strings.as_string(n), " of its ",
-                tf.strings.as_string(expected), " records are readable (corrupt, truncated or missing); "
-                "rebuild it with `detrec preprocess` or pass skip_corrupt"])
-            if skip_corrupt:
-                def skip():
-                    if counter is not None:
-                        counter.add(expected - n)
-                    tf.print(tf.strings.join(["detrec: skipping the rest of corrupt shard ", path, ": read ",
-                             tf.strings.as_string(n), " of ", tf.strings.as_string(expected), " records"]),
-                             output_stream=sys.stderr)
+    def check_records(features, first, bad):
+        def report():
+            problems = tf.boolean_mask(_record_problems(features, first, num_classes, with_keys), bad)
+            if not skip_corrupt:
+                message = tf.strings.join([shard_tag, problems[0], "; find such records with `detrec inspect "
+                                           "--verify` and ", _HINT, path_tail])
+                with tf.control_dependencies([tf.debugging.Assert(False, [message], summarize=1)]):
                     return tf.constant(True)
-                return tf.cond(short, skip, lambda: tf.constant(True))
-            with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(short), [message], summarize=1)]):
+            if counter is not None:
+                counter.add(tf.size(problems, out_type=tf.int64), 0)
+            tf.print(tf.strings.join(["detrec: skipping ", tf.strings.reduce_join(
+                problems, separator="; "), " of shard ", path]), output_stream=sys.stderr)
+            return tf.constant(True)
+
+        return tf.cond(tf.reduce_any(bad), report, lambda: tf.constant(True))
+
+    def check_end(n, flagged):
+        short = n < expected
+        if skip_corrupt:
+            def skip():
+                if counter is not None:
+                    counter.add(expected - n)
+                tf.print(tf.strings.join(["detrec: skipping the rest of corrupt shard ", path, ": read ",
+                         tf.strings.as_string(n), " of ", tf.strings.as_string(expected), " records"]),
+                         output_stream=sys.stderr)
                 return tf.constant(True)
 
-        done = tf.cond(is_end, at_end, lambda: tf.constant(True))
-        with tf.control_dependencies([done]):
-            return tf.nest.map_structure(tf.identity, features, expand_composites=True), is_end
+            def count_flagged():
+                if counter is not None:
+                    counter.add(0, tf.cast(flagged > 0, tf.int64))
+                return tf.constant(True)
 
-    checked = marked.scan(tf.constant(0, tf.int64), count).map(check)
+            return tf.cond(short, skip, count_flagged)
+        message = tf.strings.join([
+            shard_tag, "only ", tf.strings.as_string(n), " of its ", tf.strings.as_string(expected),
+            " records are readable (corrupt, truncated or missing); ", _HINT, path_tail])
+        with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(short), [message], summarize=1)]):
+            return tf.constant(True)
+
+    def check(features, first, is_end, bad, n, flagged):
+        done = tf.cond(is_end, lambda: check_end(n, flagged), lambda: check_records(features, first, bad))
+        with tf.control_dependencies([done]):
+            features = tf.nest.map_structure(tf.identity, features, expand_composites=True)
+            return {**features, _KEEP: tf.logical_not(bad)}, is_end
+
+    checked = marked.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), count).map(check)
     return checked.filter(lambda features, is_end: tf.logical_not(is_end)).map(lambda features, is_end: features)
 
 
 def _parse_spec(with_boxes: bool, with_keys: bool) -> dict:
+    """The schema's spec for the keys this line reads; the required scalars get a default
+    that no sound record has, so that a record lacking one is named, not its batch lost."""
     full = schema.parse_spec()
     keys = [schema.ENCODED, schema.CLASS_LABEL]
     if with_boxes:
         keys += [schema.YMIN, schema.XMIN, schema.YMAX, schema.XMAX, schema.OBJECT_LABEL]
     if with_keys:
         keys.append(schema.SHA256)
-    return {k: full[k] for k in keys}
+    spec = {k: full[k] for k in keys}
+    for key, default in ((schema.ENCODED, _NO_BYTES), (schema.CLASS_LABEL, _NO_LABEL), (schema.SHA256, _NO_BYTES)):
+        if key in spec:
+            spec[key] = tf.io.FixedLenFeature([], spec[key].dtype, default_value=default)
+    return spec
 
 
 _SEED = "detrec/seed"  # the per-example random seed travelling with the parsed features
@@ -224,13 +299,15 @@ def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
     paths = [shard.path for shard in shards]
     limits = _read_limits(shards, c.skip_corrupt)  # before TensorFlow reads a record header
     files = tf.data.Dataset.from_tensor_slices(
-        (paths, tf.constant([shard.num_examples for shard in shards], tf.int64), tf.constant(limits, tf.int64)))
+        (paths, [glob_escape(p) for p in paths], [str(common.shard_id(p)) for p in paths],
+         tf.constant([shard.num_examples for shard in shards], tf.int64), tf.constant(limits, tf.int64)))
     if c.training and not by_record:
         # File order reshuffled every epoch (each pass over `files` draws a new permutation).
         files = files.shuffle(len(paths), seed=c.seed, reshuffle_each_iteration=True)
     spec = _parse_spec(c.with_boxes, c.with_keys)
     ds = files.interleave(
-        lambda p, n, limit: _read_shard(p, n, limit, c.skip_corrupt, c.counter, spec),
+        lambda p, pattern, shard, n, limit: _read_shard(p, pattern, shard, n, limit, split.num_classes,
+                                                        c.skip_corrupt, c.counter, spec, c.with_keys),
         cycle_length=min(len(paths), CYCLE_LENGTH),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
@@ -242,6 +319,8 @@ def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
         randoms = tf.data.Dataset.random(seed=c.seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip(ds, randoms).map(_add_seeds)
     ds = ds.unbatch()
+    if c.skip_corrupt:  # the records `_read_shard` found bad (without skip_corrupt it stopped there)
+        ds = ds.filter(lambda features: features[_KEEP])
     if by_record:
         ds = ds.shard(c.num_workers, c.worker_index)
     if c.training:

@@ -1,0 +1,119 @@
+"""Stopping a running command on SIGINT (Ctrl-C) or SIGTERM (`kill`, `docker stop`, `timeout`)
+the same way: workers ended, temporary files removed, one line, exit 128 + the signal.
+
+Within `signals_raise`, SIGINT raises KeyboardInterrupt and SIGTERM raises `Terminated` (a
+KeyboardInterrupt), so both unwind one path through Beam (whose runner stops its workers on
+the way out) and through detrec's cleanup. Without it SIGTERM kills the launcher outright: its
+worker processes lose their connection, print gRPC tracebacks and finish the shard in hand
+after the launcher is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from typing import Iterator
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as SIGINT raises KeyboardInterrupt."""
+
+
+def exit_code(stop: KeyboardInterrupt) -> int:
+    """The shell's code for a process ended by the signal behind `stop` (143 or 130)."""
+    return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+
+
+def signal_name(stop: KeyboardInterrupt) -> str:
+    return "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+
+
+def _raise(signum: int, _frame) -> None:
+    # With a message: Beam re-raises an exception from a DoFn (the in-memory runner runs them
+    # here, in the main thread) as `type(exc)(message + step name)`, and as a RuntimeError
+    # when that fails, which a bare KeyboardInterrupt() would.
+    raise (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM raise (only the main thread can take signals)."""
+    with _handlers(_raise):
+        yield
+
+
+@contextlib.contextmanager
+def _handlers(handler) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, signal.SIG_DFL if old is None else old)  # None: set outside Python
+
+
+def second_signal_kills() -> contextlib.AbstractContextManager:
+    """For a cleanup after a stop: another SIGINT or SIGTERM ends the process at once (the
+    signal's default action) instead of raising into the cleanup half done."""
+    return _handlers(signal.SIG_DFL)
+
+
+def child_processes() -> set[int]:
+    """The processes this one started, and theirs (Linux; empty elsewhere)."""
+    return set(_descendants(os.getpid()))
+
+
+def end_child_processes(spared: set[int] = frozenset(), timeout: float = 10.0) -> None:
+    """SIGKILLs the processes this one started (Beam's workers, the shells around them) but
+    `spared` (those that were there before the job), and waits until none of them can write
+    any more (gone, or a zombie for its parent to reap)."""
+    doomed = [pid for pid in _descendants(os.getpid()) if pid not in spared]
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(_running(pid) for pid in doomed) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process visible in /proc (Linux); {} elsewhere."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                stat = _stat(int(entry.name))
+                if stat:
+                    out[int(entry.name)] = int(stat[1])
+    return out
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name: state, ppid, ..."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    return text.rpartition(")")[2].split()  # the name, in parentheses, may hold spaces
+
+
+def _descendants(root: int) -> list[int]:
+    parents = _parents()
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, ppid in parents.items() if ppid in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _running(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
