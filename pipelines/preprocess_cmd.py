@@ -312,6 +312,8 @@ def _held(output: str, here: bool) -> Iterator[dataset_info.DatasetInfo | None]:
             # dataset_info.json marks a complete dataset: remove it first, rewrite it last.
             if folder.previous is not None:
                 fs.remove(dataset_info.path_in(output))
+        if here:
+            stack.enter_context(stopping.children_end_first(spared))
         try:
             yield folder.previous
         except KeyboardInterrupt as stop:

@@ -11,6 +11,7 @@ after the launcher is gone.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -31,7 +32,12 @@ def signal_name(stop: KeyboardInterrupt) -> str:
     return "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
 
 
+_BEFORE_RAISE: list = []  # what a stop does first (children_end_first), innermost last
+
+
 def _raise(signum: int, _frame) -> None:
+    for action in reversed(_BEFORE_RAISE):
+        action()
     # With a message: Beam re-raises an exception from a DoFn (the in-memory runner runs them
     # here, in the main thread) as `type(exc)(message + step name)`, and as a RuntimeError
     # when that fails, which a bare KeyboardInterrupt() would.
@@ -56,6 +62,32 @@ def _handlers(handler) -> Iterator[None]:
     finally:
         for s, old in previous.items():
             signal.signal(s, signal.SIG_DFL if old is None else old)  # None: set outside Python
+
+
+@contextlib.contextmanager
+def children_end_first(spared: set[int]) -> Iterator[None]:
+    """Within the block a stop SIGKILLs this process's children (but `spared`) in the signal
+    handler itself, before anything unwinds: Beam's runner, unwinding, releases the workers'
+    bundles, and a worker still alive then prints a traceback (`KeyError: 'bundle_9'`).
+    The runner's threads that watch those workers then fail ("Worker subprocess exited with
+    return code -9", a broken data or control stream) and log it: after a stop that is the
+    expected end, so neither their tracebacks nor Beam's log lines are shown until the block
+    ends (detrec's one line says what happened)."""
+    hook, beam_log = threading.excepthook, logging.getLogger("apache_beam")
+    level = beam_log.level  # its modules' loggers (NOTSET) take their level from it
+
+    def stop_children() -> None:
+        threading.excepthook = lambda _args: None
+        beam_log.setLevel(logging.CRITICAL + 1)
+        end_child_processes(spared)
+
+    _BEFORE_RAISE.append(stop_children)
+    try:
+        yield
+    finally:
+        _BEFORE_RAISE.remove(stop_children)
+        threading.excepthook = hook
+        beam_log.setLevel(level)
 
 
 def second_signal_kills() -> contextlib.AbstractContextManager:
