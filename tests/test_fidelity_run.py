@@ -27,8 +27,9 @@ from detrec.pipelines import cli
 from detrec.preprocess import output_folder, synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Big enough that each of two shards takes a second or more to write.
-TREE = dict(train=800, val=0, classes=5, seed=3, width=160, height=120)
+# Big enough that each of two shards takes a second or more to write (480x360: ~60 KB JPEGs;
+# at 160x120 both shards were written in 0.3 s, and a loaded run once missed that window).
+TREE = dict(train=800, val=0, classes=5, seed=3, width=480, height=360)
 MODES = {"in-process": ["--direct_num_workers=1", "--direct_running_mode=in_memory"],
          "multi-process": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]}
 
