@@ -216,6 +216,42 @@ def test_skip_corrupt_skips_and_counts_a_bad_record(dataset_dir, tmp_path, capfd
     assert "detrec: skipping record 3: " in err and "record 10: " in err and VAL0 in err
 
 
+def _val_labels(data: str, decoder: str, **kwargs) -> list[int]:
+    ds = input_lib.make_dataset(data, "val", batch_size=4, image_size=16, training=False, decoder=decoder,
+                                repeat=decoder == "dali", **kwargs)
+    plan = input_lib.epoch_plan(data, "val", batch_size=4, training=False, decoder=decoder,
+                                skip_corrupt=kwargs.get("skip_corrupt", False))
+    with input_lib.shard_errors():
+        return [int(v) for _, labels in input_lib.take_epoch(iter(ds), plan) for v in labels.numpy()]
+
+
+@pytest.mark.dali
+@pytest.mark.parametrize("bad", [(3, 10), (4, 5, 6, 7)], ids=["two-rows", "a-whole-batch"])
+def test_dali_skip_corrupt_names_counts_and_stands_in_for_a_bad_record(dataset_dir, tmp_path, capfd, bad):
+    data = copy_dataset(dataset_dir, tmp_path)
+    clean = _val_labels(data, "dali")
+    for index in bad:
+        replace_payload(os.path.join(data, VAL0), index, with_label(5000))
+    counter = input_lib.SkipCounter()
+    labels = _val_labels(data, "dali", skip_corrupt=True, counter=counter)
+    # Counted per pass, as tf.data counts; the endless stream may already have read into the next pass.
+    result = counter.result()
+    assert result["records"] % len(bad) == 0 and result["records"] // len(bad) == result["shards"] >= 1
+    err = capfd.readouterr().err
+    for index in bad:
+        offset = spans(os.path.join(data, VAL0))[index][0]
+        assert f"detrec: skipping offset {offset}, record {index}: label 5000 is outside 0..5" in err
+    assert VAL0 in err
+    # Each bad row holds another record: the batch's first good one, or for a batch of bad rows
+    # only, the first good record after it; every other row is as before.
+    expected = list(clean)
+    for index in bad:
+        batch = index // 4
+        good = [i for i in range(4 * batch, 4 * batch + 4) if i not in bad]
+        expected[index] = clean[good[0] if good else max(bad) + 1]
+    assert labels == expected
+
+
 @pytest.mark.slow  # ~15 s: two training runs
 def test_train_names_a_record_with_a_bad_label_and_skip_corrupt_goes_on(dataset_dir, tmp_path, capfd):
     data = copy_dataset(dataset_dir, tmp_path)

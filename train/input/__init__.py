@@ -90,8 +90,10 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
   shard's size and .idx against dataset_info.json and the .idx against the record headers
   before it starts (reading each .idx once per loaded split, `SplitShards.checked`), and
   leaves a bad shard out whole; flipped bits inside a record are only caught by the tf.data
-  path (or `detrec inspect --verify`), and DALI cannot skip a bad record inside a running
-  pipeline (one line, exit 2).
+  path (or `detrec inspect --verify`). DALI's feed skips a record with a bad label or
+  without its label or image by giving its row another good record (batches have a fixed
+  size; `dali_feed`), named and counted; an image that does not decode stops DALI (one line,
+  exit 2).
 
 The shard list always comes from dataset_info.json (never a glob), and records are parsed
 only by the schema's keys: tf.data with `detrec.core.schema.parse_spec()`, DALI's feed with

@@ -62,13 +62,24 @@ class SkipCounter:
     def __init__(self) -> None:
         self.records = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_records")
         self.shards = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_shards")
+        # What Python code counts from inside a running pipeline (DALI's feed, called through
+        # tf.numpy_function, where no TensorFlow op may run).
+        self._host = [0, 0]
+        self._lock = threading.Lock()
 
     def add(self, records, shards=1) -> None:
         self.records.assign_add(tf.cast(records, tf.int64))
         self.shards.assign_add(tf.cast(shards, tf.int64))
 
+    def add_host(self, records: int, shards: int) -> None:
+        with self._lock:
+            self._host[0] += records
+            self._host[1] += shards
+
     def result(self) -> dict[str, int]:
-        return {"records": int(self.records.numpy()), "shards": int(self.shards.numpy())}
+        with self._lock:
+            records, shards = self._host
+        return {"records": int(self.records.numpy()) + records, "shards": int(self.shards.numpy()) + shards}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,13 +18,19 @@ before, `dali._index_problem`) and parsed as tf.train.Example by protobuf withou
 TensorFlow (`detrec.core.example_proto`). A record that is no tf.Example, lacks its image
 or label, or has a label outside the classes stops the stream with an error that names the
 shard by its number and the record (`RecordTable.error`), which `tfdata.shard_errors` turns
-into one line naming the file.
+into one line naming the file. With skip_corrupt it is named on stderr, counted, and its row
+takes another record instead (`Feed.batch`): a running DALI pipeline's batches have a fixed
+size, so a row cannot just be dropped as tf.data drops it. The stand-in is the batch's first
+good row, or the first good record after the batch in this worker's span: a function of the
+data, so a resumed stream still equals an uninterrupted one. (Evaluation then counts the
+stand-in twice, as DALI's padding already repeats records.)
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 
 import numpy as np
@@ -76,12 +82,11 @@ class RecordTable:
     def error(self, record: int, problem: str) -> ValueError:
         """What the stream raises for a record no model can train on: its message names the
         shard by its number (`common.tagged`), which `tfdata.shard_errors` turns back into a
-        CorruptShardError with the path; DALI cannot skip a record inside a running pipeline."""
+        CorruptShardError with the path."""
         path, number, offset = self.where(record)
         return ValueError(common.tagged(common.shard_id(path), f"offset {offset}, record {number}: {problem}; "
                                         "find such records with `detrec inspect --verify` and rebuild the shard "
-                                        "with `detrec preprocess` (--decoder cpu --skip-corrupt goes on without "
-                                        "them)", path))
+                                        "with `detrec preprocess` (--skip-corrupt goes on without them)", path))
 
     def read(self, record: int) -> bytes:
         """The record's payload (a serialized tf.train.Example): one positioned read."""
@@ -163,18 +168,22 @@ class Feed:
       batch_size, span: rows per batch; this worker's [start, end) of each epoch's order.
       stream_steps: batches per epoch of the stream (the largest worker's, padded).
       num_classes: labels must be in 0..num_classes-1 (else the stream stops, naming the record).
+      skip_corrupt, counter: name, count (in a `common.SkipCounter`) and stand in for a bad
+        record instead of stopping.
     """
 
     def __init__(self, table: RecordTable, *, seed: int, first_epoch: int, training: bool, preprocess: str,
                  size: tuple[int, int], batch_size: int, span: tuple[int, int], stream_steps: int,
-                 with_boxes: bool, max_boxes: int, with_keys: bool, num_classes: int) -> None:
+                 with_boxes: bool, max_boxes: int, with_keys: bool, num_classes: int, skip_corrupt: bool = False,
+                 counter: common.SkipCounter | None = None) -> None:
         if span[1] <= span[0]:
             raise ValueError(f"a worker with no records (positions {span[0]}..{span[1]})")
         self.table, self.seed, self.first_epoch = table, seed, first_epoch
         self.training, self.preprocess, self.size = training, preprocess, size
         self.batch_size, self.span, self.stream_steps = batch_size, span, stream_steps
         self.with_boxes, self.max_boxes, self.with_keys = with_boxes, max_boxes, with_keys
-        self.num_classes = num_classes
+        self.num_classes, self.skip_corrupt, self.counter = num_classes, skip_corrupt, counter
+        self._skipped_in: set[tuple[int, int]] = set()  # (epoch, shard) already counted as a shard
         self.names = ["encoded", "label"]
         if preprocess == "seed" or training:
             self.names.append("window")
@@ -206,20 +215,64 @@ class Feed:
             self._orders[epoch] = order
         return epoch, order[positions]
 
+    def _row(self, record: int) -> tuple[dict | None, str]:
+        """(the record's features, "") or (None, why no model can train on it)."""
+        try:
+            row = _parse(self.table.read(record), self.with_boxes, self.with_keys)
+        except ValueError as exc:
+            return None, str(exc)
+        if not 0 <= row["label"] < self.num_classes:
+            return None, (f"label {row['label']} is outside 0..{self.num_classes - 1} "
+                          f"(dataset_info.json lists {self.num_classes} classes)")
+        return row, ""
+
+    def _skip(self, epoch: int, record: int, why: str) -> None:
+        """Name and count a bad record under skip_corrupt, as tf.data does (each pass over it)."""
+        path, number, offset = self.table.where(record)
+        print(f"detrec: skipping offset {offset}, record {number}: {why} of shard {path}", file=sys.stderr,
+              flush=True)
+        if self.counter is not None:
+            key = (epoch, int(self.table.shard[record]))
+            new_shard = key not in self._skipped_in
+            self._skipped_in.add(key)
+            self.counter.add_host(1, int(new_shard))
+
+    def _stand_in(self, epoch: int, records: np.ndarray, after: int) -> tuple[int, dict]:
+        """The first good record of this worker's span after stream position `after` (wrapping):
+        what a batch whose rows are all bad holds instead."""
+        start, end = self.span
+        order = self._orders.get(epoch) if self.training else None
+        for i in range(end - start):
+            position = start + (after + 1 - start + i) % (end - start)
+            record = int(order[position]) if order is not None else position
+            if record in records:
+                continue  # already found bad in this batch
+            row, why = self._row(record)
+            if row is not None:
+                return record, row
+            self._skip(epoch, record, why)
+        raise common.CorruptShardError(os.path.dirname(self.table.paths[0]),
+                                      "no readable record left in this worker's part of the split")
+
     def batch(self, batch: int) -> dict[str, np.ndarray]:
         """Every part of stream batch `batch` (a pure function of the arguments and `batch`)."""
         epoch, records = self.records(batch)
-        rows = []
+        rows: list[dict | None] = []
         for record in records:
-            data = self.table.read(record)
-            try:
-                row = _parse(data, self.with_boxes, self.with_keys)
-            except ValueError as exc:
-                raise self.table.error(record, str(exc)) from None
-            if not 0 <= row["label"] < self.num_classes:
-                raise self.table.error(record, f"label {row['label']} is outside 0..{self.num_classes - 1} "
-                                               f"(dataset_info.json lists {self.num_classes} classes)")
+            row, why = self._row(int(record))
+            if row is None:
+                if not self.skip_corrupt:
+                    raise self.table.error(int(record), why)
+                self._skip(epoch, int(record), why)
             rows.append(row)
+        if any(row is None for row in rows):  # only under skip_corrupt
+            good = [(record, row) for record, row in zip(records, rows) if row is not None]
+            if not good:
+                _, step = self.epoch_step(batch)
+                last = min(self.span[0] + (step + 1) * self.batch_size, self.span[1]) - 1
+                good = [self._stand_in(epoch, records, last)]
+            records = np.array([record if row is not None else good[0][0] for record, row in zip(records, rows)])
+            rows = [row if row is not None else good[0][1] for row in rows]
         encoded = [row["encoded"] for row in rows]
         parts = {"encoded": (np.frombuffer(b"".join(encoded), np.uint8), np.array([len(e) for e in encoded])),
                  "label": np.array([row["label"] for row in rows], np.int64)}

@@ -53,8 +53,8 @@ def shard_errors() -> Iterator[None]:
     either line (a short shard, a record that is no tf.Example, lacks a key or has a label
     outside the classes), names the shard by its number (`common.tagged`) and becomes a
     CorruptShardError with its path. A record whose image does not decode is named as well
-    as the readers allow (tf.data drops it under skip_corrupt; DALI cannot skip inside a
-    running pipeline).
+    as the readers allow (tf.data drops it under skip_corrupt; DALI cannot skip a decode
+    failure inside a running pipeline).
     """
     try:
         yield
