@@ -162,7 +162,8 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
     val_config = input_lib.InputConfig(batch_size=batch_size, image_size=image_size, training=False,
                                        decoder=decoder, preprocess=preprocess, skip_corrupt=skip_corrupt,
                                        counter=counter, dali=dali)
-    live: dict[str, object] = {}  # the DALI streams kept across epochs, and the batch due next
+    # Kept across epochs: the DALI streams, the validation dataset, the batch due next.
+    live: dict[str, object] = {}
     run_steps = steps_per_epoch or steps
 
     def dali_train(epoch: int) -> Iterable:
@@ -203,9 +204,13 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
                 if "val" not in live:
                     live["val"] = streams.local_stream(val_split, val_config.replace(repeat=True), val_plan)
                 return live["val"].epoch(val_plan.rows)
-            return input_lib.take_epoch(iter(input_lib.build_dataset(val_split, val_config)), val_plan)
-        ds = input_lib.build_dataset(val_split, val_config.replace(decoder="cpu"))
-        return strategy.experimental_distribute_dataset(ds)
+            if "val" not in live:  # built once: every epoch's pass is the same
+                live["val"] = input_lib.build_dataset(val_split, val_config)
+            return input_lib.take_epoch(iter(live["val"]), val_plan)
+        if "val" not in live:
+            live["val"] = strategy.experimental_distribute_dataset(
+                input_lib.build_dataset(val_split, val_config.replace(decoder="cpu")))
+        return live["val"]
 
     skipped = (lambda: counter.result()["records"]) if counter else None
     resume = RESUME_FRESH if service else RESUME_EXACT

@@ -144,7 +144,7 @@ def _all_sum(strategy: tf.distribute.Strategy) -> Callable[[tf.Tensor], tf.Tenso
     """A tf.function summing a float64 vector over all replicas of all workers (each replica
     adds its worker's vector once)."""
 
-    @tf.function
+    @tf.function(autograph=False)
     def all_sum(values: tf.Tensor) -> tf.Tensor:
         return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(values,)), axis=None)
 

@@ -63,16 +63,17 @@ def make_steps(model: keras.Model, optimizer: keras.optimizers.Optimizer, strate
                          tf.cast(tf.size(labels), tf.float64)])
 
     if jit_compile:
-        train_replica = tf.function(train_replica, jit_compile=True)
-        eval_replica = tf.function(eval_replica, jit_compile=True)
+        train_replica = tf.function(train_replica, jit_compile=True, autograph=False)
+        eval_replica = tf.function(eval_replica, jit_compile=True, autograph=False)
 
-    @tf.function(reduce_retracing=True)
+    # No AutoGraph: the steps have no Python control flow on tensors (see input.common.plain).
+    @tf.function(reduce_retracing=True, autograph=False)
     def train_step(batch):
         images, labels = batch
         sums = strategy.run(train_replica, args=(images, labels))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def eval_step(batch):
         images, labels = batch
         sums = strategy.run(eval_replica, args=(images, labels))

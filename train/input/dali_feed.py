@@ -332,16 +332,16 @@ class Feed:
             for name in self.names:
                 batches = tf.data.Dataset.range(_RUNS)
                 if name == "encoded":
-                    ds = batches.map(lambda b: tf.numpy_function(lambda i: self.part(int(i), "encoded"), [b],
-                                                                 (tf.uint8, tf.int64))).prefetch(1)
+                    ds = batches.map(common.plain(lambda b: tf.numpy_function(
+                        lambda i: self.part(int(i), "encoded"), [b], (tf.uint8, tf.int64)))).prefetch(1)
                     # One batch's JPEGs as rows, then one sample each: per-sample mode.
-                    ds = ds.map(lambda flat, lengths: tf.RaggedTensor.from_row_lengths(
-                        tf.ensure_shape(flat, [None]), tf.ensure_shape(lengths, [self.batch_size]))).unbatch()
-                    ds = ds.map(lambda row: tf.ensure_shape(tf.convert_to_tensor(row), [None]))
+                    ds = ds.map(common.plain(lambda flat, lengths: tf.RaggedTensor.from_row_lengths(
+                        tf.ensure_shape(flat, [None]), tf.ensure_shape(lengths, [self.batch_size])))).unbatch()
+                    ds = ds.map(common.plain(lambda row: tf.ensure_shape(tf.convert_to_tensor(row), [None])))
                 else:
                     dtype, shape = specs[name]
-                    ds = batches.map(lambda b, name=name, dtype=dtype, shape=shape: tf.ensure_shape(
-                        tf.numpy_function(lambda i: self.part(int(i), name), [b], dtype), shape)).prefetch(1)
+                    ds = batches.map(common.plain(lambda b, name=name, dtype=dtype, shape=shape: tf.ensure_shape(
+                        tf.numpy_function(lambda i: self.part(int(i), name), [b], dtype), shape))).prefetch(1)
                 if device is not None:
                     ds = ds.apply(tf.data.experimental.copy_to_device(device))
                 out[name] = experimental.Input(ds, batch=name != "encoded")

@@ -22,7 +22,7 @@ from detrec.core import schema
 from detrec.core.errors import UserError
 from detrec.train import augment
 import detrec.train.input.common as common
-from detrec.train.input.common import Shard, SkipCounter, SplitShards, worker_shards
+from detrec.train.input.common import Shard, SkipCounter, SplitShards, plain, worker_shards
 from detrec.train.input.config import InputConfig
 
 # Records read, counted and parsed per step of a shard: one parse_example op per 64 records.
@@ -170,10 +170,10 @@ def _read_shard(path: tf.Tensor, pattern: tf.Tensor, shard: tf.Tensor, expected:
     # parse batch fails and is dropped, and the count below finds the shard short. Batches are
     # numbered first, so a record's number in the shard survives a dropped batch before it.
     parsed = records.batch(PARSE_BATCH).enumerate().map(
-        lambda b, batch: (tf.io.parse_example(batch, spec), b * PARSE_BATCH)).ignore_errors()
+        plain(lambda b, batch: (tf.io.parse_example(batch, spec), b * PARSE_BATCH))).ignore_errors()
     empty = tf.io.parse_example(tf.constant([], tf.string), spec)
     end = tf.data.Dataset.from_tensors((empty, tf.constant(-1, tf.int64), True))
-    marked = parsed.map(lambda features, first: (features, first, False)).concatenate(end)
+    marked = parsed.map(plain(lambda features, first: (features, first, False))).concatenate(end)
     shard_tag = tf.strings.join(["detrec shard #", shard, ": "])
     path_tail = tf.strings.join([" #end (", path, ")"])
 
@@ -230,8 +230,9 @@ def _read_shard(path: tf.Tensor, pattern: tf.Tensor, shard: tf.Tensor, expected:
             features = tf.nest.map_structure(tf.identity, features, expand_composites=True)
             return {**features, _KEEP: tf.logical_not(bad)}, is_end
 
-    checked = marked.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), count).map(check)
-    return checked.filter(lambda features, is_end: tf.logical_not(is_end)).map(lambda features, is_end: features)
+    checked = marked.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), plain(count)).map(plain(check))
+    return checked.filter(plain(lambda features, is_end: tf.logical_not(is_end))).map(
+        plain(lambda features, is_end: features))
 
 
 def _parse_spec(with_boxes: bool, with_keys: bool) -> dict:
@@ -306,8 +307,8 @@ def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
         files = files.shuffle(len(paths), seed=c.seed, reshuffle_each_iteration=True)
     spec = _parse_spec(c.with_boxes, c.with_keys)
     ds = files.interleave(
-        lambda p, pattern, shard, n, limit: _read_shard(p, pattern, shard, n, limit, split.num_classes,
-                                                        c.skip_corrupt, c.counter, spec, c.with_keys),
+        plain(lambda p, pattern, shard, n, limit: _read_shard(p, pattern, shard, n, limit, split.num_classes,
+                                                              c.skip_corrupt, c.counter, spec, c.with_keys)),
         cycle_length=min(len(paths), CYCLE_LENGTH),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
@@ -317,16 +318,16 @@ def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
         # from one random number per parsed batch: reproducible for a seed whatever the
         # parallelism, fresh every epoch.
         randoms = tf.data.Dataset.random(seed=c.seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(ds, randoms).map(_add_seeds)
+        ds = tf.data.Dataset.zip(ds, randoms).map(plain(_add_seeds))
     ds = ds.unbatch()
     if c.skip_corrupt:  # the records `_read_shard` found bad (without skip_corrupt it stopped there)
-        ds = ds.filter(lambda features: features[_KEEP])
+        ds = ds.filter(plain(lambda features: features[_KEEP]))
     if by_record:
         ds = ds.shard(c.num_workers, c.worker_index)
     if c.training:
         # Parsed records (JPEG bytes, label) are shuffled, not decoded pixels: ~100 KB each.
         ds = ds.shuffle(c.shuffle_buffer, seed=c.seed, reshuffle_each_iteration=True)
-    ds = ds.map(_example_fn(c.size, c.training, c.preprocess, dtype, c.with_boxes, c.with_keys, c.max_boxes),
+    ds = ds.map(plain(_example_fn(c.size, c.training, c.preprocess, dtype, c.with_boxes, c.with_keys, c.max_boxes)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if c.skip_corrupt:
         # A record with sound framing and CRCs whose image does not decode (crafted, or
@@ -335,7 +336,7 @@ def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
         ds = ds.ignore_errors()
     ds = ds.batch(c.batch_size, drop_remainder=c.training)
     if c.preprocess == "inception":
-        ds = ds.map(lambda images, *rest: (augment.normalize_inception(images, dtype), *rest),
+        ds = ds.map(plain(lambda images, *rest: (augment.normalize_inception(images, dtype), *rest)),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if c.repeat:
         # Last, after batching: an epoch is exactly its own batches (training floor(n / B),
