@@ -24,6 +24,8 @@ import sys
 import uuid
 from typing import IO, Iterator
 
+from detrec.core.errors import IOFailure
+
 TEMP_MARK = ".tmp-"
 
 
@@ -287,3 +289,27 @@ def write_atomic(path: str, data: bytes | str) -> None:
     """Writes a whole file under its final name only when complete (temp, then rename)."""
     with atomic_writer(path) as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def access_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "this path cannot be reached", to be reported as such (an
+    inspector `Problem`, one line); anything else is a bug and must surface.
+
+    Used as `except fs.access_errors()` (evaluated when an exception arrives): OSError covers
+    local files and Beam's BeamIOError; TensorFlow's file errors (tf.io.gfile, for schemes only it
+    knows) and Google Cloud's API and credential errors count only once their module is
+    loaded, since nothing else can raise them, so a local inspection imports neither.
+    """
+    errors: list[type[BaseException]] = [OSError, IOFailure]
+    for loaded, names in ((getattr(sys.modules.get("tensorflow"), "errors", None), _TF_FILE_ERRORS),
+                          (sys.modules.get("google.api_core.exceptions"), ("GoogleAPICallError", "RetryError")),
+                          (sys.modules.get("google.auth.exceptions"), ("GoogleAuthError",))):
+        errors += [e for e in (getattr(loaded, name, None) for name in names) if isinstance(e, type)]
+    return tuple(errors)
+
+
+# What tf.io.gfile raises about a path: missing, forbidden, unreachable, not a file system it
+# knows, a malformed URL. Not InternalError, UnknownError and the like: those can be bugs.
+_TF_FILE_ERRORS = ("NotFoundError", "PermissionDeniedError", "UnauthenticatedError", "UnavailableError",
+                   "DeadlineExceededError", "ResourceExhaustedError", "AbortedError", "DataLossError",
+                   "FailedPreconditionError", "UnimplementedError", "InvalidArgumentError")

@@ -22,7 +22,7 @@ import re
 from detrec.core import fs, images, schema, tfrecord
 from detrec.core.dataset_info import ClassInfo, DatasetInfo, SplitInfo
 from detrec.core.errors import one_line
-from detrec.inspector.problem import Problem, access_errors
+from detrec.inspector.problem import Problem
 from detrec.inspector.resolve import Target, labels_line
 from detrec.inspector.stats import SplitStats
 
@@ -225,6 +225,6 @@ def _read_optional(path: str, problems: list[Problem]) -> str | None | object:
         if not fs.exists(path):
             return None
         return fs.read_bytes(path).decode("utf-8", "replace")
-    except access_errors() as exc:
+    except fs.access_errors() as exc:
         problems.append(Problem(path, f"cannot read: {one_line(exc)}"))
         return _UNREADABLE

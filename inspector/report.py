@@ -5,7 +5,7 @@ returns one JSON-ready report. The work is done by one module per job, all below
 `resolve` (PATH arguments -> datasets and shard targets), `walk` (reads each shard through
 `detrec.core.tfrecord`), `check` (record schema/JPEG checks, cross-check against
 dataset_info.json and the DALI `.idx`), `stats` (label/size/box statistics). This module only
-orders them and turns what they found into the report; `Problem`, `access_errors` and
+orders them and turns what they found into the report; `Problem` and
 `Options` are re-exported here so the CLI needs this module alone.
 
 Bad input is data here, not an exception: every defect becomes a `Problem` (file, byte
@@ -75,11 +75,11 @@ from detrec.core import fs, schema
 from detrec.core.dataset_info import ClassInfo, SplitInfo
 from detrec.inspector.check import ShardResult, check_labels, cross_check, cross_check_counts
 from detrec.inspector.contact_sheet import Sample
-from detrec.inspector.problem import Problem, access_errors
+from detrec.inspector.problem import Problem
 from detrec.inspector.resolve import Resolution, resolve
 from detrec.inspector.walk import Options, Shown, Walker
 
-__all__ = ["REPORT_VERSION", "Options", "Problem", "access_errors", "inspect_paths", "record_fields"]
+__all__ = ["REPORT_VERSION", "Options", "Problem", "inspect_paths", "record_fields"]
 
 REPORT_VERSION = 1
 
@@ -104,7 +104,7 @@ def inspect_paths(paths: Sequence[str], options: Options = Options(),
     for t in found.targets:
         try:
             sizes[t.path] = fs.size(t.path)
-        except access_errors():
+        except fs.access_errors():
             sizes[t.path] = None  # Walker.shard tries again and reports why
     if on_total:
         on_total(sum(v or 0 for v in sizes.values()))

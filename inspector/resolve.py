@@ -23,7 +23,7 @@ from typing import Sequence
 from detrec.core import dataset_info, fs, schema
 from detrec.core.dataset_info import ClassInfo, DatasetInfo, ShardInfo
 from detrec.core.errors import UserError, one_line
-from detrec.inspector.problem import Problem, access_errors
+from detrec.inspector.problem import Problem
 
 UNNAMED_SPLIT = "(unnamed)"  # the split of a shard whose file name says none
 
@@ -155,7 +155,7 @@ class _Resolver:
         if _is_glob(path):
             try:
                 matches = fs.glob(path)
-            except access_errors() as exc:  # gs:// auth/network errors
+            except fs.access_errors() as exc:  # gs:// auth/network errors
                 self._problem(path, f"cannot list: {one_line(exc)}")
                 return
             if not matches:
@@ -169,7 +169,7 @@ class _Resolver:
         try:
             exists = fs.exists(path)
             is_dir = exists and fs.isdir(path)
-        except access_errors() as exc:
+        except fs.access_errors() as exc:
             self._problem(path, f"cannot access: {one_line(exc)}")
             return
         if not exists:
@@ -196,7 +196,7 @@ class _Resolver:
             except UserError as exc:  # malformed: from_json says what, and names the file
                 reason = str(exc).removeprefix(path + ": ")  # ...which the Problem names too
                 self._problem(path, f"{reason}; not cross-checked")
-            except access_errors() as exc:  # unreadable file
+            except fs.access_errors() as exc:  # unreadable file
                 self._problem(path, f"cannot read: {one_line(exc)}; not cross-checked")
             if info is not None:
                 for c in info.classes:
@@ -216,7 +216,7 @@ class _Resolver:
                     self.out.classes.setdefault(c.id, c)
                 if found:
                     self._labels_count[directory] = max(c.id for c in found) + 1
-        except access_errors() as exc:
+        except fs.access_errors() as exc:
             self.out.notes.append(f"{path}: unreadable ({one_line(exc)}); class names come from the records")
 
     def _add_dataset(self, directory: str) -> None:
@@ -226,7 +226,7 @@ class _Resolver:
         info = self._load_info(directory)
         try:
             names = fs.listdir(directory)
-        except access_errors() as exc:
+        except fs.access_errors() as exc:
             self._problem(directory, f"cannot list: {one_line(exc)}")
             return
         shard_names = [n for n in names if n.endswith(schema.SHARD_SUFFIX)]
@@ -270,7 +270,7 @@ class _Resolver:
                 dataset.shards.append(target)
                 try:
                     exists = fs.exists(path)
-                except access_errors() as exc:
+                except fs.access_errors() as exc:
                     self._problem(path, f"cannot access: {one_line(exc)}")
                     continue
                 if not exists:

@@ -21,7 +21,7 @@ from detrec.core import fs, schema, tfrecord
 from detrec.core.errors import one_line
 from detrec.inspector.check import BadRecord, ShardResult, read_record
 from detrec.inspector.contact_sheet import Sample
-from detrec.inspector.problem import Problem, access_errors
+from detrec.inspector.problem import Problem
 from detrec.inspector.resolve import Target
 from detrec.inspector.stats import SplitStats
 
@@ -99,7 +99,7 @@ class Walker:
         if size is None:
             try:
                 size = fs.size(target.path)
-            except access_errors() as exc:
+            except fs.access_errors() as exc:
                 self._problem(target.path, f"cannot read: {one_line(exc)}")
                 return result
         result.num_bytes = size
@@ -133,7 +133,7 @@ class Walker:
                     result.complete = True
         except tfrecord.FrameError as exc:
             self._problem(target.path, exc.reason, exc.offset, exc.index)
-        except access_errors() as exc:  # permissions, network
+        except fs.access_errors() as exc:  # permissions, network
             self._problem(target.path, f"read error: {one_line(exc)}")
         self.progress(size - done)
         if result.complete and hasher is not None:

@@ -108,7 +108,7 @@ def _write_sheet(path: str, samples: list[contact_sheet.Sample], report: dict[st
     image.save(buf, format="PNG")
     try:
         fs.write_atomic(path, buf.getvalue())
-    except inspection.access_errors() as exc:  # missing folder, no permission, bucket errors
+    except fs.access_errors() as exc:  # missing folder, no permission, bucket errors
         raise UserError(f"--contact-sheet {path}: cannot write ({one_line(exc)})") from None
     if not cells:
         report["notes"].append(f"{path}: no readable record to draw; the sheet is empty")

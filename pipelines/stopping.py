@@ -110,20 +110,26 @@ def end_child_processes(spared: set[int] = frozenset(), timeout: float = 10.0) -
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while any(_running(pid) for pid in doomed) and time.monotonic() < deadline:
+    while any(running(pid) for pid in doomed) and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every process visible in /proc (Linux); {} elsewhere."""
+def process_table() -> dict[int, list[str]]:
+    """pid -> its /proc/PID/stat fields after the command name (state, ppid, pgrp, ...), for
+    every process visible in /proc (Linux); {} elsewhere."""
     out = {}
     with contextlib.suppress(OSError):
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
                 stat = _stat(int(entry.name))
                 if stat:
-                    out[int(entry.name)] = int(stat[1])
+                    out[int(entry.name)] = stat
     return out
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process visible in /proc (Linux); {} elsewhere."""
+    return {pid: int(stat[1]) for pid, stat in process_table().items()}
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -146,6 +152,7 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether `pid` can still run (neither gone nor a zombie)."""
     stat = _stat(pid)
     return stat is not None and stat[0] not in ("Z", "X")

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import socket
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -71,6 +72,18 @@ def shared_folder(tmp_path_factory, worker_id: str):
     return base if worker_id == "master" else base.parent
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (all held open together, so they are distinct)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 @contextlib.contextmanager
 def exclusive(tmp_path_factory, worker_id: str, name: str):
     """Held by one xdist worker at a time: a lock file in the shared folder (fcntl, so a worker
@@ -118,10 +131,19 @@ DALI_MISSING = ("needs the DALI TF plugin (nvidia-dali-tf-plugin-cuda120), which
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests of the DALI input line (marked `dali`, or given decoder "dali") skip, saying why,
+    """Modules holding a slow test run first, so that under xdist the long runs start early and
+    the end of the run is short tests on every worker, not one long test on one (each module's
+    tests stay together, in file order: its module fixtures are made once).
+
+    Tests of the DALI input line (marked `dali`, or given decoder "dali") skip, saying why,
     where the plugin cannot load; `make test` installs it, so CI runs them."""
     from detrec.train import input as input_lib
 
+    def module(item) -> str:
+        return item.nodeid.split("::")[0]
+
+    heavy = {module(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: module(item) not in heavy)  # stable: file order kept
     if input_lib.dali_available():
         return
     skip = pytest.mark.skip(reason=DALI_MISSING)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from detrec.core import dataset_info, schema
 from detrec.core.errors import UserError
 from detrec.train import data_service
 from detrec.train import input as train_input
+from tests.conftest import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,17 +128,6 @@ def one_epoch(address: str, n: int = 200, sharding=None) -> list[tuple[int, int]
         distributed = tagged.apply(tf.data.experimental.service.distribute(processing_mode=sharding,
                                                                          service=address))
     return [(int(v), int(p)) for values, pids in distributed for v, p in zip(values.numpy(), pids.numpy())]
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("localhost", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @pytest.mark.slow  # ~10 s: three server processes

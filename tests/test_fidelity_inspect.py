@@ -21,7 +21,7 @@ from PIL import Image
 
 from detrec.core import fs, schema
 from detrec.inspector import contact_sheet, report, stats
-from detrec.inspector.problem import access_errors
+from detrec.core.fs import access_errors
 from detrec.pipelines import cli, inspect_cmd
 from tests import image_factory
 from tests.test_inspect import _record, copy_dataset, grey_jpeg, inspect, inspect_json, offsets, write_tfrecord

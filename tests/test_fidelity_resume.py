@@ -33,8 +33,9 @@ from detrec.train.config import TrainConfig
 from detrec.train.data import Data, make_data
 from detrec.train.trainer import Trainer
 from tests import object_store
+from tests.conftest import free_ports
 from tests.test_multiworker import (FLAGS as CLUSTER_FLAGS, REPO, STEPS as CLUSTER_STEPS, assert_each_worker_trained_its_shards_once,
-                                    assert_identical_weights, checkpoint_contents, free_ports, run_cluster)
+                                    assert_identical_weights, checkpoint_contents, run_cluster)
 from tests.test_train_resume import BATCH, CLASSES, SIZE, STEPS, RecordingStream
 
 

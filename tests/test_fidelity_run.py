@@ -23,7 +23,7 @@ import time
 import pytest
 
 from detrec.core import dataset_info, fs, schema
-from detrec.pipelines import cli
+from detrec.pipelines import cli, stopping
 from detrec.preprocess import output_folder, synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,20 +63,11 @@ def _wait_mid_run(proc: subprocess.Popen, out: str) -> None:
 
 def _group(pgid: int) -> dict[int, str]:
     """pid -> state of every process in process group `pgid`."""
-    found = {}
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                state, _ppid, group = f.read().rpartition(")")[2].split()[:3]
-        except OSError:
-            continue
-        if int(group) == pgid:
-            found[int(name)] = state
-    return found
+    return {pid: stat[0] for pid, stat in stopping.process_table().items() if int(stat[2]) == pgid}
 
 
 def _alive(pgid: int) -> list[int]:
-    return [pid for pid, state in _group(pgid).items() if state not in ("Z", "X")]
+    return [pid for pid in _group(pgid) if stopping.running(pid)]
 
 
 def _listing(folder: str) -> dict[str, tuple[int, int]]:

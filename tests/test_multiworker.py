@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,22 +25,11 @@ from detrec.pipelines import cli
 from detrec.core import dataset_info, schema
 from detrec.core.errors import UserError
 from detrec.train import data_service, distribute, rundir
+from tests.conftest import free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12  # 96 train examples // global batch 8
 FLAGS = ["--image-size", "64", "--batch-size", "8", "--seed", "0", "--decoder", "cpu", "--record-keys"]
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 right now (all held open together, so they are distinct)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def run_cluster(data: str, model_dirs: str | list[str], logs: str, *flags: str, expect: int = 0,

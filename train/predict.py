@@ -112,12 +112,11 @@ class Predictor:
         model_path = os.path.join(export_dir, rundir.EXPORT_MODEL)
         labels_path = os.path.join(export_dir, rundir.EXPORT_LABELS)
         for path in (model_path, labels_path):
-            if not tf.io.gfile.exists(path):
+            if not fs.exists(path):
                 raise UserError(f"{path} not found: {model_dir} has no exported model "
                                 "(a `detrec train` run exports when it finishes)")
         try:
-            with tf.io.gfile.GFile(labels_path) as f:
-                meta = json.load(f)
+            meta = json.loads(fs.read_text(labels_path))
             self.image_size = int(meta["image_size"])
             self.preprocess = str(meta["preprocess"])
             self.classes = {int(c["id"]): c for c in meta["classes"]}

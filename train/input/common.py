@@ -236,7 +236,7 @@ def shard_framing(path: str) -> Framing:
     except fs.NotARegularFile:
         return Framing(0, spans_digest([]), "not a regular file (a FIFO, device, socket or folder)")
     except (OSError, tf.errors.OpError):
-        if not tf.io.gfile.exists(path):
+        if not fs.exists(path):
             return Framing(0, spans_digest([]), "the file is missing")
         return Framing(0, spans_digest([]), "cannot read the file")
     with _framing_lock:

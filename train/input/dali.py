@@ -110,14 +110,13 @@ def _index_problem(path: str, expected: int, num_bytes: int) -> tuple[str | None
     its .idx stayed intact is caught here too.
     """
     none = np.zeros((0, 2), np.int64)
-    gfile = tf.io.gfile
-    if not gfile.exists(path):
+    if not fs.exists(path):
         return "the file is missing", none
-    size = gfile.stat(path).length
+    size = fs.size(path)
     if size != num_bytes:
         return f"it is {size} bytes, dataset_info.json says {num_bytes} (truncated or replaced)", none
     index = path + schema.INDEX_SUFFIX
-    if not gfile.exists(index):
+    if not fs.exists(index):
         return f"{index} is missing (DALI needs it; `detrec preprocess` writes it)", none
     try:
         spans = tfrecord.parse_index(fs.read_bytes(index).decode("ascii"))
