@@ -13,7 +13,15 @@ Measured in one process on the same images, the pipelines taking turns (img/s):
   `decode_jpeg`, `resize_with_crop_or_pad`, float16, `per_image_standardization`,
   `map` without parallelism as written there, batch 16, prefetch 2;
 * ours (DALI): `make_dataset(decoder="dali")`, nvJPEG "mixed" decode on a GPU, DALI's CPU
-  decoder elsewhere.
+  decoder elsewhere;
+* with --peers (and --source): what users pick instead of converting, on the same JPEG files
+  (hard-linked into class folders by the image's class, the largest box's): Keras
+  `image_dataset_from_directory(...).prefetch(AUTOTUNE)`, and `list_files` + a parallel
+  `read_file`/`decode_jpeg`/resize `map` with AUTOTUNE; and detrec's evaluation line (full
+  decode, no shuffle). Every image row yields full float32 batches at --image-size.
+
+Every row also reports its time to the first batch: the dataset built, an iterator made and
+its first batch out (the files were read before, so the page cache is warm).
 
 Targets (ratios, measured in turns so that other processes' load falls on all alike): ours >= 1.0x the
 decode ceiling and >= 2.5x the article at 224x224 on a 2-core CPU; on a GPU machine, DALI
@@ -29,7 +37,9 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import shutil
 import statistics
+import tempfile
 import sys
 import time
 
@@ -38,7 +48,10 @@ from detrec.pipelines.train_cmd import add_dali_flags, dali_tuning
 from detrec.core.errors import UserError
 
 HELP = "input pipeline img/s vs the decode ceiling, raw reads and the article's pipeline"
-TARGETS = {"ours_vs_ceiling": 1.0, "ours_vs_article": 2.5, "dali_gpu_img_s": 10_000}
+TARGETS = {"ours_vs_ceiling": 1.0, "ours_vs_article": 2.5, "dali_gpu_img_s": 10_000,
+           # issue 27, --peers: both detrec lines at least as fast as the best file pipeline
+           "train_vs_best_peer": 1.0, "eval_vs_best_peer": 1.0}
+FIRST_BATCH_SLACK = 0.2  # seconds detrec's first batch may take beyond the best peer's (issue 27)
 CEILING_IMAGES = 1000  # JPEGs held in memory for the decode ceiling (~100 MB at 500x375)
 
 
@@ -55,6 +68,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="untimed seconds before each turn (default 3)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="turns each row takes, interleaved with the others (default 3)")
+    parser.add_argument("--peers", action="store_true",
+                        help="with --source: also Keras image_dataset_from_directory and a list_files pipeline "
+                             "on the same JPEGs, and detrec's evaluation line")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     add_dali_flags(parser)
 
@@ -62,14 +78,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 class Contender:
     """One pipeline under test, measured in several turns, each on a fresh iterator."""
 
-    def __init__(self, key: str, name: str, dataset, count, unit: str = "img/s", note: str = ""):
+    def __init__(self, key: str, name: str, make, count, unit: str = "img/s", note: str = ""):
         self.key, self.name, self.unit, self.note = key, name, unit, note
-        self.dataset, self.count = dataset, count
+        self.make, self.count = make, count  # make() builds the dataset, on the first turn
+        self.dataset = None
+        self.first_batch = 0.0
         self.rates: list[float] = []
         self.items, self.seconds, self.cpu = 0, 0.0, 0.0
 
     def turn(self, warmup: float, seconds: float) -> None:
-        iterator = iter(self.dataset)
+        if self.dataset is None:  # the first turn: time to the first batch, building included
+            start = time.perf_counter()
+            self.dataset = self.make()
+            iterator = iter(self.dataset)
+            self.count(next(iterator))
+            self.first_batch = time.perf_counter() - start
+        else:
+            iterator = iter(self.dataset)
         warm_until = time.perf_counter() + warmup
         while time.perf_counter() < warm_until:
             self.count(next(iterator))
@@ -86,7 +111,7 @@ class Contender:
     def row(self) -> dict:
         return {"key": self.key, "pipeline": self.name, "unit": self.unit, "note": self.note,
                 "rate": statistics.median(self.rates), "rates": [round(r, 1) for r in self.rates],
-                "items": self.items, "seconds": round(self.seconds, 3),
+                "items": self.items, "seconds": round(self.seconds, 3), "first_batch_s": round(self.first_batch, 3),
                 "cpu_ms_per_item": 1000 * self.cpu / max(self.items, 1)}
 
 
@@ -104,11 +129,11 @@ def measure(contenders: list[Contender], seconds: float, warmup: float, rounds: 
             c.turn(warmup, seconds / rounds)
 
 
-def _ours(args, decoder: str):
+def _ours(args, decoder: str, training: bool = True):
     from detrec.train import input as input_lib
 
     return input_lib.make_dataset(args.data, args.split, batch_size=args.batch_size,
-                                  image_size=args.image_size, training=True, decoder=decoder,
+                                  image_size=args.image_size, training=training, decoder=decoder,
                                   repeat=True, dtype="float32", dali=dali_tuning(args))
 
 
@@ -166,6 +191,56 @@ def article_pairs(root: str, split: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def class_folders(pairs: list[tuple[str, str]], dest: str) -> str:
+    """`dest`/<synset>/<n>.jpg hard-linked (copied across devices) from each pair's JPEG, its
+    class the largest box's (background for none): the folder tree the peers read."""
+    from detrec.core import schema
+    from detrec.preprocess import annotations
+
+    for i, (xml, jpeg) in enumerate(pairs):
+        with open(xml, "rb") as f:
+            ann = annotations.parse(f.read(), xml)
+        areas = annotations.pixel_areas(ann, ann.width, ann.height)
+        label = (ann.objects[max(range(len(areas)), key=areas.__getitem__)].name if areas
+                 else schema.BACKGROUND_TEXT)
+        os.makedirs(os.path.join(dest, label), exist_ok=True)
+        target = os.path.join(dest, label, f"{i:08d}.jpg")
+        try:
+            os.link(jpeg, target)
+        except OSError:
+            shutil.copyfile(jpeg, target)
+    return dest
+
+
+def _keras_peer(args, folder: str):
+    """Keras' file pipeline as its guide shows it: resized float32 batches, prefetched."""
+    import keras
+    import tensorflow as tf
+
+    ds = keras.utils.image_dataset_from_directory(folder, image_size=(args.image_size, args.image_size),
+                                                  batch_size=args.batch_size, shuffle=True, seed=0, verbose=False)
+    return ds.repeat().prefetch(tf.data.AUTOTUNE)
+
+
+def _list_files_peer(args, folder: str):
+    """The tf.data guide's file pipeline: list_files, then read, decode, resize in a parallel map."""
+    import tensorflow as tf
+
+    classes = sorted(os.listdir(folder))
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(classes), tf.range(len(classes), dtype=tf.int64)), default_value=-1)
+    size = (args.image_size, args.image_size)
+
+    def load(path):
+        label = table.lookup(tf.strings.split(path, os.sep)[-2])
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        return tf.image.resize(image, size), label
+
+    ds = tf.data.Dataset.list_files(os.path.join(folder, "*", "*.jpg"), shuffle=True, seed=0).repeat()
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(args.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
 def _article(args, pairs: list[tuple[str, str]]):
     """The article's input pipeline, reproduced step for step (its flaws are the baseline)."""
     import numpy as np
@@ -217,10 +292,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             print(f"detrec bench input: note: {note}", file=sys.stderr)
     count_images = lambda batch: int(batch[1].shape[0])  # noqa: E731  (labels: [B])
     contenders = []
+    if args.peers and not args.source:
+        raise UserError("--peers reads the JPEG files themselves: give --source, the tree the shards came from")
     if args.decoder != "dali":
-        contenders.append(Contender("tfdata", "ours: tf.data (crop-decode)", _ours(args, "cpu"), count_images))
+        contenders.append(Contender("tfdata", "ours: tf.data (crop-decode)", lambda: _ours(args, "cpu"), count_images))
+        if args.peers:
+            contenders.append(Contender("tfdata_eval", "ours: tf.data evaluation line (full decode)",
+                                        lambda: _ours(args, "cpu", training=False), count_images))
     ceiling, held = _ceiling(args, files)
-    contenders.append(Contender("ceiling", "decode ceiling (full decode, in memory)", ceiling, count_images,
+    contenders.append(Contender("ceiling", "decode ceiling (full decode, in memory)", lambda: ceiling, count_images,
                                 note=f"{held} JPEGs held in memory"))
     read = {"bytes": 0, "records": 0}
 
@@ -229,15 +309,27 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         read["records"] += int(batch.shape[0])
         return int(batch.shape[0])
 
-    raw = Contender("raw", "raw TFRecord read (no decode)", _raw(files), count_records, unit="rec/s")
+    raw = Contender("raw", "raw TFRecord read (no decode)", lambda: _raw(files), count_records, unit="rec/s")
     contenders.append(raw)
+    folder = None
     if args.source:
         pairs = article_pairs(args.source, args.split)
-        contenders.append(Contender("article", "article (from_generator + py_func)", _article(args, pairs),
+        contenders.append(Contender("article", "article (from_generator + py_func)", lambda: _article(args, pairs),
                                     count_images, note=f"{len(pairs)} file pairs"))
+        if args.peers:
+            folder = class_folders(pairs, tempfile.mkdtemp(prefix="detrec-bench-folders-"))
+            contenders.append(Contender("keras", "peer: Keras image_dataset_from_directory",
+                                        lambda: _keras_peer(args, folder), count_images))
+            contenders.append(Contender("list_files", "peer: list_files + parallel map",
+                                        lambda: _list_files_peer(args, folder), count_images))
     if dali_device:
-        contenders.append(Contender("dali", f"ours: DALI on {dali_device}", _ours(args, "dali"), count_images))
-    measure(contenders, args.seconds, args.warmup, args.rounds)
+        contenders.append(Contender("dali", f"ours: DALI on {dali_device}", lambda: _ours(args, "dali"), count_images))
+    _read_once(files, folder)
+    try:
+        measure(contenders, args.seconds, args.warmup, args.rounds)
+    finally:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
     rows = [c.row() for c in contenders]
     raw_row = rows[contenders.index(raw)]
     mean_record = read["bytes"] / max(1, read["records"])
@@ -252,6 +344,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         ratios["ours_vs_ceiling"] = rate[ours_key] / rate["ceiling"]
         if "article" in rate:
             ratios["ours_vs_article"] = rate[ours_key] / rate["article"]
+    peers = _peers_report(rows)
+    if peers:
+        ratios.update(peers.pop("ratios"))
     report = {
         "machine": benchutil.machine(),
         "gpu": input_lib.gpu_visible(),
@@ -265,6 +360,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         "rows": rows,
         "ratios": ratios,
         "targets": {k: v for k, v in TARGETS.items() if k in ratios},
+        "peers": peers,
     }
     if args.json:
         print(benchutil.dump_json(report))
@@ -273,9 +369,40 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
           f"split {args.split}; {args.seconds:g} s per row in {args.rounds} turns after {args.warmup:g} s "
           "warm-ups; median of the turns")
     print(benchutil.table(rows, [("pipeline", "pipeline", ""), ("rate", "rate", ">9.0f"), ("unit", "unit", ""),
-                                 ("cpu_ms_per_item", "CPU ms/item", ">11.3f"), ("note", "note", "")]))
+                                 ("cpu_ms_per_item", "CPU ms/item", ">11.3f"),
+                                 ("first_batch_s", "first batch s", ">13.2f"), ("note", "note", "")]))
     for key, value in ratios.items():
         verdict = "meets" if value >= TARGETS[key] else "MISSES"
         shown = f"{value:.0f} img/s" if key == "dali_gpu_img_s" else f"{value:.2f}x"
         print(f"{key}: {shown} ({verdict} the {TARGETS[key]:g} target)")
+    if peers:
+        print(f"first batch: ours {peers['first_batch_s']['ours']:.2f} s, best peer "
+              f"{peers['first_batch_s']['best_peer']:.2f} s (target: at most {FIRST_BATCH_SLACK} s more) "
+              f"{'OK' if peers['first_batch_met'] else 'MISSED'}")
     return 0
+
+
+def _read_once(files: list[str], folder: str | None) -> None:
+    """Reads every shard and peer file once: each row then starts with a warm page cache."""
+    paths = list(files)
+    if folder:
+        paths += [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+
+
+def _peers_report(rows: list[dict]) -> dict | None:
+    """detrec's two lines against the best peer (issue 27's goals), or None without --peers."""
+    by = {row["key"]: row for row in rows}
+    if not {"tfdata", "tfdata_eval", "keras", "list_files"} <= set(by):
+        return None
+    best = max(("keras", "list_files"), key=lambda key: by[key]["rate"])
+    ours_first = max(by["tfdata"]["first_batch_s"], by["tfdata_eval"]["first_batch_s"])
+    best_first = min(by["keras"]["first_batch_s"], by["list_files"]["first_batch_s"])
+    return {"best_peer": best,
+            "ratios": {"train_vs_best_peer": by["tfdata"]["rate"] / by[best]["rate"],
+                       "eval_vs_best_peer": by["tfdata_eval"]["rate"] / by[best]["rate"]},
+            "first_batch_s": {"ours": ours_first, "best_peer": best_first},
+            "first_batch_met": ours_first <= best_first + FIRST_BATCH_SLACK}

@@ -43,6 +43,8 @@ TARGETS = {"full_vs_naive": 1.5, "header_vs_copy": 0.3, "memory_growth_max": 1.3
 SCALE_TARGETS = {"full_vs_naive": 2.5, "kb_per_extra_image": 1.0}
 # vs TensorFlow Datasets' default build, while detrec still verifies every image.
 TFDS_TARGETS = {"full_vs_tfds": 1.0, "header_vs_tfds": 1.5}
+# Issue 27: against the classic thread-pooled converter (pipelines/bench_classic.py), --peers.
+PEER_TARGETS = {"full_vs_classic": 1.8, "header_vs_classic": 3.8}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +56,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=int, metavar="K",
                         help="also run the naive converter and detrec full on a K-times tree hard-linked from the "
                              "split (new ids, no image bytes copied): throughput at N and K*N, memory per extra image")
+    parser.add_argument("--peers", action="store_true",
+                        help="also run the classic thread-pooled converter (build_imagenet_data.py's way: "
+                             "threads = cores, a TensorFlow decode per image, the same shard count)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -165,6 +170,29 @@ def _tfds(root: str, split: str, work: str, n: int) -> tuple[float, int]:
     return seconds, peak
 
 
+def _threads() -> int:
+    """The classic converter's --num_threads: the machine's cores, as the report's machine line counts them."""
+    return os.cpu_count() or 1
+
+
+def _classic(root: str, split: str, work: str, n: int) -> tuple[float, int]:
+    """The classic converter in its own process, as many threads as cores and as many shards
+    as detrec writes by default; it must have written exactly n examples."""
+    from detrec.preprocess import plan
+
+    out = os.path.join(work, "classic")
+    os.makedirs(out)
+    total = sum(os.path.getsize(image) for _, image in benchutil.det_pairs(root, split))
+    shards = plan.plan_shards(n, total, None, int(plan.DEFAULT_TARGET_SHARD_MB * 1e6))
+    code = (f"from detrec.pipelines.bench_classic import classic_convert; "
+            f"print('EXAMPLES', classic_convert({root!r}, {split!r}, {out!r}, {_threads()}, {shards}))")
+    seconds, peak, proc = _measure([sys.executable, "-c", code], "classic converter", out)
+    counts = [int(c) for c in re.findall(r"^EXAMPLES (\d+)$", proc.stdout, re.M)]
+    if counts != [n]:
+        raise RuntimeError(f"the classic converter wrote {counts or 'an unknown number of'} examples, expected {n}")
+    return seconds, peak
+
+
 def link_tree(root: str, split: str, dest: str, first: int | None = None, copies: int = 1) -> str:
     """A tree hard-linked from ROOT's split, no image bytes copied: its first `first` annotated
     images once, or all of them `copies` times over. Copy i of x.xml + x.JPEG is x_s{i}.xml +
@@ -199,11 +227,13 @@ RUNNERS = {
     "in-memory": ["--direct_num_workers=1", "--direct_running_mode=in_memory"],
 }
 COPY, NAIVE, TFDS = "copy floor (cp -r)", "naive converter (1 process)", "TFDS default build"
+CLASSIC = "classic threaded converter"
 FULL, HEADER = "detrec preprocess --verify-images full", "detrec preprocess --verify-images header"
 TFDS_MISSING = f"tensorflow_datasets is not installed: no TFDS row (pip install 'detrec[{bench_tfds.EXTRA}]')"
 
 
-def _contenders(root: str, trees: list[tuple[str, str, int]], split: str, work: str, n: int, with_tfds: bool):
+def _contenders(root: str, trees: list[tuple[str, str, int]], split: str, work: str, n: int, with_tfds: bool,
+                peers: bool = False):
     """(name, images, measure) for every row of the report; measure() -> (seconds, peak bytes).
     trees: (label, root, images) of each other tree the naive converter and detrec full run on."""
     rows = [(COPY, n, lambda: _copy(root, work)), (NAIVE, n, lambda: _naive(root, split, work))]
@@ -213,6 +243,8 @@ def _contenders(root: str, trees: list[tuple[str, str, int]], split: str, work: 
             rows.append((name, n, lambda v=verify, r=runner: _detrec(root, split, work, v, r)))
     if with_tfds:
         rows.append((TFDS, n, lambda: _tfds(root, split, work, n)))
+    if peers:
+        rows.append((CLASSIC, n, lambda: _classic(root, split, work, n)))
     for label, tree, images in trees:
         rows += [(f"naive, {label}", images, lambda t=tree: _naive(t, split, work)),
                  (f"detrec full, {label}", images, lambda t=tree: _detrec(t, split, work, "full", "multi-processing"))]
@@ -242,6 +274,15 @@ def _tfds_report(by: dict[str, dict]) -> dict:
     ratios = {"full_vs_tfds": by[FULL]["img_per_s"] / tfds, "header_vs_tfds": by[HEADER]["img_per_s"] / tfds}
     return {"version": importlib.metadata.version("tensorflow-datasets"), **ratios, "targets": TFDS_TARGETS,
             "met": {key: ratio >= TFDS_TARGETS[key] for key, ratio in ratios.items()}}
+
+
+def _peers_report(by: dict[str, dict]) -> dict | None:
+    if CLASSIC not in by:
+        return None
+    classic = by[CLASSIC]["img_per_s"]
+    ratios = {"full_vs_classic": by[FULL]["img_per_s"] / classic, "header_vs_classic": by[HEADER]["img_per_s"] / classic}
+    return {"threads": _threads(), **ratios, "targets": PEER_TARGETS,
+            "met": {key: ratio >= PEER_TARGETS[key] for key, ratio in ratios.items()}}
 
 
 def build_report(contenders: list, runs: dict[str, list[tuple[float, int]]], n: int, small_n: int,
@@ -274,7 +315,8 @@ def build_report(contenders: list, runs: dict[str, list[tuple[float, int]]], n: 
     return {"machine": benchutil.machine(), "images": n, "rows": rows, "ratios": ratios,
             "ratios_in_memory_runner": in_memory, "ratios_marginal": marginal, "targets": TARGETS,
             "met": {k: (v <= TARGETS[k] if k == "memory_growth_max" else v >= TARGETS[k]) for k, v in ratios.items()},
-            "scale": _scale_report(by, n, scale) if scale else None, "tfds": _tfds_report(by)}
+            "scale": _scale_report(by, n, scale) if scale else None, "tfds": _tfds_report(by),
+            "peers": _peers_report(by)}
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -297,7 +339,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         trees = [(f"{small_n}-image subset", link_tree(root, args.split, subset, first=small_n), small_n)]
         if args.scale:
             trees.append((f"{args.scale}x tree", link_tree(root, args.split, scaled, copies=args.scale), args.scale * n))
-        contenders = _contenders(root, trees, args.split, work, n, with_tfds)
+        contenders = _contenders(root, trees, args.split, work, n, with_tfds, args.peers)
         runs: dict[str, list[tuple[float, int]]] = {name: [] for name, _, _ in contenders}
         # Round after round, every contender once per round: a slow spell of the machine
         # touches all contenders alike, not one of them.
@@ -343,6 +385,11 @@ def _print(report: dict, split: str) -> None:
         print(f"peak memory per extra image: detrec full {scale['kb_per_extra_image']:.2f} KB "
               f"(target <= {SCALE_TARGETS['kb_per_extra_image']}) {_verdict(scale['met']['kb_per_extra_image'])}, "
               f"naive {scale['naive_kb_per_extra_image']:.2f} KB")
+    peers = report["peers"]
+    if peers:
+        print(f"vs the classic threaded converter ({peers['threads']} threads): "
+              + ", ".join(f"detrec {key.split('_')[0]} x{peers[key]:.2f} (target >= {target}) "
+                          f"{_verdict(peers['met'][key])}" for key, target in PEER_TARGETS.items()))
     tfds = report["tfds"]
     if "skipped" in tfds:
         print(tfds["skipped"])

@@ -18,6 +18,14 @@ def det_xml_paths(root: str, split: str) -> list[str]:
     return sorted(glob.glob(os.path.join(root, "Annotations", "DET", split, "**", "*.xml"), recursive=True))
 
 
+def det_pairs(root: str, split: str) -> list[tuple[str, str]]:
+    """(annotation, image) of every annotated image of a DET tree's split, sorted."""
+    ann_root = os.path.join(root, "Annotations", "DET", split)
+    img_root = os.path.join(root, "Data", "DET", split)
+    return [(xml, os.path.join(img_root, os.path.relpath(xml, ann_root)[:-4] + ".JPEG"))
+            for xml in det_xml_paths(root, split)]
+
+
 def machine() -> str:
     """One line naming the machine a figure was measured on."""
     model = ""

@@ -33,7 +33,8 @@ from apache_beam.options.pipeline_options import (
 
 from detrec.core import dataset_info, fs, image_fit, schema
 from detrec.core.errors import IOFailure, UserError, one_line
-from detrec.preprocess import beam_compat, decode_check, malloc_arenas, output_folder, sources, vocab as vocab_lib
+from detrec.preprocess import (beam_compat, decode_check, malloc_arenas, output_folder, plan, sources,
+                               vocab as vocab_lib)
 from detrec.pipelines import argtypes, stopping
 from detrec.preprocess.dofns import DEFAULT_MAX_IMAGE_MB, NAMESPACE, split_time_metric
 from detrec.preprocess.graph import BuildShards, JobConfig
@@ -54,8 +55,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "LOC_synset_mapping.txt (in ROOT or its parent), else the sorted synsets seen in train")
     parser.add_argument("--num-shards", default="", metavar="SPLIT=N,...",
                         help="shards per split, e.g. train=64,val=8 (default: from --target-shard-mb)")
-    parser.add_argument("--target-shard-mb", type=float, default=128.0, help="shard size when --num-shards "
-                        "does not fix the count (default 128)")
+    parser.add_argument("--target-shard-mb", type=float, default=plan.DEFAULT_TARGET_SHARD_MB,
+                        help="shard size when --num-shards does not fix the count (default 128)")
     parser.add_argument("--verify-images", default="full", choices=decode_check.VERIFY_MODES,
                         help="full: decode every JPEG; header: trust a well-formed header + end marker")
     parser.add_argument("--max-image-mb", type=argtypes.bounded(float, 0.001, 4096), default=DEFAULT_MAX_IMAGE_MB,

@@ -15,7 +15,7 @@ import apache_beam as beam
 
 from detrec.core import fs, image_fit
 from detrec.core.dataset_info import DatasetInfo
-from detrec.preprocess import vocab as vocab_lib
+from detrec.preprocess import plan, vocab as vocab_lib
 from detrec.preprocess.dofns import (
     DEFAULT_MAX_IMAGE_MB, LAYOUT, NAMES, REJECTED, CollectVocabulary, ListAndAssign, ParseShard, WriteShard,
 )
@@ -32,7 +32,7 @@ class JobConfig:
     layout: str = "auto"
     synset_map: str = ""  # "" = the sorted synsets seen in the train split
     num_shards: Mapping[str, int] = dataclasses.field(default_factory=dict)
-    target_shard_mb: float = 128.0
+    target_shard_mb: float = plan.DEFAULT_TARGET_SHARD_MB
     verify_images: str = "full"
     # Per-image limits (dofns.WriteShard): the largest file read, the most pixels a record may
     # hold (image_fit.MAX_PIXELS: what the training decoders accept), and whether a larger

@@ -134,6 +134,11 @@ def _digest(split: str, source_id: str) -> bytes:
     return hashlib.sha256(f"{split}/{source_id}".encode("utf-8")).digest()
 
 
+# Shard size when no count is asked for (`detrec preprocess --target-shard-mb`): TFRecord
+# guidance is 100-200 MB, large enough for sequential reads, small enough to spread over hosts.
+DEFAULT_TARGET_SHARD_MB = 128.0
+
+
 def plan_shards(num_examples: int, total_bytes: int, requested: int | None, target_bytes: int) -> int:
     """Shard count: as requested, else enough for `target_bytes` each; never more than examples."""
     wanted = requested if requested else math.ceil(total_bytes / max(target_bytes, 1))

@@ -131,19 +131,10 @@ DALI_MISSING = ("needs the DALI TF plugin (nvidia-dali-tf-plugin-cuda120), which
 
 
 def pytest_collection_modifyitems(config, items):
-    """Modules holding a slow test run first, so that under xdist the long runs start early and
-    the end of the run is short tests on every worker, not one long test on one (each module's
-    tests stay together, in file order: its module fixtures are made once).
-
-    Tests of the DALI input line (marked `dali`, or given decoder "dali") skip, saying why,
+    """Tests of the DALI input line (marked `dali`, or given decoder "dali") skip, saying why,
     where the plugin cannot load; `make test` installs it, so CI runs them."""
     from detrec.train import input as input_lib
 
-    def module(item) -> str:
-        return item.nodeid.split("::")[0]
-
-    heavy = {module(item) for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: module(item) not in heavy)  # stable: file order kept
     if input_lib.dali_available():
         return
     skip = pytest.mark.skip(reason=DALI_MISSING)

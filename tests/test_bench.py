@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from detrec.pipelines import bench_preprocess, bench_tfds, benchutil, cli
+from detrec.pipelines import bench_classic, bench_preprocess, bench_tfds, benchutil, cli
 
 
 @pytest.mark.slow  # ~90 s: every preprocess contender on the synth tree, and on it twice over
@@ -142,6 +142,60 @@ def test_report_folds_in_scale_and_tfds_rows(synth_tree, monkeypatch, capsys, wi
     assert "detrec full vs naive at 3N: 1.00 (target >= 2.5) MISSED" in text
     assert "10.00 KB (target <= 1.0) MISSED" in text
     assert ("detrec full x2.00 (target >= 1.0) OK" in text) == with_tfds
+
+
+def test_peers_add_the_classic_converter_with_its_targets(synth_tree, monkeypatch, capsys):
+    """--peers: one more row, and detrec full and header over it, each against issue 27's target."""
+    for kind in ("_copy", "_naive"):
+        monkeypatch.setattr(bench_preprocess, kind, _fake_measure)
+    speeds = {"full": 2.0, "header": 4.0}  # x the classic converter's 1 ms per image
+    monkeypatch.setattr(bench_preprocess, "_detrec", lambda root, split, work, verify, runner: (
+        0.001 * bench_preprocess._count(root, "train") / speeds[verify], 100_000_000))
+    monkeypatch.setattr(bench_preprocess, "_classic", lambda root, split, work, n: (0.001 * n, 300_000_000))
+    monkeypatch.setattr(bench_tfds, "available", lambda: False)
+    assert cli.main(["bench", "preprocess", synth_tree, "--small", "10", "--repeat", "1", "--peers", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "classic threaded converter" in [row["name"] for row in report["rows"]]
+    peers = report["peers"]
+    assert peers["full_vs_classic"] == pytest.approx(2.0) and peers["header_vs_classic"] == pytest.approx(4.0)
+    assert peers["met"] == {"full_vs_classic": True, "header_vs_classic": True}  # targets 1.8 and 3.8
+    speeds["header"] = 3.0
+    assert cli.main(["bench", "preprocess", synth_tree, "--small", "10", "--repeat", "1", "--peers"]) == 0
+    text = capsys.readouterr().out
+    assert "detrec full x2.00 (target >= 1.8) OK, detrec header x3.00 (target >= 3.8) MISSED" in text
+    assert cli.main(["bench", "preprocess", synth_tree, "--small", "10", "--repeat", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["peers"] is None  # only with --peers
+
+
+def test_classic_converter_writes_every_image_with_its_label_and_boxes(synth_tree, tmp_path):
+    """The peer does the classic converter's work for real: every image once, its own bytes,
+    its XML's synset and boxes, in the shard count asked for, from two threads."""
+    import tensorflow as tf
+    from lxml import etree
+
+
+    pairs = benchutil.det_pairs(synth_tree, "train")
+    assert bench_classic.classic_convert(synth_tree, "train", str(tmp_path), num_threads=2, num_shards=4) == len(pairs)
+    shards = sorted(os.listdir(tmp_path))
+    assert shards == [f"train-{i:05d}-of-00004" for i in range(4)]
+    by_name = {}
+    for shard in shards:
+        for record in tf.data.TFRecordDataset(str(tmp_path / shard)):
+            feature = tf.train.Example.FromString(record.numpy()).features.feature
+            by_name[feature["image/filename"].bytes_list.value[0].decode()] = feature
+    assert len(by_name) == len(pairs)
+    for xml, image in pairs:
+        feature = by_name[os.path.relpath(image, os.path.join(synth_tree, "Data", "DET", "train"))[:-5]]
+        with open(image, "rb") as f:
+            assert feature["image/encoded"].bytes_list.value[0] == f.read()
+        root = etree.parse(xml).getroot()
+        names = [obj.findtext("name") for obj in root.iter("object")]
+        assert feature["image/class/synset"].bytes_list.value[0].decode() == (names[0] if names else "")
+        assert (feature["image/class/label"].int64_list.value[0] > 0) == bool(names)
+        width = float(root.findtext("size/width"))
+        xmins = [float(obj.findtext("bndbox/xmin")) / width for obj in root.iter("object")]
+        assert list(feature["image/object/bbox/xmin"].float_list.value) == pytest.approx(xmins)
+        assert feature["image/height"].int64_list.value[0] == int(root.findtext("size/height"))
 
 
 def test_scale_must_be_at_least_two(synth_tree, capsys):

@@ -496,16 +496,44 @@ def test_skip_corrupt_names_the_shard_on_stderr(dataset_dir, tmp_path, capfd):
 def test_bench_input_runs_every_row(dataset_dir, synth_tree, capsys):
     rc = cli.main(["bench", "input", "--data", dataset_dir, "--source", synth_tree, "--image-size", "36",
                    "--batch-size", "8", "--seconds", "0.4", "--warmup", "0.1", "--rounds", "2", "--decoder", "cpu",
-                   "--json"])
+                   "--peers", "--json"])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
-    assert [row["key"] for row in report["rows"]] == ["tfdata", "ceiling", "raw", "article"]
-    assert all(row["rate"] > 0 and len(row["rates"]) == 2 for row in report["rows"])
+    assert [row["key"] for row in report["rows"]] == ["tfdata", "tfdata_eval", "ceiling", "raw", "article", "keras",
+                                                      "list_files"]
+    assert all(row["rate"] > 0 and len(row["rates"]) == 2 and row["first_batch_s"] > 0 for row in report["rows"])
     # Images are counted per batch row (the article batches 16): an image side of 36 would show.
-    assert all(row["items"] % 8 == 0 for row in report["rows"] if row["unit"] == "img/s")
-    assert set(report["ratios"]) == {"ours_vs_ceiling", "ours_vs_article"}
+    assert all(row["items"] % 8 == 0 for row in report["rows"] if row["unit"] == "img/s" and row["key"] != "keras")
+    assert set(report["ratios"]) == {"ours_vs_ceiling", "ours_vs_article", "train_vs_best_peer", "eval_vs_best_peer"}
     rates = {row["key"]: row["rate"] for row in report["rows"]}
     assert report["ratios"]["ours_vs_article"] == pytest.approx(rates["tfdata"] / rates["article"])
+    best = max(rates["keras"], rates["list_files"])
+    assert report["ratios"]["train_vs_best_peer"] == pytest.approx(rates["tfdata"] / best)
+    assert report["ratios"]["eval_vs_best_peer"] == pytest.approx(rates["tfdata_eval"] / best)
+
+
+def test_bench_input_peers_read_class_folders_by_the_largest_box(synth_tree, tmp_path):
+    """The peers' tree: every annotated image once, hard-linked under its largest box's synset."""
+    from detrec.pipelines import bench_input
+    from detrec.preprocess import annotations
+
+    pairs = bench_input.article_pairs(synth_tree, "train")
+    folder = bench_input.class_folders(pairs, str(tmp_path / "folders"))
+    found = {os.path.join(d, n) for d, _, names in os.walk(folder) for n in names}
+    assert len(found) == len(pairs)
+    for i, (xml, jpeg) in enumerate(pairs):
+        with open(xml, "rb") as f:
+            ann = annotations.parse(f.read(), xml)
+        (linked,) = [path for path in found if path.endswith(f"{i:08d}.jpg")]
+        assert os.path.samefile(linked, jpeg)
+        areas = [(o.xmax - o.xmin) * (o.ymax - o.ymin) for o in ann.objects]  # synth boxes lie inside the image
+        expected = ann.objects[areas.index(max(areas))].name if areas else "background"
+        assert os.path.basename(os.path.dirname(linked)) == expected
+
+
+def test_bench_input_peers_need_the_source(dataset_dir, capsys):
+    assert cli.main(["bench", "input", "--data", dataset_dir, "--peers", "--decoder", "cpu"]) == 2
+    assert "--peers reads the JPEG files themselves: give --source" in capsys.readouterr().err
 
 
 def test_bench_input_bad_data_is_one_line(tmp_path, capsys):
