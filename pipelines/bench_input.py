@@ -21,7 +21,9 @@ Measured in one process on the same images, the pipelines taking turns (img/s):
   decode, no shuffle). Every image row yields full float32 batches at --image-size.
 
 Every row also reports its time to the first batch: the dataset built, an iterator made and
-its first batch out (the files were read before, so the page cache is warm).
+its first batch out (the files were read before, so the page cache is warm). With --cold as
+well, detrec's two lines and the two peers each read one whole epoch after the page cache is
+dropped (root only; elsewhere the report says it could not), start-up included.
 
 Targets (ratios, measured in turns so that other processes' load falls on all alike): ours >= 1.0x the
 decode ceiling and >= 2.5x the article at 224x224 on a 2-core CPU; on a GPU machine, DALI
@@ -50,7 +52,7 @@ from detrec.core.errors import UserError
 HELP = "input pipeline img/s vs the decode ceiling, raw reads and the article's pipeline"
 TARGETS = {"ours_vs_ceiling": 1.0, "ours_vs_article": 2.5, "dali_gpu_img_s": 10_000,
            # issue 27, --peers: both detrec lines at least as fast as the best file pipeline
-           "train_vs_best_peer": 1.0, "eval_vs_best_peer": 1.0}
+           "train_vs_best_peer": 1.0, "eval_vs_best_peer": 1.0, "train_vs_best_peer_cold": 1.0}
 FIRST_BATCH_SLACK = 0.2  # seconds detrec's first batch may take beyond the best peer's (issue 27)
 CEILING_IMAGES = 1000  # JPEGs held in memory for the decode ceiling (~100 MB at 500x375)
 
@@ -71,6 +73,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peers", action="store_true",
                         help="with --source: also Keras image_dataset_from_directory and a list_files pipeline "
                              "on the same JPEGs, and detrec's evaluation line")
+    parser.add_argument("--cold", action="store_true",
+                        help="with --peers: also one whole epoch of each of detrec's lines and each peer, the page "
+                             "cache dropped before each (needs root)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     add_dali_flags(parser)
 
@@ -78,9 +83,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 class Contender:
     """One pipeline under test, measured in several turns, each on a fresh iterator."""
 
-    def __init__(self, key: str, name: str, make, count, unit: str = "img/s", note: str = ""):
+    def __init__(self, key: str, name: str, make, count, unit: str = "img/s", note: str = "", make_epoch=None):
         self.key, self.name, self.unit, self.note = key, name, unit, note
         self.make, self.count = make, count  # make() builds the dataset, on the first turn
+        self.make_epoch = make_epoch  # one epoch, not repeated (--cold)
         self.dataset = None
         self.first_batch = 0.0
         self.rates: list[float] = []
@@ -129,12 +135,12 @@ def measure(contenders: list[Contender], seconds: float, warmup: float, rounds: 
             c.turn(warmup, seconds / rounds)
 
 
-def _ours(args, decoder: str, training: bool = True):
+def _ours(args, decoder: str, training: bool = True, repeat: bool = True):
     from detrec.train import input as input_lib
 
     return input_lib.make_dataset(args.data, args.split, batch_size=args.batch_size,
                                   image_size=args.image_size, training=training, decoder=decoder,
-                                  repeat=True, dtype="float32", dali=dali_tuning(args))
+                                  repeat=repeat, dtype="float32", dali=dali_tuning(args))
 
 
 def _cuda_devices() -> int:
@@ -212,17 +218,17 @@ def class_folders(pairs: list[tuple[str, str]], dest: str) -> str:
     return dest
 
 
-def _keras_peer(args, folder: str):
+def _keras_peer(args, folder: str, repeat: bool = True):
     """Keras' file pipeline as its guide shows it: resized float32 batches, prefetched."""
     import keras
     import tensorflow as tf
 
     ds = keras.utils.image_dataset_from_directory(folder, image_size=(args.image_size, args.image_size),
                                                   batch_size=args.batch_size, shuffle=True, seed=0, verbose=False)
-    return ds.repeat().prefetch(tf.data.AUTOTUNE)
+    return (ds.repeat() if repeat else ds).prefetch(tf.data.AUTOTUNE)
 
 
-def _list_files_peer(args, folder: str):
+def _list_files_peer(args, folder: str, repeat: bool = True):
     """The tf.data guide's file pipeline: list_files, then read, decode, resize in a parallel map."""
     import tensorflow as tf
 
@@ -236,7 +242,8 @@ def _list_files_peer(args, folder: str):
         image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
         return tf.image.resize(image, size), label
 
-    ds = tf.data.Dataset.list_files(os.path.join(folder, "*", "*.jpg"), shuffle=True, seed=0).repeat()
+    ds = tf.data.Dataset.list_files(os.path.join(folder, "*", "*.jpg"), shuffle=True, seed=0)
+    ds = ds.repeat() if repeat else ds
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(args.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
@@ -294,11 +301,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     contenders = []
     if args.peers and not args.source:
         raise UserError("--peers reads the JPEG files themselves: give --source, the tree the shards came from")
+    if args.cold and not args.peers:
+        raise UserError("--cold compares detrec with its peers: give --peers (and --source) too")
     if args.decoder != "dali":
-        contenders.append(Contender("tfdata", "ours: tf.data (crop-decode)", lambda: _ours(args, "cpu"), count_images))
+        contenders.append(Contender("tfdata", "ours: tf.data (crop-decode)", lambda: _ours(args, "cpu"), count_images,
+                                    make_epoch=lambda: _ours(args, "cpu", repeat=False)))
         if args.peers:
             contenders.append(Contender("tfdata_eval", "ours: tf.data evaluation line (full decode)",
-                                        lambda: _ours(args, "cpu", training=False), count_images))
+                                        lambda: _ours(args, "cpu", training=False), count_images,
+                                        make_epoch=lambda: _ours(args, "cpu", training=False, repeat=False)))
     ceiling, held = _ceiling(args, files)
     contenders.append(Contender("ceiling", "decode ceiling (full decode, in memory)", lambda: ceiling, count_images,
                                 note=f"{held} JPEGs held in memory"))
@@ -319,14 +330,17 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         if args.peers:
             folder = class_folders(pairs, tempfile.mkdtemp(prefix="detrec-bench-folders-"))
             contenders.append(Contender("keras", "peer: Keras image_dataset_from_directory",
-                                        lambda: _keras_peer(args, folder), count_images))
+                                        lambda: _keras_peer(args, folder), count_images,
+                                        make_epoch=lambda: _keras_peer(args, folder, repeat=False)))
             contenders.append(Contender("list_files", "peer: list_files + parallel map",
-                                        lambda: _list_files_peer(args, folder), count_images))
+                                        lambda: _list_files_peer(args, folder), count_images,
+                                        make_epoch=lambda: _list_files_peer(args, folder, repeat=False)))
     if dali_device:
         contenders.append(Contender("dali", f"ours: DALI on {dali_device}", lambda: _ours(args, "dali"), count_images))
     _read_once(files, folder)
     try:
         measure(contenders, args.seconds, args.warmup, args.rounds)
+        cold = cold_epochs(contenders) if args.cold else None
     finally:
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
@@ -347,6 +361,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     peers = _peers_report(rows)
     if peers:
         ratios.update(peers.pop("ratios"))
+    if cold:
+        by = {row["key"]: row for row in cold["rows"]}
+        best = max(by["keras"]["img_per_s"], by["list_files"]["img_per_s"])
+        ratios["train_vs_best_peer_cold"] = by["tfdata"]["img_per_s"] / best
     report = {
         "machine": benchutil.machine(),
         "gpu": input_lib.gpu_visible(),
@@ -361,6 +379,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         "ratios": ratios,
         "targets": {k: v for k, v in TARGETS.items() if k in ratios},
         "peers": peers,
+        "cold": cold,
     }
     if args.json:
         print(benchutil.dump_json(report))
@@ -375,11 +394,45 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         verdict = "meets" if value >= TARGETS[key] else "MISSES"
         shown = f"{value:.0f} img/s" if key == "dali_gpu_img_s" else f"{value:.2f}x"
         print(f"{key}: {shown} ({verdict} the {TARGETS[key]:g} target)")
+    if cold:
+        print(f"\none epoch each, the page cache dropped before it ({cold['note'] or 'dropped'}):")
+        print(benchutil.table(cold["rows"], [("pipeline", "pipeline", ""), ("images", "images", ">7d"),
+                                             ("seconds", "seconds", ">8.2f"), ("img_per_s", "img/s", ">7.0f")]))
     if peers:
         print(f"first batch: ours {peers['first_batch_s']['ours']:.2f} s, best peer "
               f"{peers['first_batch_s']['best_peer']:.2f} s (target: at most {FIRST_BATCH_SLACK} s more) "
               f"{'OK' if peers['first_batch_met'] else 'MISSED'}")
     return 0
+
+
+def drop_page_cache() -> str | None:
+    """Writes dirty pages out, then drops the page cache; None, or why it could not."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as exc:
+        return f"the page cache could not be dropped ({exc.strerror}; it needs root on Linux): these epochs read it warm"
+    return None
+
+
+def cold_epochs(contenders: list[Contender]) -> dict:
+    """One whole epoch of each contender that has one, the page cache dropped before each:
+    start-up, listing and every read included, as a user's first epoch after a reboot."""
+    rows, notes = [], set()
+    for c in contenders:
+        if c.make_epoch is None:
+            continue
+        print(f"cold epoch: {c.name} ...", file=sys.stderr, flush=True)
+        problem = drop_page_cache()
+        if problem:
+            notes.add(problem)
+        start = time.perf_counter()
+        images = sum(c.count(batch) for batch in c.make_epoch())
+        seconds = time.perf_counter() - start
+        rows.append({"key": c.key, "pipeline": c.name, "images": images, "seconds": round(seconds, 3),
+                     "img_per_s": images / seconds})
+    return {"rows": rows, "note": "; ".join(sorted(notes)) or None}
 
 
 def _read_once(files: list[str], folder: str | None) -> None:

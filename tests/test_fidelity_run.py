@@ -131,12 +131,20 @@ def test_multi_process_workers_leave_stop_signals_to_the_launcher():
         if not found or any(pid == here or not (sigint and sigterm) for pid, sigint, sigterm in found):
             raise BeamAssertException(f"workers' (pid, SIGINT ignored, SIGTERM ignored): {found}")
 
-    argv = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-    options = PipelineOptions(argv)
-    with beam.Pipeline(runner=beam_compat.local_runner(options), options=options) as p:
-        assert_that(p | beam.Create(range(4)) | beam.Map(ignored), check)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    # Python's own dispositions to start from, whatever this process inherited (a shell starts
+    # a background job with SIGINT ignored, and the workers would inherit that instead).
+    inherited = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, signal.default_int_handler),
+                                                      (signal.SIGTERM, signal.SIG_DFL))}
+    try:
+        argv = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+        options = PipelineOptions(argv)
+        with beam.Pipeline(runner=beam_compat.local_runner(options), options=options) as p:
+            assert_that(p | beam.Create(range(4)) | beam.Map(ignored), check)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        for s, h in inherited.items():
+            signal.signal(s, h)
 
 
 # --- 13. one run per output folder -----------------------------------------------------------

@@ -493,18 +493,32 @@ def test_skip_corrupt_names_the_shard_on_stderr(dataset_dir, tmp_path, capfd):
 
 # --- the benchmark command (a smoke run; figures come from `detrec bench input`) ----------
 @pytest.mark.slow  # a benchmark run (~5 s)
-def test_bench_input_runs_every_row(dataset_dir, synth_tree, capsys):
+def test_bench_input_runs_every_row(dataset_dir, synth_tree, capsys, monkeypatch):
+    from detrec.pipelines import bench_input
+
+    drops = []  # the real drop empties the whole machine's page cache: recorded here instead
+    monkeypatch.setattr(bench_input, "drop_page_cache", lambda: drops.append(1))
     rc = cli.main(["bench", "input", "--data", dataset_dir, "--source", synth_tree, "--image-size", "36",
                    "--batch-size", "8", "--seconds", "0.4", "--warmup", "0.1", "--rounds", "2", "--decoder", "cpu",
-                   "--peers", "--json"])
+                   "--peers", "--cold", "--json"])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
+    # --cold: one whole epoch of each of detrec's lines and each peer, the cache dropped before each.
+    cold = report["cold"]
+    assert [row["key"] for row in cold["rows"]] == ["tfdata", "tfdata_eval", "keras", "list_files"]
+    assert len(drops) == 4 and cold["note"] is None
+    train_images = sum(s.num_examples for s in dataset_info.load(dataset_dir).splits["train"].shards)
+    assert [row["images"] for row in cold["rows"]] == [train_images // 8 * 8, train_images, train_images,
+                                                        train_images // 8 * 8]
+    best_cold = max(row["img_per_s"] for row in cold["rows"] if row["key"] in ("keras", "list_files"))
+    assert report["ratios"]["train_vs_best_peer_cold"] == pytest.approx(cold["rows"][0]["img_per_s"] / best_cold)
     assert [row["key"] for row in report["rows"]] == ["tfdata", "tfdata_eval", "ceiling", "raw", "article", "keras",
                                                       "list_files"]
     assert all(row["rate"] > 0 and len(row["rates"]) == 2 and row["first_batch_s"] > 0 for row in report["rows"])
     # Images are counted per batch row (the article batches 16): an image side of 36 would show.
     assert all(row["items"] % 8 == 0 for row in report["rows"] if row["unit"] == "img/s" and row["key"] != "keras")
-    assert set(report["ratios"]) == {"ours_vs_ceiling", "ours_vs_article", "train_vs_best_peer", "eval_vs_best_peer"}
+    assert set(report["ratios"]) == {"ours_vs_ceiling", "ours_vs_article", "train_vs_best_peer", "eval_vs_best_peer",
+                                     "train_vs_best_peer_cold"}
     rates = {row["key"]: row["rate"] for row in report["rows"]}
     assert report["ratios"]["ours_vs_article"] == pytest.approx(rates["tfdata"] / rates["article"])
     best = max(rates["keras"], rates["list_files"])
@@ -534,6 +548,24 @@ def test_bench_input_peers_read_class_folders_by_the_largest_box(synth_tree, tmp
 def test_bench_input_peers_need_the_source(dataset_dir, capsys):
     assert cli.main(["bench", "input", "--data", dataset_dir, "--peers", "--decoder", "cpu"]) == 2
     assert "--peers reads the JPEG files themselves: give --source" in capsys.readouterr().err
+    assert cli.main(["bench", "input", "--data", dataset_dir, "--cold", "--decoder", "cpu"]) == 2
+    assert "--cold compares detrec with its peers: give --peers" in capsys.readouterr().err
+
+
+def test_a_page_cache_that_cannot_be_dropped_is_said(monkeypatch):
+    import builtins
+
+    from detrec.pipelines import bench_input
+
+    real_open = builtins.open
+
+    def forbidden(path, *args, **kwargs):
+        if path == "/proc/sys/vm/drop_caches":
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", forbidden)
+    assert "could not be dropped (Permission denied; it needs root" in bench_input.drop_page_cache()
 
 
 def test_bench_input_bad_data_is_one_line(tmp_path, capsys):
