@@ -207,9 +207,8 @@ def class_folders(pairs: list[tuple[str, str]], dest: str) -> str:
     for i, (xml, jpeg) in enumerate(pairs):
         with open(xml, "rb") as f:
             ann = annotations.parse(f.read(), xml)
-        areas = annotations.pixel_areas(ann, ann.width, ann.height)
-        label = (ann.objects[max(range(len(areas)), key=areas.__getitem__)].name if areas
-                 else schema.BACKGROUND_TEXT)
+        best = schema.largest_box(annotations.pixel_areas(ann, ann.width, ann.height))
+        label = schema.BACKGROUND_TEXT if best is None else ann.objects[best].name
         os.makedirs(os.path.join(dest, label), exist_ok=True)
         target = os.path.join(dest, label, f"{i:08d}.jpg")
         try:
