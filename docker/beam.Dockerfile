@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# detrec's Dataflow worker image: the official Beam SDK container + detrec + its dependencies.
+# detrec's Beam worker image (Dataflow; any Job API runner with --sdk_container_image): the official
+# Beam SDK container + detrec + its dependencies.
 # The same image is the Flex Template image (it carries Google's template launcher).
 #
 #   docker build -f docker/beam.Dockerfile -t "$IMAGE" .      # from the repository root
@@ -18,7 +19,12 @@ COPY --from=gcr.io/dataflow-templates-base/python311-template-launcher-base:2023
 # RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT: since Beam 2.44 the boot entrypoint creates a fresh venv
 # under /opt/apache/beam-venv at start-up, which a non-root user cannot write and which would hide
 # nothing we need; the dependencies below are installed into the default environment instead.
-ENV PIP_NO_CACHE_DIR=1 \
+# MALLOC_*: detrec's malloc settings (preprocess/malloc_arenas.py) for every process of the worker
+# from its start, the SDK harness included; a detrec DoFn's setup applies them too, but only to
+# the arenas made after it. The same image serves the portable runners (--sdk_container_image).
+ENV MALLOC_ARENA_MAX=2 \
+    MALLOC_MMAP_THRESHOLD_=262144 \
+    PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1 \

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("detrec.pipelines.predict_cmd", "top-k classes of image files with an exported model"),
     "bench": ("detrec.pipelines.bench", "throughput benchmarks: `bench preprocess`, `bench input`"),
     "data-service": ("detrec.pipelines.data_service", "run a tf.data service dispatcher or worker"),
+    "beam-service": ("detrec.pipelines.beam_service", "run Beam's Job API servers for --runner PortableRunner"),
 }
 # Commands whose unknown flags are passed on (to Beam's PipelineOptions).
 PASS_THROUGH = {"preprocess", "bench"}

@@ -17,11 +17,10 @@ addresses the dispatcher admits.
 from __future__ import annotations
 
 import argparse
-import signal
 import socket
-import threading
 
 from detrec.core.errors import UserError
+from detrec.pipelines import stopping
 
 HELP = "run a tf.data service dispatcher or worker (input pipeline on other machines; trusted networks only)"
 
@@ -48,29 +47,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(default: this machine's hostname)")
 
 
-def _serve(server, ready_line: str) -> int:
-    """Prints the ready line, then blocks until SIGINT/SIGTERM and stops the server cleanly."""
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    print(ready_line, flush=True)
-    # Wake up now and then: the kernel may deliver the signal to one of TensorFlow's threads,
-    # and then Python runs its handler only when the main thread next wakes (an untimed wait
-    # could sleep through SIGTERM for good).
-    while not stop.wait(0.5):
-        pass
-    server.stop()
-    print("stopped", flush=True)
-    return 0
-
-
-def _check_port(port: int) -> None:
-    if not 0 <= port < 65536:
-        raise UserError(f"--port {port} outside 0..65535")
-
-
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    _check_port(args.port)
+    stopping.check_port(args.port)
     from detrec.train import data_service  # lazily: TensorFlow loads only when a server starts
 
     try:
@@ -78,11 +56,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             server = data_service.start_dispatcher(port=args.port, work_dir=args.work_dir,
                                                    workers=args.workers.split(","))
             address = data_service.dispatcher_address(server, host=args.host)
-            return _serve(server, f"dispatcher ready at {address} (trainers: --data-service {address})")
+            ready = f"dispatcher ready at {address} (trainers: --data-service {address})"
+            return stopping.serve_until_stopped(server.stop, ready)
         if "%port%" not in args.worker_address and ":" not in args.worker_address:
             raise UserError(f"--worker-address {args.worker_address!r} must be HOST:%port% or HOST:PORT")
         server = data_service.start_worker(args.dispatcher, port=args.port, worker_address=args.worker_address)
-        return _serve(server, f"worker ready, serving for dispatcher {args.dispatcher} "
-                              f"(advertised as {args.worker_address})")
+        ready = f"worker ready, serving for dispatcher {args.dispatcher} (advertised as {args.worker_address})"
+        return stopping.serve_until_stopped(server.stop, ready)
     except RuntimeError as exc:  # e.g. a port already in use: TF raises with a gRPC status text
         raise UserError(f"data-service {args.role}: {' '.join(str(exc).split())}") from None

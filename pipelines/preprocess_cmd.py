@@ -5,7 +5,8 @@
         [--verify-images full|header] [any Apache Beam pipeline option]
 
 Unknown flags go to PipelineOptions (the wordcount.py pattern), so the same command runs on
-the DirectRunner (default here: multi-processing on all cores) or on Dataflow.
+the DirectRunner (default here: multi-processing on all cores), on Dataflow, or on any engine
+behind Beam's portable Job API (pipelines/runners/ says what each runner needs).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from apache_beam.options.pipeline_options import (
     DirectOptions,
     GoogleCloudOptions,
     PipelineOptions,
+    PortableOptions,
     SetupOptions,
     StandardOptions,
     WorkerOptions,
@@ -35,7 +37,7 @@ from detrec.core import dataset_info, fs, image_fit, schema
 from detrec.core.errors import IOFailure, UserError, one_line
 from detrec.preprocess import (beam_compat, decode_check, malloc_arenas, output_folder, plan, sources,
                                vocab as vocab_lib)
-from detrec.pipelines import argtypes, stopping
+from detrec.pipelines import argtypes, runners, stopping
 from detrec.preprocess.dofns import DEFAULT_MAX_IMAGE_MB, NAMESPACE, split_time_metric
 from detrec.preprocess.graph import BuildShards, JobConfig
 
@@ -67,6 +69,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--downscale", type=argtypes.yes_no, nargs="?", const=True, default=False,
                         help="shrink images over --max-pixels to fit (re-encoded, counted as converted) "
                         "instead of rejecting them")
+    parser.add_argument("--shared-filesystem", type=argtypes.yes_no, nargs="?", const=True, default=False,
+                        help="the runner's workers see this machine's local --input and --output at the same "
+                        "paths (NFS, a cluster's shared disk); without it, runners whose workers may run "
+                        "elsewhere take only paths every worker reads (gs://)")
 
 
 def parse_num_shards(text: str, splits: list[str]) -> dict[str, int]:
@@ -84,15 +90,15 @@ def parse_num_shards(text: str, splits: list[str]) -> dict[str, int]:
 def pipeline_options(extra: list[str]) -> PipelineOptions:
     """Beam options from the leftover flags; locally defaults to all cores in separate processes."""
     extra = [a for a in map(_dry_run_flag, extra) if a is not None]
+    options = PipelineOptions(extra)
+    runners.check_flags(extra, options)
     known = beam_compat.option_names()
     unknown = [a for a in extra if a.startswith("-") and a.split("=")[0].lstrip("-") not in known]
     if unknown:
         raise UserError(f"unknown option {unknown[0]}; see `detrec preprocess --help` and Beam's pipeline options")
-    options = PipelineOptions(extra)
     beam_compat.check_options(options)
     direct = options.view_as(DirectOptions)
-    std = options.view_as(StandardOptions)
-    if std.runner in (None, "DirectRunner") and "--direct_num_workers" not in " ".join(extra):
+    if beam_compat.runs_here(options) and "--direct_num_workers" not in " ".join(extra):
         direct.direct_num_workers = 0  # one worker per core
         direct.direct_running_mode = "multi_processing"
     options.view_as(SetupOptions).save_main_session = False
@@ -114,43 +120,29 @@ def _dry_run_flag(arg: str) -> str | None:
     return arg
 
 
-def validate(args: argparse.Namespace, options: PipelineOptions) -> None:
-    """Fails fast, before any worker starts, on mistakes a user can fix."""
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    if "dataflow" in runner.lower():
-        gcp = options.view_as(GoogleCloudOptions)
-        if not gcp.project or not gcp.region:
-            raise UserError("DataflowRunner needs --project and --region")
-        if not gcp.temp_location or not gcp.temp_location.startswith("gs://"):
-            raise UserError("DataflowRunner needs --temp_location gs://BUCKET/tmp (a Cloud Storage path)")
-        for flag, path in (("--input", args.input), ("--output", args.output), ("--synset-map", args.synset_map)):
-            if path and not path.startswith("gs://"):
-                raise UserError(f"DataflowRunner reads and writes Cloud Storage: {flag} must be a gs:// path, got {path!r}")
-        setup = options.view_as(SetupOptions)
-        if not setup.setup_file and not options.view_as(WorkerOptions).sdk_container_image:
-            raise UserError("DataflowRunner workers need detrec: pass --setup_file ./setup.py or "
-                            "--sdk_container_image IMAGE (see pipelines/dataflow/README.md)")
-        if setup.setup_file and not setup.requirements_file:
-            raise UserError("with --setup_file also pass --requirements_file pipelines/dataflow/requirements.txt "
-                            "(workers need TensorFlow, an optional extra of detrec)")
-        if setup.requirements_file and setup.requirements_cache is None:
-            setup.requirements_cache = "skip"  # else the launcher pip-downloads TF wheels for nothing
-        return
-    for flag, path in (("--input", args.input), ("--output", args.output), ("--synset-map", args.synset_map)):
+def validate(args: argparse.Namespace, options: PipelineOptions, dry_run: bool = False) -> None:
+    """Fails fast, before any worker starts, on mistakes a user can fix: the runner's own needs
+    first (runners/), then the paths and the tree (a dry run lists no remote tree: it needs no
+    credentials)."""
+    paths = {"--input": args.input, "--output": args.output, "--synset-map": args.synset_map}
+    runners.vet(options, paths, args.shared_filesystem)
+    for flag, path in paths.items():
         if path and not sources.is_text(path):
             raise UserError(f"{flag} {path!r}: the path is not valid UTF-8 text; rename it or pass another")
-    for flag, path in (("--input", args.input), ("--synset-map", args.synset_map)):
-        if path and not fs.is_url(path) and not os.path.exists(path):
-            raise UserError(f"{flag} {path}: no such file or directory")
+    for flag in ("--input", "--synset-map"):
+        if paths[flag] and not fs.is_url(paths[flag]) and not fs.exists(paths[flag]):
+            raise UserError(f"{flag} {paths[flag]}: no such file or directory")
     if args.synset_map and not fs.is_url(args.synset_map):
         try:
             vocab_lib.read_synset_map(args.synset_map)
         except (vocab_lib.VocabError, OSError) as exc:
             raise UserError(f"--synset-map: {exc}") from None
-    if not fs.is_url(args.input) and not os.path.isdir(args.input):
+    if fs.is_url(args.input) and dry_run:
+        return
+    if not fs.isdir(args.input):
         raise UserError(f"--input {args.input}: not a directory (pass the folder holding Annotations/ and Data/)")
     _check_tree(args)
-    if not fs.is_url(args.output) and os.path.isfile(args.output):
+    if not fs.is_url(args.output) and fs.exists(args.output) and not fs.isdir(args.output):
         raise UserError(f"--output {args.output} is a file; pass a folder")
 
 
@@ -205,28 +197,33 @@ def _log_progress() -> None:
     beam_compat.forward_worker_logs(os.path.dirname(sources.__file__), handler)
 
 
-def job_config(args: argparse.Namespace, num_shards: dict[str, int]) -> JobConfig:
+def job_config(args: argparse.Namespace, num_shards: dict[str, int], owned_workers: bool = False) -> JobConfig:
     return JobConfig(input=args.input, output=args.output, splits=tuple(args.splits.split(",")),
                      layout=args.layout, synset_map=args.synset_map or "", num_shards=num_shards,
                      target_shard_mb=args.target_shard_mb, verify_images=args.verify_images,
-                     max_image_mb=args.max_image_mb, max_pixels=args.max_pixels, downscale=args.downscale)
+                     max_image_mb=args.max_image_mb, max_pixels=args.max_pixels, downscale=args.downscale,
+                     owned_workers=owned_workers)
 
 
-def split_seconds(result, splits: list[str]) -> dict[str, float]:
+def split_seconds(result, splits: list[str]) -> dict[str, float] | None:
     """Each split's writing time, first shard start to last shard end, from the job's metrics
-    (splits are written concurrently, so the job's time says nothing per split)."""
+    (splits are written concurrently, so the job's time says nothing per split); None when
+    the runner reports no metrics."""
     from apache_beam.metrics.metric import MetricsFilter
 
     def edge(split: str, name: str):
         query = MetricsFilter().with_namespace(NAMESPACE).with_name(split_time_metric(split, name))
-        found = result.metrics().query(query)["distributions"]
+        found = result.metrics().query(query).get("distributions")
         return found[0].result if found else None
 
     out = {}
-    for split in splits:
-        start, end = edge(split, "start"), edge(split, "end")
-        if start is not None and end is not None and start.count and end.count:
-            out[split] = max(end.max - start.min, 1) / 1000
+    try:
+        for split in splits:
+            start, end = edge(split, "start"), edge(split, "end")
+            if start is not None and end is not None and start.count and end.count:
+                out[split] = max(end.max - start.min, 1) / 1000
+    except (NotImplementedError, AttributeError):  # a runner without metrics (or a result without them)
+        return None
     return out
 
 
@@ -283,10 +280,10 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     if not (math.isfinite(args.target_shard_mb) and args.target_shard_mb > 0):
         raise UserError(f"--target-shard-mb must be a positive number of MB, got {args.target_shard_mb}")
     options = pipeline_options(extra)
-    validate(args, options)
     dry_run = bool(options.get_all_options().get("dry_run"))
+    validate(args, options, dry_run)
     _log_progress()
-    config = job_config(args, num_shards)
+    config = job_config(args, num_shards, owned_workers=beam_compat.runs_here(options))
     if dry_run:
         return _execute(args, options, config, dry_run)
     with _held(args.output, beam_compat.runs_here(options)) as previous:
@@ -331,14 +328,18 @@ def _held(output: str, here: bool) -> Iterator[dataset_info.DatasetInfo | None]:
 def _execute(args: argparse.Namespace, options: PipelineOptions, config: JobConfig, dry_run: bool) -> int:
     """Builds and runs the job, then prints its summary (or what a dry run would do)."""
     start = time.perf_counter()
+    runner = runners.of(options)
     try:
         pipeline = beam.Pipeline(runner=beam_compat.local_runner(options), options=options)
     except ValueError as exc:  # Beam's own option validation (project id, locations...)
         raise UserError(" ".join(str(exc).split())) from None
     _ = pipeline | "BuildShards" >> BuildShards(config)
-    with _io_errors(args.output, clean=not dry_run):
-        result = pipeline.run()
-        finished = dry_run or _detached(options) or result.wait_until_finish()
+    if dry_run and not runner.dry_run:  # other runners ignore --dry_run: they would run the job
+        pipeline.to_runner_api()
+    else:
+        with _io_errors(args.output, clean=not dry_run), _service_errors(runner, options):
+            result = pipeline.run()
+            finished = dry_run or _detached(options) or result.wait_until_finish()
     if dry_run:
         print("dry run: pipeline graph built and validated; nothing was submitted")
         print("\n".join(dry_run_report(pipeline, options)))
@@ -351,11 +352,32 @@ def _execute(args: argparse.Namespace, options: PipelineOptions, config: JobConf
         raise UserError(f"the pipeline ended in state {finished}; see the runner's logs "
                         "(Dataflow: pipelines/dataflow/runbook.md)")
     info = dataset_info.load(args.output)
-    print(summary_table(info, split_seconds(result, list(info.splits))))
+    timed = split_seconds(result, list(info.splits))
+    print(summary_table(info, timed or {}))
+    if not timed and any(e.num_examples for e in info.splits.values()):
+        print(f"(per-split seconds are not available from the {runner.name}: it reports no timing metrics)")
     total = sum(e.num_examples for e in info.splits.values())
     print(f"{total} examples in {seconds:.1f}s ({total / max(seconds, 1e-9):.0f} img/s, start-up included) -> "
           f"{args.output} (details: {schema.DATASET_INFO}, {schema.errors_name('<split>')})")
     return 0
+
+
+@contextlib.contextmanager
+def _service_errors(runner: runners.Runner, options: PipelineOptions) -> Iterator[None]:
+    """A job service or worker pool that stops answering mid-job, as one line (gRPC's own
+    error is a page of stream state)."""
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as exc:
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        name = getattr(code, "name", "an RPC error")
+        hint = ""
+        if (options.view_as(PortableOptions).environment_type or "").upper() == "EXTERNAL":
+            hint = ("; a worker pool must start its SDK workers with a Python that has detrec: "
+                    "start it with `detrec beam-service worker-pool`")
+        raise UserError(f"the {runner.name}'s job service stopped answering ({name}){hint}") from None
 
 
 def dry_run_report(pipeline: beam.Pipeline, options: PipelineOptions) -> list[str]:

@@ -16,7 +16,9 @@ import os
 import signal
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
+
+from detrec.core.errors import UserError
 
 
 class Terminated(KeyboardInterrupt):
@@ -156,3 +158,26 @@ def running(pid: int) -> bool:
     """Whether `pid` can still run (neither gone nor a zombie)."""
     stat = _stat(pid)
     return stat is not None and stat[0] not in ("Z", "X")
+
+
+def check_port(port: int) -> None:
+    """A server's --port, as one line when it is out of range."""
+    if not 0 <= port < 65536:
+        raise UserError(f"--port {port} outside 0..65535")
+
+
+def serve_until_stopped(stop_server: Callable[[], object], ready_line: str) -> int:
+    """For a command that runs a server: prints the ready line, then waits for SIGINT or
+    SIGTERM (Ctrl-C, `docker stop`) and stops the server cleanly."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    print(ready_line, flush=True)
+    # Wake up now and then: the kernel may deliver the signal to one of the server's threads,
+    # and then Python runs its handler only when the main thread next wakes (an untimed wait
+    # could sleep through SIGTERM for good).
+    while not stop.wait(0.5):
+        pass
+    stop_server()
+    print("stopped", flush=True)
+    return 0

@@ -10,9 +10,9 @@ silent slowdown or a lost log line in a user's run.
 2. `forward_worker_logs`: the multi-processing workers' log lines reach the launcher only
    as text-format `LogEntry` protos re-logged by the local job service; we parse them back
    into plain lines so per-shard progress is visible.
-3. `option_names`: Beam registers its flags on `PipelineOptions` subclasses through the
-   private `_add_argparse_args`; we collect them to reject a mistyped flag up front (Beam
-   itself silently ignores unknown flags).
+3. `option_names`, `flags_of`: Beam registers its flags on `PipelineOptions` subclasses
+   through the private `_add_argparse_args`; we collect them to reject a mistyped flag up
+   front (Beam itself silently ignores unknown flags) and to tell which runner a flag is for.
 4. `check_options`: Beam's option parser reports a bad value by printing to stderr and
    raising SystemExit; we capture that text and turn it into one UserError line.
 5. `local_runner` also starts the multi-processing workers with SIGINT and SIGTERM ignored
@@ -42,9 +42,20 @@ WORKER_LOGGER = "apache_beam.runners.portability.local_job_service"
 WORKER_SIGNALS = b"trap '' INT TERM; exec "
 
 
+# --runner values that mean Beam's local runner: detrec runs the FnApiRunner itself (local_runner).
+LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "SwitchingDirectRunner")
+
+
+def runner_key(name: str) -> str:
+    """--runner as Beam's create_runner reads it: the class name, any case, "Runner" optional."""
+    last = name.rsplit(".", 1)[-1].lower()
+    return last if last.endswith("runner") else last + "runner"
+
+
 def runs_here(options: PipelineOptions) -> bool:
-    """Whether the job runs on this machine (the DirectRunner), not on a remote service."""
-    return (options.view_as(StandardOptions).runner or "DirectRunner") == "DirectRunner"
+    """Whether the job runs in processes this launcher owns (the DirectRunner), not in a service."""
+    name = options.view_as(StandardOptions).runner or "DirectRunner"
+    return runner_key(name) in {runner_key(n) for n in LOCAL_RUNNERS}
 
 
 def local_runner(options: PipelineOptions):
@@ -113,13 +124,18 @@ def forward_worker_logs(source_dir: str, handler: logging.Handler) -> None:
 
 def option_names() -> set[str]:
     """Every flag name (without dashes) some registered PipelineOptions class accepts."""
+    return {name for cls in PipelineOptions.__subclasses__() for name in flags_of(cls)}
+
+
+def flags_of(cls: type[PipelineOptions]) -> tuple[str, ...]:
+    """The flag names (without dashes) one PipelineOptions class registers; () for a class
+    that needs extras we don't have."""
     parser = argparse.ArgumentParser(add_help=False)
-    for cls in PipelineOptions.__subclasses__():
-        try:
-            cls._add_argparse_args(parser)
-        except Exception:  # an options class that needs extras we don't have
-            continue
-    return {opt.lstrip("-") for action in parser._actions for opt in action.option_strings}
+    try:
+        cls._add_argparse_args(parser)
+    except Exception:
+        return ()
+    return tuple(opt.lstrip("-") for action in parser._actions for opt in action.option_strings)
 
 
 def check_options(options: PipelineOptions) -> None:

@@ -92,17 +92,33 @@ class ShardResult:
     non_srgb: int = 0
 
 
+def progress_metric(split: str, what: str) -> str:
+    """Name of the Beam counter of a split's images `what` ("listed", "written", "rejected"):
+    the job's progress on every runner that shows metrics (Dataflow's UI, Flink's), where the
+    workers' log lines may not reach the launcher."""
+    return f"{split}_images_{what}"
+
+
 def _reject(r: Rejected):
     Metrics.counter(NAMESPACE, f"rejected_{r.code}").inc()
+    Metrics.counter(NAMESPACE, progress_metric(r.split, "rejected")).inc()
     return beam.pvalue.TaggedOutput(REJECTED, r)
 
 
 class _DetrecDoFn(beam.DoFn):
-    """Setting up a worker: what it has imported is frozen out of the GC (a fast exit, see
-    longlived)."""
+    """Setting up a worker, whichever runner started it: detrec's malloc settings
+    (malloc_arenas: memory stays flat), and, in a worker this job owns alone (`owned_worker`:
+    the DirectRunner's), what it has imported frozen out of the GC (a fast exit, see longlived;
+    a long-lived worker shared by many jobs, as a worker pool's, keeps its GC whole)."""
+
+    def __init__(self, owned_worker: bool = False):
+        super().__init__()
+        self._owned_worker = owned_worker
 
     def setup(self) -> None:
-        longlived.freeze_once()
+        malloc_arenas.limit()
+        if self._owned_worker:
+            longlived.freeze_once()
 
 
 class ListAndAssign(_DetrecDoFn):
@@ -114,8 +130,8 @@ class ListAndAssign(_DetrecDoFn):
     here saves two shuffles.
     """
 
-    def __init__(self, num_shards: dict[str, int], target_bytes: int):
-        super().__init__()
+    def __init__(self, num_shards: dict[str, int], target_bytes: int, owned_worker: bool = False):
+        super().__init__(owned_worker)
         self._num_shards = num_shards
         self._target = target_bytes
 
@@ -143,7 +159,7 @@ class ListAndAssign(_DetrecDoFn):
                 # (a file whose partner was unusable is not reported again: one input, one line)
                 yield _reject(Rejected(out.split, out.annotation, out.image, "pair", out.code, out.reason))
         del entries, rows
-        Metrics.counter(NAMESPACE, "pairs").inc(len(pairs))
+        Metrics.counter(NAMESPACE, progress_metric(split, "listed")).inc(len(pairs))
         crashpoint("listed")
         yield from plan_split(split, pairs, self._num_shards.get(split), self._target)
         del pairs
@@ -201,8 +217,8 @@ class ParseShard(_DetrecDoFn):
     travels on packed (plan.ParsedPlan) instead of being parsed again in the writer.
     """
 
-    def __init__(self, splits: list[str], names: bool = True):
-        super().__init__()
+    def __init__(self, splits: list[str], names: bool = True, owned_worker: bool = False):
+        super().__init__(owned_worker)
         self._splits = splits
         self._names = names
         self._tree_fixes: bool | None = None
@@ -297,16 +313,41 @@ def split_time_metric(split: str, edge: str) -> str:
     return f"{split}_shard_{edge}_ms"
 
 
+def _committed_already(final: str, sha256: str) -> bool:
+    """Whether `final` holds these very bytes: a straggler's commit that found its temporary
+    file gone (finalize removes every temporary once all shards are in, and a runner may still
+    run a backup attempt of a shard then) lost nothing, as shards are deterministic."""
+    try:
+        digest = hashlib.sha256()
+        with fs.open(final, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest() == sha256
+    except OSError:
+        return False
+
+
+def _discard(tmp: str) -> None:
+    for path in (tmp, tmp + schema.INDEX_SUFFIX):
+        try:
+            if fs.exists(path):
+                fs.remove(path)
+        except OSError:
+            pass  # finalize's cleanup, or the next run's, takes it
+
+
 class WriteShard(_DetrecDoFn):
     """ParsedPlan -> ShardResult; bad images and boxes -> Rejected.
 
     Writes to a temporary name and renames when complete (with its DALI .idx), so a killed
-    job never leaves a partial file under a final name and a rerun simply overwrites.
+    job never leaves a partial file under a final name and a rerun simply overwrites. A late
+    attempt of a shard already committed (retries and backups of other runners) finds the
+    same bytes there and ends quietly, whenever finalize took its temporary file.
     """
 
     def __init__(self, output: str, verify: str, max_image_mb: float = DEFAULT_MAX_IMAGE_MB,
-                 max_pixels: int = image_fit.MAX_PIXELS, downscale: bool = False):
-        super().__init__()
+                 max_pixels: int = image_fit.MAX_PIXELS, downscale: bool = False, owned_worker: bool = False):
+        super().__init__(owned_worker)
         self._output = output
         self._verify = verify
         self._decodes = decode_check.checker(verify)
@@ -347,9 +388,17 @@ class WriteShard(_DetrecDoFn):
         with fs.open(tmp + schema.INDEX_SUFFIX, "wb") as f:
             f.write("".join(index_lines).encode("ascii"))
         crashpoint("shard-written")
-        fs.replace(tmp + schema.INDEX_SUFFIX, final + schema.INDEX_SUFFIX)
-        fs.replace(tmp, final)
-        Metrics.counter(NAMESPACE, "examples_written").inc(len(index_lines))
+        try:
+            fs.replace(tmp + schema.INDEX_SUFFIX, final + schema.INDEX_SUFFIX)
+            fs.replace(tmp, final)
+        except Exception:
+            if not _committed_already(final, out.sha256):
+                raise
+            _discard(tmp)
+            log.warning("%s: another attempt of this shard (a runner's retry or backup) committed the same bytes "
+                        "first, and the job's cleanup took this late attempt's temporary file; nothing lost",
+                        key.name)
+        Metrics.counter(NAMESPACE, progress_metric(key.split, "written")).inc(len(index_lines))
         Metrics.distribution(NAMESPACE, split_time_metric(key.split, "end")).update(int(time.time() * 1000))
         Metrics.counter(NAMESPACE, "converted_images").inc(converted)
         Metrics.counter(NAMESPACE, "non_srgb_images").inc(non_srgb)

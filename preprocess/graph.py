@@ -43,6 +43,9 @@ class JobConfig:
     # The dataset already in `output` (output_folder.check): its other splits are kept when
     # this run's class list is the same, so a `--splits train` rerun leaves a whole dataset.
     previous: DatasetInfo | None = None
+    # Whether the job's workers are processes started for this job alone (the DirectRunner's):
+    # only those freeze their imports out of the GC (dofns._DetrecDoFn).
+    owned_workers: bool = False
 
     def options(self) -> dict:
         """The record of these choices kept in dataset_info.json."""
@@ -65,18 +68,21 @@ class BuildShards(beam.PTransform):
         listed = (
             pbegin
             | "Splits" >> beam.Create([(root, split, cfg.layout) for split in cfg.splits])
-            | "ListPairAssign" >> beam.ParDo(ListAndAssign(dict(cfg.num_shards), int(cfg.target_shard_mb * 1e6)))
+            | "ListPairAssign" >> beam.ParDo(ListAndAssign(dict(cfg.num_shards), int(cfg.target_shard_mb * 1e6),
+                                                      owned_worker=cfg.owned_workers))
             .with_outputs(LAYOUT, REJECTED, main="shards")
         )
         shards = listed.shards | "Distribute" >> beam.Reshuffle()  # one element per split fans out over workers
         parsed = shards | "ParseAnnotations" >> beam.ParDo(
-            ParseShard(list(cfg.splits), names=not cfg.synset_map), beam.pvalue.AsDict(listed[LAYOUT]),
+            ParseShard(list(cfg.splits), names=not cfg.synset_map, owned_worker=cfg.owned_workers),
+            beam.pvalue.AsDict(listed[LAYOUT]),
         ).with_outputs(NAMES, REJECTED, main="plans")
         vocab = self._vocabulary(pbegin, parsed[NAMES], listed[LAYOUT])
         written = (
             parsed.plans
             | "WriteShards" >> beam.ParDo(WriteShard(output, cfg.verify_images, cfg.max_image_mb, cfg.max_pixels,
-                                                     cfg.downscale), beam.pvalue.AsSingleton(vocab))
+                                                     cfg.downscale, owned_worker=cfg.owned_workers),
+                                          beam.pvalue.AsSingleton(vocab))
             .with_outputs(REJECTED, main="shards")
         )
         rejected = (listed[REJECTED], parsed[REJECTED], written[REJECTED]) | "AllRejected" >> beam.Flatten()

@@ -12,10 +12,14 @@ after that, the multi-megabyte buffers of Beam's data channel (the stage outputs
 relays) come from the heap and leave it fragmented. With the threshold fixed at 256 KB they
 are mmapped and unmapped when freed: the job's summed peak at 100,000 images fell from 684-705
 to 655 MB (20,000: 594 -> 580 MB); image reads (~100 KB) stay in the heap.
-Both are set for this process with mallopt, and through the environment for the worker
-processes started after it (Beam's multi-processing workers read MALLOC_ARENA_MAX and
-MALLOC_MMAP_THRESHOLD_ when they start). Elsewhere (not glibc, or a user's own setting of
-either variable) nothing changes.
+Where they apply (`limit`: mallopt for this process, and the environment for the processes it
+starts, which glibc reads when they start; nothing changes without glibc, or where a user set
+either variable):
+- the launcher, and the DirectRunner's worker processes it starts (preprocess_cmd);
+- any runner's worker, when it sets up a detrec DoFn (dofns._DetrecDoFn.setup; arenas made
+  before that keep their size);
+- `detrec beam-service worker-pool`'s SDK workers, from their start;
+- the worker image, docker/beam.Dockerfile (ENV), for every process of the container.
 
 The worker that lists a split frees ~1 KB per image when its plans are out, but glibc keeps
 what a non-main thread freed in that thread's arena: the worker stayed ~100 MB larger for the
@@ -31,7 +35,7 @@ import os
 ARENAS = 2
 MMAP_THRESHOLD = 256 * 1024
 # (environment variable, glibc's mallopt parameter number from malloc.h, value)
-_SETTINGS = (("MALLOC_ARENA_MAX", -8, ARENAS), ("MALLOC_MMAP_THRESHOLD_", -3, MMAP_THRESHOLD))
+SETTINGS = (("MALLOC_ARENA_MAX", -8, ARENAS), ("MALLOC_MMAP_THRESHOLD_", -3, MMAP_THRESHOLD))
 
 
 def _libc():
@@ -52,7 +56,7 @@ def limit() -> None:
     """At most ARENAS arenas and a fixed MMAP_THRESHOLD, for this process and the processes it
     starts (module docstring)."""
     mallopt = getattr(_libc(), "mallopt", None)  # None without glibc (musl, macOS): nothing to set
-    for variable, parameter, value in _SETTINGS:
+    for variable, parameter, value in SETTINGS:
         if variable in os.environ:
             continue
         os.environ[variable] = str(value)

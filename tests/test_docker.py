@@ -153,6 +153,17 @@ def test_beam_image_is_the_pinned_beam_sdk():
         f"{image}: Python {py} is outside requires-python {requires_python}")
 
 
+def test_beam_workers_start_with_detrecs_malloc_settings():
+    """Workers started by any runner from this image get what malloc_arenas sets for the
+    DirectRunner's (the launcher's environment reaches only its own children)."""
+    from detrec.preprocess import malloc_arenas
+
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(rest for kw, rest in instructions(DOCKERFILES["beam"])
+                                                     if kw == "ENV")))
+    assert {v: env.get(v) for v, _, _ in malloc_arenas.SETTINGS} == {
+        v: str(value) for v, _, value in malloc_arenas.SETTINGS}
+
+
 def test_beam_image_carries_the_flex_template_launcher():
     instrs = instructions(DOCKERFILES["beam"])
     launchers = [rest for kw, rest in instrs if kw == "COPY" and "python_template_launcher" in rest]
