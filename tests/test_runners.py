@@ -162,11 +162,17 @@ def test_a_local_job_service_with_local_workers_takes_local_paths(capsys, tmp_pa
     assert rc == 0, err[-2000:]
 
 
-def test_a_runner_beam_cannot_load_is_one_line(capsys, tmp_path, tree):
-    line = one_error(*preprocess(capsys, tmp_path, "--runner=Fastest")[::2])
-    assert "Beam has no runner of that name" in line and "PortableRunner" in line
-    line = one_error(*preprocess(capsys, tmp_path, "--runner=my.runners.Missing", "--shared-filesystem")[::2])
-    assert "cannot load it" in line and "No module named 'my'" in line
+@pytest.mark.parametrize("argv, says", [
+    (["--runner=Fastest"], "Beam has no runner of that name; choose one of DataflowRunner, DirectRunner"),
+    (["--runner=my.runners.Missing", "--shared-filesystem"], "cannot load it (No module named 'my')"),
+    (["--runner=InteractiveRunner", "--shared-filesystem"], "cannot load it (Interactive runner not available"),
+    (["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=docker"],
+     "--environment_type docker: Beam takes DOCKER, PROCESS, EXTERNAL, LOOPBACK"),
+    (["--runner=PrismRunner", "--prism_location=/no/such/prism"], "--prism_location /no/such/prism is no file"),
+    (["--runner=FlinkRunner", "--flink_job_server_jar=/no/such.jar"], "--flink_job_server_jar names no file"),
+])
+def test_a_runner_or_runner_option_beam_cannot_use_is_one_line(capsys, tmp_path, tree, argv, says):
+    assert says in one_error(*preprocess(capsys, tmp_path, *argv)[::2])
 
 
 def test_a_dry_run_on_the_direct_runner_runs_nothing(capsys, tmp_path, tree):

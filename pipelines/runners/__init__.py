@@ -15,8 +15,6 @@ Adding a runner: one module with a `RUNNER = Runner(...)` (runner.py), and one l
 
 from __future__ import annotations
 
-import importlib
-
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from detrec.core.errors import UserError, one_line
@@ -39,18 +37,17 @@ def of(options: PipelineOptions) -> Runner:
 
 
 def _importable(options: PipelineOptions, _paths: Paths) -> None:
-    """A runner given by class path can be loaded (Beam would fail with a traceback)."""
+    """A runner detrec does not list can be built (Beam would fail later, with a traceback)."""
+    from apache_beam.runners.runner import create_runner
+
     name = options.view_as(StandardOptions).runner
-    if "." not in name:
-        if beam_compat.runner_key(name) in {beam_compat.runner_key(n) for n in StandardOptions.KNOWN_RUNNER_NAMES}:
-            return
+    try:
+        create_runner(name)
+    except ValueError:  # Beam's "Unexpected pipeline runner": not a name, not a class path
         known = ", ".join(sorted(r.name for r in RUNNERS if not r.refused))
         raise UserError(f"--runner {name}: Beam has no runner of that name; choose one of {known}, "
-                        "or give a runner's class path")
-    module, _, cls = name.rpartition(".")
-    try:
-        getattr(importlib.import_module(module), cls)
-    except Exception as exc:
+                        "or give a runner's class path") from None
+    except Exception as exc:  # a class path that does not import, a runner missing its extra
         raise UserError(f"--runner {name}: cannot load it ({one_line(exc, 160)})") from None
 
 

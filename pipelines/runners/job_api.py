@@ -73,9 +73,18 @@ def _is_local(address: str) -> bool:
     return host in ("localhost", "::1", "0.0.0.0", socket.gethostname()) or host.startswith("127.")
 
 
+ENVIRONMENTS = ("DOCKER", "PROCESS", "EXTERNAL", "LOOPBACK")  # Beam's names for --environment_type
+
+
 def _environment(options: PipelineOptions, default: str) -> str:
+    """The SDK workers' environment type, one of ENVIRONMENTS (a beam:env: URN by its name)."""
     env = options.view_as(PortableOptions).environment_type or default
-    return env.rsplit(":", 2)[-2].upper() if env.startswith("beam:env:") else env.upper()
+    if env.startswith("beam:env:"):
+        return env.split(":")[2].upper()
+    if env not in ENVIRONMENTS:
+        raise UserError(f"--environment_type {env}: Beam takes {', '.join(ENVIRONMENTS)} (in capitals) "
+                        "or a beam:env: URN")
+    return env
 
 
 def _check_workers(name: str, options: PipelineOptions, env: str) -> None:
@@ -209,6 +218,8 @@ def _prism_check(options: PipelineOptions, _paths: Paths) -> None:
     location = options.view_as(PrismRunnerOptions).prism_location
     if location and os.path.exists(location):
         pass
+    elif location and not urllib.parse.urlsplit(location).scheme:
+        raise UserError(f"PrismRunner: --prism_location {location} is no file; pass the path of a prism binary")
     elif location or not (os.path.isdir(PrismJobServer.BIN_CACHE) and os.listdir(PrismJobServer.BIN_CACHE)):
         why = downloadable(location or PRISM_RELEASES)
         if why:
