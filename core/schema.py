@@ -53,7 +53,9 @@ LABEL_SOURCE = "image/detrec/label_source"
 LABEL_FROM_XML = "xml"  # the largest box of the image's XML annotation
 LABEL_FROM_CSV = "csv"  # the largest box of its row in a solution CSV (LOC_val_solution.csv)
 LABEL_FROM_FOLDER = "folder"  # the class folder holding the image; its boxes may name others
-LABEL_SOURCES = (LABEL_FROM_XML, LABEL_FROM_CSV, LABEL_FROM_FOLDER)
+LABEL_SOURCES = (LABEL_FROM_XML, LABEL_FROM_CSV, LABEL_FROM_FOLDER)  # today's sources' names
+# A source names where its boxes come from (preprocess/sources/): any short lower-case word.
+_LABEL_SOURCE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,15}")
 # Scalar keys a record may lack, and the value a missing one means (decode and parse_spec).
 DEFAULTS: dict[str, str] = {CONVERTED_FROM: "", LABEL_SOURCE: LABEL_FROM_XML}
 
@@ -327,8 +329,9 @@ def check(record: Record, num_classes: int | None = None) -> None:
             raise SchemaError(f"object {i}: box {coords} is empty or inverted")
         if box.label <= BACKGROUND_ID or (num_classes is not None and box.label >= num_classes):
             raise SchemaError(f"object {i}: label {box.label} outside 1..{(num_classes or 0) - 1}")
-    if record.label_source not in LABEL_SOURCES:
-        raise SchemaError(f"`{LABEL_SOURCE}` {record.label_source!r} is none of {', '.join(LABEL_SOURCES)}")
+    if not _LABEL_SOURCE_NAME.fullmatch(record.label_source):
+        raise SchemaError(f"`{LABEL_SOURCE}` {record.label_source!r} is no source name (a short lower-case word "
+                          f"such as {', '.join(LABEL_SOURCES)})")
     if record.label_source == LABEL_FROM_FOLDER:
         if record.class_label <= BACKGROUND_ID or (num_classes is not None and record.class_label >= num_classes):
             raise SchemaError(f"`{CLASS_LABEL}` {record.class_label} (from the image's folder) outside "

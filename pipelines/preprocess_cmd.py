@@ -36,7 +36,7 @@ from apache_beam.options.pipeline_options import (
 from detrec.core import dataset_info, fs, image_fit, schema
 from detrec.core.errors import IOFailure, UserError, one_line
 from detrec.preprocess import (beam_compat, decode_check, malloc_arenas, output_folder, plan, sources,
-                               vocab as vocab_lib)
+                               vocab as vocab_lib, walk)
 from detrec.pipelines import argtypes, runners, stopping
 from detrec.preprocess.dofns import DEFAULT_MAX_IMAGE_MB, NAMESPACE, split_time_metric
 from detrec.preprocess.graph import BuildShards, JobConfig
@@ -49,9 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "or the split folders of an image-folder tree (local or gs://)")
     parser.add_argument("--output", required=True, help="output folder for shards and metadata (local or gs://)")
     parser.add_argument("--splits", default="train,val", help="comma-separated splits (default train,val)")
-    parser.add_argument("--layout", default="auto", choices=sources.LAYOUTS,
-                        help="source tree layout: det, cls-loc (ImageNet CLS-LOC, as Kaggle ships it), voc, or "
-                        "folder (SPLIT/CLASS/IMAGE); auto tries them in that order")
+    parser.add_argument("--layout", default=sources.AUTO, choices=sources.LAYOUTS,
+                        help="source tree layout: " + "; ".join(f"{s.name}: {s.summary}" for s in sources.SOURCES.values())
+                        + "; auto tries them in that order")
     parser.add_argument("--synset-map", default="", help="class list (map_det.txt, LOC_synset_mapping.txt); "
                         "default: a folder tree's sorted train class folders, a CLS-LOC tree's "
                         "LOC_synset_mapping.txt (in ROOT or its parent), else the sorted synsets seen in train")
@@ -127,7 +127,7 @@ def validate(args: argparse.Namespace, options: PipelineOptions, dry_run: bool =
     paths = {"--input": args.input, "--output": args.output, "--synset-map": args.synset_map}
     runners.vet(options, paths, args.shared_filesystem)
     for flag, path in paths.items():
-        if path and not sources.is_text(path):
+        if path and not walk.is_text(path):
             raise UserError(f"{flag} {path!r}: the path is not valid UTF-8 text; rename it or pass another")
     for flag in ("--input", "--synset-map"):
         if paths[flag] and not fs.is_url(paths[flag]) and not fs.exists(paths[flag]):
@@ -147,8 +147,9 @@ def validate(args: argparse.Namespace, options: PipelineOptions, dry_run: bool =
 
 
 def _check_tree(args: argparse.Namespace) -> None:
-    """Every split is there in a layout detrec reads, and the class list found beside a
-    CLS-LOC tree parses: what the workers would otherwise fail on, as one line here."""
+    """Every split is there in a layout detrec reads, and the class list the tree fixes itself
+    (a CLS-LOC tree's LOC_synset_mapping.txt) parses: what the workers would otherwise fail on,
+    as one line here."""
     root = fs.absolute(args.input)
     found = {}
     for split in (s for s in args.splits.split(",") if s):
@@ -158,11 +159,9 @@ def _check_tree(args: argparse.Namespace) -> None:
             raise UserError(str(exc)) from None
         except Exception as exc:  # a bucket that cannot be listed: permissions, network
             raise UserError(f"--input {args.input}: cannot list it ({one_line(exc, 200)})") from None
-    if not args.synset_map and any(f.layout == sources.CLS_LOC for f in found.values()):
-        mapping = sources.find_beside(next(iter(found.values())).root, vocab_lib.LOC_SYNSET_MAPPING)
+    if not args.synset_map:
         try:
-            if mapping:
-                vocab_lib.read_synset_map(mapping)
+            sources.fixed_vocabulary(found, list(found))
         except (vocab_lib.VocabError, OSError) as exc:
             raise UserError(f"{exc} (found beside the tree; fix it or pass --synset-map)") from None
 
@@ -194,7 +193,7 @@ def _log_progress() -> None:
     own.propagate = False
     if not own.handlers:
         own.addHandler(handler)
-    beam_compat.forward_worker_logs(os.path.dirname(sources.__file__), handler)
+    beam_compat.forward_worker_logs(os.path.dirname(walk.__file__), handler)
 
 
 def job_config(args: argparse.Namespace, num_shards: dict[str, int], owned_workers: bool = False) -> JobConfig:

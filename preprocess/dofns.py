@@ -12,7 +12,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
-import json
 import logging
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -22,11 +21,10 @@ from apache_beam.metrics import Metrics
 
 from detrec.core import fs, image_fit, images, schema, tfrecord
 from detrec.core.crashpoints import crashpoint
-from detrec.core.errors import one_line
-from detrec.preprocess import annotations, decode_check, labels, longlived, malloc_arenas, pairing, solutions, sources
+from detrec.preprocess import annotations, decode_check, labels, longlived, malloc_arenas, sources, walk
 from detrec.preprocess import vocab as vocab_lib
-from detrec.preprocess.pairing import Pair
-from detrec.preprocess.plan import BOXES_FROM_CSV, BOXES_FROM_NONE, Item, ParsedPlan, ShardKey, ShardPlan, plan_split
+from detrec.preprocess.pairing import Pair, Rejected
+from detrec.preprocess.plan import Item, ParsedPlan, ShardKey, ShardPlan, plan_split
 from detrec.preprocess.vocab import Vocabulary
 
 T = TypeVar("T")
@@ -49,25 +47,6 @@ LOCAL_WRITER_THREADS = {"full": 2, "header": 1}
 # The largest image file read (--max-image-mb): ImageNet's largest are ~15 MB, and a JPEG at
 # the pixel limit (image_fit.MAX_PIXELS) is rarely over 100 MB.
 DEFAULT_MAX_IMAGE_MB = 128.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Rejected:
-    """One input that did not become a record (a line of errors-<split>.jsonl)."""
-
-    split: str
-    annotation: str
-    image: str
-    stage: str
-    code: str
-    reason: str
-
-    @classmethod
-    def of(cls, pair: Pair, stage: str, code: str, reason: str) -> "Rejected":
-        return cls(pair.split, pair.label_file, pair.image, stage, code, reason)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,28 +116,14 @@ class ListAndAssign(_DetrecDoFn):
 
     def process(self, element: tuple[str, str, str]) -> Iterator:
         root, split, layout = element
-        source = sources.resolve(root, split, layout)
-        yield beam.pvalue.TaggedOutput(LAYOUT, (split, source))
-        entries, unusable = [], set()
-        for entry in sources.list_split(source):
-            if isinstance(entry, sources.Unusable):  # never read: a FIFO, a device, a name that is not UTF-8
-                unusable.add(entry.key)
-                yield _reject(Rejected(split, entry.path if entry.kind == "annotation" else "",
-                                       entry.path if entry.kind == "image" else "", "list", entry.code, entry.reason))
-            else:
-                entries.append(entry)
-        log.info("listed %d files for split %s (%s layout)", len(entries), split, source.layout)
-        rows, bad_lines = pairing.solution_rows(source)
-        for bad in bad_lines:
-            yield _reject(Rejected(split, bad.where, "", "csv", bad.code, bad.reason))
+        found = sources.resolve(root, split, layout)
+        yield beam.pvalue.TaggedOutput(LAYOUT, (split, found))
         pairs = []
-        for out in pairing.pair_split(source, entries, rows):
+        for out in sources.get(found.layout).pairs(found):
             if isinstance(out, Pair):
                 pairs.append(out)
-            elif not (out.key in unusable and out.code in ("missing_annotation", "missing_image")):
-                # (a file whose partner was unusable is not reported again: one input, one line)
-                yield _reject(Rejected(out.split, out.annotation, out.image, "pair", out.code, out.reason))
-        del entries, rows
+            else:
+                yield _reject(out)
         Metrics.counter(NAMESPACE, progress_metric(split, "listed")).inc(len(pairs))
         crashpoint("listed")
         yield from plan_split(split, pairs, self._num_shards.get(split), self._target)
@@ -166,50 +131,27 @@ class ListAndAssign(_DetrecDoFn):
         malloc_arenas.release()  # the listing's ~1 KB per image, else kept for the whole run
 
 
-def _read(pair: Pair, path: str, what: str, limit: int, too_large: str = "file_too_large") -> bytes | Rejected:
-    """A source file's bytes, or the Rejected saying why they cannot be read.
-
-    Never more than `limit` + 1 bytes are read, and only from a regular file (fs.read_capped):
-    the listing saw each file's size, but a file can grow, or be swapped for a FIFO, after it.
-    """
+def _read(pair: Pair, path: str, what: str, limit: int) -> bytes | Rejected:
+    """A source file's bytes (walk.read_capped), or the Rejected saying why they cannot be read."""
     try:
-        data = fs.read_capped(path, limit)
-    except fs.NotARegularFile:
-        return Rejected.of(pair, "read", "not_a_regular_file", f"cannot read {what}: not a regular file")
-    except Exception as exc:  # permissions, vanished files, GCS errors: report, go on
-        return Rejected.of(pair, "read", "unreadable_file", f"cannot read {what}: {one_line(exc)}")
-    if len(data) > limit:
-        return Rejected.of(pair, "read", too_large, f"{what} larger than {limit:,} bytes (the limit"
-                           + (", --max-image-mb)" if what == "image" else ")"))
-    return data
+        return walk.read_capped(path, what, limit)
+    except walk.ReadError as exc:
+        return Rejected.of(pair, "read", exc.code, str(exc))
 
 
-def _parse(pair: Pair) -> Item | Rejected:
-    """The pair's boxes: from its XML, else its solution-CSV row, else none (its folder labels it)."""
-    if not pair.annotation:
-        if not pair.csv_where:
-            return Item(pair, _NO_BOXES, BOXES_FROM_NONE)
-        try:
-            return Item(pair, solutions.parse_row(solutions.Row(pair.csv_where, pair.csv_boxes)), BOXES_FROM_CSV)
-        except annotations.AnnotationError as exc:
-            return Rejected.of(pair, "csv", exc.code, str(exc))
-    data = _read(pair, pair.annotation, "annotation", annotations.MAX_XML_BYTES, "xml_too_large")
-    if isinstance(data, Rejected):
-        return data
+def _parse(pair: Pair, source: sources.Source) -> Item | Rejected:
+    """The pair's boxes, as its source reads them, or the Rejected saying why not."""
     try:
-        return Item(pair, annotations.parse(data, pair.annotation))
-    except annotations.AnnotationError as exc:
-        return Rejected.of(pair, "xml", exc.code, str(exc))
-
-
-_NO_BOXES = annotations.Annotation(0, 0, ())
+        return source.annotate(pair)
+    except sources.Unlabelled as exc:
+        return Rejected.of(pair, exc.stage, exc.code, str(exc))
 
 
 class ParseShard(_DetrecDoFn):
     """ShardPlan -> ParsedPlan (its pairs with their boxes); Rejected for annotations that do
     not parse; on the NAMES output, a train shard's distinct object names and class folders
     (the vocabulary's raw material, rule 3 of vocab.py) unless `names` is off (a synset map
-    fixes the class list) or the tree fixes it itself (vocab.tree_vocabulary, given `found`,
+    fixes the class list) or the tree fixes it itself (sources.fixed_vocabulary, given `found`,
     each split's SplitSource, as a side input).
 
     Each annotation is parsed once, here: the writer needs the class list before its first
@@ -225,8 +167,10 @@ class ParseShard(_DetrecDoFn):
 
     def process(self, plan: ShardPlan, found: dict) -> Iterator:
         pairs = plan.pairs()
+        source = sources.get(found[plan.key.split].layout)
         items = []
-        for item in ordered_map(_parse, pairs, _threads_for(pairs[0].image if pairs else "", local=1)):
+        parse = lambda pair: _parse(pair, source)  # noqa: E731
+        for item in ordered_map(parse, pairs, _threads_for(pairs[0].image if pairs else "", local=1)):
             if isinstance(item, Rejected):
                 yield _reject(item)
             else:
@@ -242,7 +186,7 @@ class ParseShard(_DetrecDoFn):
 
     def _tree_fixes_classes(self, found: dict) -> bool:
         if self._tree_fixes is None:
-            self._tree_fixes = vocab_lib.tree_vocabulary(found, self._splits) is not None
+            self._tree_fixes = sources.fixed_vocabulary(found, self._splits) is not None
         return self._tree_fixes
 
 

@@ -17,7 +17,8 @@ from typing import Iterable
 from detrec.core import fs, schema
 from detrec.core.crashpoints import crashpoint
 from detrec.core.dataset_info import DatasetInfo, ShardInfo, SplitInfo
-from detrec.preprocess.dofns import Rejected, ShardResult
+from detrec.preprocess.dofns import ShardResult
+from detrec.preprocess.pairing import Rejected
 from detrec.preprocess.sources import SplitSource
 from detrec.preprocess.vocab import Vocabulary
 

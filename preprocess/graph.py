@@ -15,7 +15,7 @@ import apache_beam as beam
 
 from detrec.core import fs, image_fit
 from detrec.core.dataset_info import DatasetInfo
-from detrec.preprocess import plan, vocab as vocab_lib
+from detrec.preprocess import plan, sources, vocab as vocab_lib
 from detrec.preprocess.dofns import (
     DEFAULT_MAX_IMAGE_MB, LAYOUT, NAMES, REJECTED, CollectVocabulary, ListAndAssign, ParseShard, WriteShard,
 )
@@ -108,5 +108,5 @@ class BuildShards(beam.PTransform):
         return (
             names
             | "SortedVocabulary" >> beam.CombineGlobally(CollectVocabulary())
-            | "TreeVocabulary" >> beam.Map(vocab_lib.of_tree, beam.pvalue.AsDict(found), list(self.config.splits))
+            | "TreeVocabulary" >> beam.Map(sources.vocabulary, beam.pvalue.AsDict(found), list(self.config.splits))
         )

@@ -21,8 +21,6 @@ from detrec.preprocess.annotations import AnnotationError
 
 # The codes of an image's class (not its boxes) being wrong (its errors' stage is "label").
 LABEL_CODES = ("unknown_synset", "unknown_class", "reserved_class_name", "empty_csv_row")
-# The record's label source for boxes from each place (plan.BOXES_FROM_*).
-_LABEL_SOURCE_OF_BOXES = {"xml": schema.LABEL_FROM_XML, "csv": schema.LABEL_FROM_CSV}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +47,7 @@ def label_image(ann: annotations.Annotation, boxes_from: str, folder: str, image
 
     Args:
       ann: its boxes (an empty Annotation when it has none).
-      boxes_from: where they came from: "xml", "csv" or "none".
+      boxes_from: where they came from, as its source names it ("xml", "csv"), or "none".
       folder: the class folder that labels it, "" when its boxes do.
       image_width, image_height: the decoded image's size (the frame of boxes without `<size>`).
       id_of: class name -> id (1..K), None when the vocabulary lacks it.
@@ -63,7 +61,7 @@ def label_image(ann: annotations.Annotation, boxes_from: str, folder: str, image
     boxes = annotations.normalise(ann, image_width, image_height, id_of, where)
     largest = schema.largest_box_label(boxes, annotations.pixel_areas(ann, image_width, image_height))
     if not folder:
-        source = _LABEL_SOURCE_OF_BOXES.get(boxes_from, schema.LABEL_FROM_XML)
+        source = boxes_from  # a box-labelled record's class comes from where its boxes did
         if source == schema.LABEL_FROM_CSV and not boxes:
             raise AnnotationError("empty_csv_row", f"{where}: no boxes, so no class for the image")
         return Labels(boxes, largest[0], largest[1], source)

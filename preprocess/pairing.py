@@ -1,29 +1,27 @@
-"""What labels each listed image: its XML, its row in a solution CSV, or its class folder.
+"""What labels each listed image in trees that pair files by name (det, cls-loc, voc).
 
-Pure but for reading the solution CSV, and run once per split while listing (the listing
-DoFn is thin over `pair_split`). Every image ends as exactly one Pair or one PairProblem, so
-nothing is lost without a line in errors-<split>.jsonl. The rule, per layout:
+Pure but for reading the files a source names, and run once per split while listing. Every
+image ends as exactly one Pair or one Rejected, so nothing is lost without a line in
+errors-<split>.jsonl. Each source says which rule it takes (preprocess/sources/):
 
   det, voc  an image needs its XML (the largest box names the class)
   cls-loc   XML first, else its row in LOC_<split>_solution.csv (ROOT or its parent); an image
             in a class folder (train/<synset>/) takes the folder's class whatever its boxes
             say, and needs neither (ImageNet labels a train image by its folder: only 42% of
             train have boxes); a flat image (val/) needs one of them
-  folder    the class folder, always; no boxes
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import logging
-import os
 import posixpath
-from typing import IO, Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
-from detrec.core import fs
 from detrec.preprocess import solutions
-from detrec.preprocess.sources import CLS_LOC, FOLDER, FileEntry, SplitSource, find_beside, folder_class
+from detrec.preprocess.walk import FileEntry, Unusable, folder_class
 
 log = logging.getLogger("detrec.preprocess")
 
@@ -36,10 +34,12 @@ class Pair:
     each instead of ~400 with a __dict__.)
 
     Attributes:
-      annotation: its XML file, "" when it has none.
+      annotation: its annotation file (XML), "" when it has none.
       folder_class: the class folder that labels it, "" when its largest box does.
-      csv_where: `file:line` of its solution-CSV row (used only without XML), "" when none.
-      csv_boxes: that row's PredictionString, parsed with the shard (solutions.parse_row).
+      label_where: where its boxes are when no file of its own holds them (`file:line` of a
+        CSV row, a JSON file and image id), "" when none.
+      label_data: those boxes as the listing found them (a CSV row's text, a source's packed
+        annotations), turned into an Annotation with the shard by the pair's source.
     """
 
     split: str
@@ -49,13 +49,32 @@ class Pair:
     image_rel: str
     image_size: int
     folder_class: str = ""
-    csv_where: str = ""
-    csv_boxes: str = ""
+    label_where: str = ""
+    label_data: str | bytes = ""
 
     @property
     def label_file(self) -> str:
         """The file (or CSV line) its boxes come from, "" for none: what error lines name."""
-        return self.annotation or self.csv_where
+        return self.annotation or self.label_where
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    """One input that did not become a record (a line of errors-<split>.jsonl)."""
+
+    split: str
+    annotation: str
+    image: str
+    stage: str
+    code: str
+    reason: str
+
+    @classmethod
+    def of(cls, pair: Pair, stage: str, code: str, reason: str) -> "Rejected":
+        return cls(pair.split, pair.label_file, pair.image, stage, code, reason)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,77 +128,48 @@ def pair(split: str, key: str, entries: Iterable[FileEntry], folder: str = "",
                           key)
 
 
-def pair_split(source: SplitSource, entries: Iterable[FileEntry],
-               rows: Mapping[str, solutions.Row] | None = None) -> Iterator[Pair | PairProblem]:
+def pair_split(split: str, entries: Iterable[FileEntry], rows: Mapping[str, solutions.Row] | None = None,
+               by_folder: bool = False) -> Iterator[Pair | PairProblem]:
     """Every Pair and PairProblem of a split, by key.
 
     Args:
-      source: the split and its layout (which decides the rule, see the module docstring).
+      split: the split.
       entries: the split's listed files; a list is emptied once they are grouped, and each
         key's files are let go as soon as they are paired, so a split's files and its pairs
         are never all in memory at once (~25% less at the listing's peak, measured).
-      rows: its solution-CSV rows by image id (cls-loc only; see `solution_rows`).
+      rows: its solution-CSV rows by image id (see cls_loc.solution_rows).
+      by_folder: a class folder (the key's first part) labels an image (CLS-LOC train).
     """
-    split = source.split
-    if source.layout == FOLDER:
-        for entry in sorted(entries, key=lambda e: e.key):  # keys are paths: no two alike
-            folder = folder_class(entry.key)
-            if folder:
-                yield Pair(split, entry.key, "", entry.path, entry.key, entry.size, folder)
-            else:
-                yield PairProblem(split, "", entry.path, "no_class_folder",
-                                  f"{entry.path}: image outside a class folder (expected {split}/<class>/<image>)")
-        return
     by_key: dict[str, list[FileEntry]] = collections.defaultdict(list)
     for entry in entries:
         by_key[entry.key].append(entry)
     if isinstance(entries, list):
         entries.clear()
-    by_folder = source.layout == CLS_LOC
     for key in sorted(by_key):
         row = solutions.row_for(rows, key) if rows else None
         yield from pair(split, key, by_key.pop(key), folder_class(key) if by_folder else "", row)
 
 
-# The longest solution-CSV line read (real ones are < 4 KB: a few boxes of 5 fields). A line
-# is read at most this far, so a CSV that is a link to /dev/zero or one endless line cannot
-# fill the listing worker's memory.
-MAX_CSV_LINE = 1 << 16
+def paired(split: str, listed: Iterable[FileEntry | Unusable], rows: Mapping[str, solutions.Row] | None = None,
+           bad_lines: Iterable[solutions.BadLine] = (), by_folder: bool = False) -> Iterator[Pair | Rejected]:
+    """A split's listing made into Pairs and Rejected lines: what a file-pairing source lists.
 
-
-def solution_rows(source: SplitSource) -> tuple[dict[str, solutions.Row], list[solutions.BadLine]]:
-    """The split's LOC_<split>_solution.csv rows (cls-loc only; ROOT or its parent), read once
-    per split as a stream; ({}, []) when there is none. A CSV that is no regular file is one
-    bad line (`not_a_regular_file`) and is not read."""
-    if source.layout != CLS_LOC:
-        return {}, []
-    path = find_beside(source.root, solutions.file_name(source.split))
-    if not path:
-        return {}, []
-    if not fs.is_url(path) and not os.path.isfile(path):
-        return {}, [solutions.BadLine(path, "not_a_regular_file", f"{path}: not a regular file, not read")]
-    long_lines: list[solutions.BadLine] = []
-    with fs.open(path, "rb") as raw:
-        rows, bad = solutions.read_rows(_capped_lines(raw, path, long_lines), path)
-    log.info("read %d rows of %s for split %s", len(rows), path, source.split)
-    return rows, sorted(bad + long_lines, key=lambda b: int(b.where.rsplit(":", 1)[1]))
-
-
-def _capped_lines(raw: IO[bytes], path: str, too_long: list[solutions.BadLine]) -> Iterator[str]:
-    """The file's lines as text (bytes that are not UTF-8 replaced), none read past
-    MAX_CSV_LINE: a longer line is skipped to its end, yielded as "" (so line numbers stay
-    right) and reported in `too_long`."""
-    number = 0
-    while True:
-        line = raw.readline(MAX_CSV_LINE)
-        if not line:
-            return
-        number += 1
-        if len(line) == MAX_CSV_LINE and not line.endswith(b"\n"):
-            while line and not line.endswith(b"\n"):
-                line = raw.readline(MAX_CSV_LINE)
-            where = f"{path}:{number}"
-            too_long.append(solutions.BadLine(where, "bad_csv_line", f"{where}: line longer than {MAX_CSV_LINE} bytes"))
-            yield ""
-            continue
-        yield line.decode("utf-8", "replace")
+    An unusable file (never read: a FIFO, a device, a name that is not UTF-8) is one line, and
+    its partner (the XML of an unusable image, the image of an unusable XML) is not reported
+    again: one input, one line."""
+    entries, unusable = [], set()
+    for entry in listed:
+        if isinstance(entry, Unusable):
+            unusable.add(entry.key)
+            yield Rejected(split, entry.path if entry.kind == "annotation" else "",
+                           entry.path if entry.kind == "image" else "", "list", entry.code, entry.reason)
+        else:
+            entries.append(entry)
+    log.info("listed %d files for split %s", len(entries), split)
+    for bad in bad_lines:
+        yield Rejected(split, bad.where, "", "csv", bad.code, bad.reason)
+    for out in pair_split(split, entries, rows, by_folder):
+        if isinstance(out, Pair):
+            yield out
+        elif not (out.key in unusable and out.code in ("missing_annotation", "missing_image")):
+            yield Rejected(out.split, out.annotation, out.image, "pair", out.code, out.reason)

@@ -44,20 +44,22 @@ class ShardKey:
         return schema.shard_name(self.split, self.index, self.count)
 
 
-BOXES_FROM_XML, BOXES_FROM_CSV, BOXES_FROM_NONE = "xml", "csv", "none"
+# An image without boxes (its class folder labels it); each source names its own box origins.
+BOXES_FROM_NONE = "none"
 
 
 @dataclasses.dataclass(frozen=True)
 class Item:
     """A pair with its boxes (a ParsedPlan carries them to the shard writer).
 
-    `annotation` holds its boxes, from `boxes_from`: its XML, its solution-CSV row, or none
-    (an image its class folder labels, with an empty annotation).
+    `annotation` holds its boxes, from `boxes_from` (its source's name for where they were: its
+    XML, its solution-CSV row...), or none (an image its class folder labels, with an empty
+    annotation).
     """
 
     pair: Pair
     annotation: annotations.Annotation
-    boxes_from: str = BOXES_FROM_XML
+    boxes_from: str
 
 
 # Every field of a Pair but the split (the plan's key has it), in the constructor's order.

@@ -3,9 +3,10 @@
 Built, first that applies:
   1. from `--synset-map` (the devkit's `map_det.txt`: `synset id name`, or
      `LOC_synset_mapping.txt`: `synset name...`; VOC class-name lists work too);
-  2. from the tree itself: an image-folder tree's sorted train class folders (Keras and
-     torchvision number them so), a CLS-LOC tree's LOC_synset_mapping.txt in ROOT or its
-     parent (the Kaggle download: 1000 synsets, in the file's order);
+  2. from the tree itself, as its source says (sources/*.vocabulary): an image-folder tree's
+     sorted train class folders (Keras and torchvision number them so), a CLS-LOC tree's
+     LOC_synset_mapping.txt in ROOT or its parent (the Kaggle download: 1000 synsets, in the
+     file's order);
   3. from the sorted set of synsets seen in the train split (box names and class folders).
 Each way gives ids that are stable across runs; `origin` says which one was taken.
 """
@@ -14,13 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable
 
 from detrec.core import fs, schema
 from detrec.core.dataset_info import ClassInfo
-from detrec.preprocess import annotations, sources
+from detrec.preprocess import annotations
 
-LOC_SYNSET_MAPPING = "LOC_synset_mapping.txt"
 TRAIN = "train"
 
 
@@ -62,34 +62,6 @@ def from_synsets(synsets: Iterable[str], origin: str = "synsets seen in the trai
     synsets = [s for s in synsets if not annotations.is_background_name(s)]
     ordered = tuple(sorted(set(synsets)))
     return Vocabulary(ordered, ordered, origin)
-
-
-def of_tree(collected: Vocabulary, found: Mapping[str, sources.SplitSource], splits: Sequence[str]) -> Vocabulary:
-    """The vocabulary the tree fixes itself (rule 2 of the module docstring), else `collected`
-    (the synsets seen in the train split, rule 3)."""
-    return tree_vocabulary(found, splits) or collected
-
-
-def tree_vocabulary(found: Mapping[str, sources.SplitSource], splits: Sequence[str]) -> Vocabulary | None:
-    """The vocabulary the tree fixes itself (rule 2), None when it fixes none.
-
-    Args:
-      found: each split's resolved source (root and layout).
-      splits: the splits of this run; the folder layout numbers the class folders of `train`
-        when the tree has it (so a val-only run gets the same ids), else of the first split.
-    """
-    if not found:
-        return None
-    root = next(iter(found.values())).root
-    layouts = {s.layout for s in found.values()}
-    if sources.FOLDER in layouts:
-        split = TRAIN if TRAIN in found or fs.isdir(fs.join(root, TRAIN)) else splits[0]
-        return from_synsets(sources.class_folders(root, split), f"class folders of {fs.join(root, split)}")
-    if sources.CLS_LOC in layouts:
-        path = sources.find_beside(root, LOC_SYNSET_MAPPING)
-        if path:
-            return read_synset_map(path)
-    return None
 
 
 # Control characters but tab, LF and CR (whitespace between fields), and lone surrogates.

@@ -404,7 +404,8 @@ def test_every_planned_shard_is_written_even_when_its_xml_all_fails(tmp_path):
     assert sorted(p.source_id for plan in plans for p in plan.pairs()) == sorted(p.source_id for p in pairs)
     (tmp_path / "out").mkdir()
     for plan in plans:
-        *rejected, parsed = dofns.ParseShard(["train"], names=False).process(plan, {})
+        det = {"train": dofns.sources.SplitSource(str(tmp_path), "train", "det")}
+        *rejected, parsed = dofns.ParseShard(["train"], names=False).process(plan, det)
         assert all(r.value.code == "malformed_xml" for r in rejected) and len(rejected) == plan.size
         assert parsed.key == plan.key and parsed.size == 0 and parsed.items() == []
         (result,) = dofns.WriteShard(str(tmp_path / "out"), "header").process(parsed, vocab.from_synsets([]))
@@ -429,7 +430,7 @@ def test_a_parsed_shard_carries_its_items_and_its_names(tmp_path):
 
     pairs = _pairs(tmp_path, 5, bad={2})
     plan, = planning.plan_split("train", pairs, 1, 1)
-    found = {"train": sources.SplitSource(str(tmp_path), "train", sources.DET)}
+    found = {"train": sources.SplitSource(str(tmp_path), "train", "det")}
     out = list(dofns.ParseShard(["train"]).process(plan, found))
     (rejected,) = [o.value for o in out if getattr(o, "tag", None) == dofns.REJECTED]
     (names,) = [o.value for o in out if getattr(o, "tag", None) == dofns.NAMES]
@@ -456,7 +457,7 @@ def test_a_parsed_plan_gives_back_every_coordinate_exactly():
 
     values = (0.0, -0.0, 1.0, 499.0, 0.5, -3.0, 1e20, 2.0 ** 60 + 2048, 1e-300, 12345.678)
     objects = tuple(annotations.Object("n1", v, v, v, v, True, False) for v in values)
-    item = planning.Item(pairing.Pair("train", "id", "a.xml", "a.JPEG", "a.JPEG", 10), annotations.Annotation(5, 4, objects, "a"))
+    item = planning.Item(pairing.Pair("train", "id", "a.xml", "a.JPEG", "a.JPEG", 10), annotations.Annotation(5, 4, objects, "a"), "xml")
     (back,) = planning.ParsedPlan.of(planning.ShardKey("train", 0, 1), [item]).items()
     assert back == item
     got = [o.xmin for o in back.annotation.objects]
@@ -504,7 +505,7 @@ def test_local_listing_lists_what_beams_match_lists(tmp_path, recursive):
     and hidden files, unicode names, a symlinked folder (not followed), a dangling link."""
     from apache_beam.io.filesystems import FileSystems
 
-    from detrec.preprocess import sources
+    from detrec.preprocess import sources, walk
 
     base = tmp_path / "Annotations"
     for rel, size in (("a.xml", 3), (".hidden.xml", 1), ("n01/b.xml", 5), ("n01/deep/c.xml", 7), ("ünï/d.xml", 2)):
@@ -516,7 +517,7 @@ def test_local_listing_lists_what_beams_match_lists(tmp_path, recursive):
     os.symlink(tmp_path / "nowhere.xml", base / "dangling.xml")
     pattern = os.path.join(base, "**" if recursive else "*")
     expected = sorted((m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list)
-    assert sources.list_files(str(base), recursive) == expected
+    assert walk.list_files(str(base), recursive) == expected
     assert len(expected) == (5 if recursive else 2)
 
 
@@ -567,7 +568,7 @@ def test_pairing_lets_the_listing_go_as_it_pairs(synth_tree):
     from detrec.preprocess import pairing, sources
 
     source = sources.resolve(synth_tree, "train", "auto")
-    entries = list(sources.list_split(source))
+    entries = list(sources.get(source.layout).files(source))
     n = len(entries)
-    pairs = [p for p in pairing.pair_split(source, entries, {}) if isinstance(p, pairing.Pair)]
+    pairs = [p for p in pairing.pair_split("train", entries, {}) if isinstance(p, pairing.Pair)]
     assert entries == [] and len(pairs) * 2 == n > 0

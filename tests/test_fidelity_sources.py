@@ -13,7 +13,7 @@ import time
 import pytest
 
 from detrec.core import dataset_info, schema
-from detrec.preprocess import sources, vocab
+from detrec.preprocess import sources, vocab, walk
 from tests import image_factory as f
 from tests.conftest import run_preprocess
 from tests.test_classification_trees import read_split, write, xml
@@ -128,10 +128,10 @@ def test_listing_is_linear_in_the_files_not_the_paths_to_them(tmp_path):
         write(base / f"c{i}/x.jpg", b"x")
         os.symlink(f"../c{(i + 1) % 12}", base / f"c{i}/next")
         os.symlink(f"../c{(i + 5) % 12}", base / f"c{i}/jump")
-    listed = list(sources.list_split(sources.SplitSource(str(tmp_path), "train", "folder")))
-    files = [e.key for e in listed if isinstance(e, sources.FileEntry)]
+    listed = list(sources.get("folder").files(sources.SplitSource(str(tmp_path), "train", "folder")))
+    files = [e.key for e in listed if isinstance(e, walk.FileEntry)]
     assert sorted(files) == sorted(f"c{i}/x.jpg" for i in range(12))
-    assert collections.Counter(u.code for u in listed if isinstance(u, sources.Unusable)) == {"duplicate_folder": 24}
+    assert collections.Counter(u.code for u in listed if isinstance(u, walk.Unusable)) == {"duplicate_folder": 24}
 
 
 # --- 5. a class named background ---------------------------------------------------------------

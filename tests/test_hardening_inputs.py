@@ -16,7 +16,7 @@ import zlib
 import pytest
 
 from detrec.core import dataset_info, fs
-from detrec.preprocess import sources
+from detrec.preprocess import sources, walk
 from tests import image_factory as f
 from tests.conftest import run_preprocess
 
@@ -248,7 +248,7 @@ def test_folder_layout_with_a_class_folder_that_is_not_utf8(tmp_path):
     # Control characters: a tab in a class name would break labels.txt's columns, a newline its lines.
     write(os.fsencode(root / "train") + b"/t\tab/f.jpg", f.jpeg(64, 48, seed=4))
     write(os.fsencode(root / "train" / "cat") + b"/new\nline.jpg", f.jpeg(64, 48, seed=5))
-    assert sources.class_folders(str(root), "train") == ["cat", "dog"]
+    assert walk.class_folders(str(root), "train") == ["cat", "dog"]
     out = str(tmp_path / "out")
     assert run_preprocess(str(root), out, "--splits", "train", "--layout", "folder", "--num-shards", "train=1") == 0
     assert kept_ids(out) == {"cat/a.jpg", "dog/b.jpg"}

@@ -235,7 +235,7 @@ def one_shard(tree: str, tmp_path) -> tuple:
     plans = [p for p in dofns.ListAndAssign({"train": 1}, 1).process((tree, "train", "auto"))
              if isinstance(p, planning.ShardPlan)]
     *_, parsed = dofns.ParseShard(["train"]).process(plans[0], {"train": source})
-    return out, source, parsed, vocab_lib.of_tree(vocab_lib.from_synsets([]), {"train": source}, ["train"])
+    return out, source, parsed, sources.vocabulary(vocab_lib.from_synsets([]), {"train": source}, ["train"])
 
 
 def test_a_late_attempt_of_a_shard_loses_nothing_when_finalize_took_its_temporary(tree, tmp_path, monkeypatch):

@@ -123,6 +123,11 @@ def test_check_accepts_good_and_names_bad():
     wrong_label = Record(**{**golden_record().__dict__, "class_label": 3, "class_text": "n01443537"})
     with pytest.raises(SchemaError, match="largest box"):
         schema.check(wrong_label)
+    # Any source names where its boxes came from (a new source: no schema change), in a short word.
+    schema.check(Record(**{**golden_record().__dict__, "label_source": "json"}), num_classes=4)
+    for bad in ("", "CSV", "x" * 17, "a b", "xml\n"):
+        with pytest.raises(SchemaError, match="no source name"):
+            schema.check(Record(**{**golden_record().__dict__, "label_source": bad}))
 
 
 def test_decode_rejects_foreign_records():
@@ -196,7 +201,9 @@ def test_check_accepts_a_folder_class_whatever_the_boxes_say():
         schema.check(Record(**{**record.__dict__, "class_label": 0, "class_text": "background"}))
     with pytest.raises(SchemaError, match="largest box"):  # from a CSV row: the largest box's again
         schema.check(Record(**{**record.__dict__, "label_source": schema.LABEL_FROM_CSV}))
-    with pytest.raises(SchemaError, match="none of xml, csv, folder"):
+    with pytest.raises(SchemaError, match="no source name"):
+        schema.check(Record(**{**record.__dict__, "label_source": "Guess!"}))
+    with pytest.raises(SchemaError, match="largest box"):  # another source's boxes: the largest box's rule
         schema.check(Record(**{**record.__dict__, "label_source": "guess"}))
 
 

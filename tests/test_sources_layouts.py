@@ -10,7 +10,7 @@ import random
 import pytest
 
 from detrec.core import schema
-from detrec.preprocess import annotations, labels, pairing, solutions, sources, vocab
+from detrec.preprocess import annotations, labels, pairing, solutions, sources, vocab, walk
 from detrec.preprocess.annotations import AnnotationError, Annotation, Object
 
 
@@ -92,7 +92,7 @@ def test_class_folders_are_sorted_folders_with_images_and_no_links(tmp_path):
     touch(tmp_path / "elsewhere/kiwi/k.jpg")
     os.symlink(tmp_path / "elsewhere/kiwi", root / "train/kiwi")
     os.symlink(root / "train/zebra", root / "train/zebra2")
-    assert sources.class_folders(str(root), "train") == ["Apple", "deep", "golden retriever", "zebra"]
+    assert walk.class_folders(str(root), "train") == ["Apple", "deep", "golden retriever", "zebra"]
 
 
 def test_folder_listing_never_follows_a_folder_link(tmp_path):
@@ -103,19 +103,19 @@ def test_folder_listing_never_follows_a_folder_link(tmp_path):
     touch(tmp_path / "elsewhere/dog/b.JPG")
     os.symlink(tmp_path / "elsewhere/dog", root / "train/dog")
     os.symlink(root / "train", root / "train/cat/loop")  # a link back up: a loop
-    listed = list(sources.list_split(sources.SplitSource(str(root), "train", "folder")))
-    assert sorted(e.key for e in listed if isinstance(e, sources.FileEntry)) == ["cat/a.jpg"]
-    assert sorted((os.path.relpath(u.path, root), u.code) for u in listed if isinstance(u, sources.Unusable)) == [
+    listed = list(sources.get("folder").files(sources.SplitSource(str(root), "train", "folder")))
+    assert sorted(e.key for e in listed if isinstance(e, walk.FileEntry)) == ["cat/a.jpg"]
+    assert sorted((os.path.relpath(u.path, root), u.code) for u in listed if isinstance(u, walk.Unusable)) == [
         ("train/cat/loop", "link_loop"), ("train/dog", "link_leaves_split")]
 
 
 def test_find_beside_looks_in_root_then_its_parent(tmp_path):
     touch(tmp_path / "LOC_synset_mapping.txt")
     (tmp_path / "ILSVRC").mkdir()
-    assert sources.find_beside(str(tmp_path / "ILSVRC"), "LOC_synset_mapping.txt") == str(tmp_path / "LOC_synset_mapping.txt")
+    assert walk.find_beside(str(tmp_path / "ILSVRC"), "LOC_synset_mapping.txt") == str(tmp_path / "LOC_synset_mapping.txt")
     touch(tmp_path / "ILSVRC/LOC_synset_mapping.txt")
-    assert sources.find_beside(str(tmp_path / "ILSVRC"), "LOC_synset_mapping.txt").startswith(str(tmp_path / "ILSVRC"))
-    assert sources.find_beside(str(tmp_path / "ILSVRC"), "nope.csv") == ""
+    assert walk.find_beside(str(tmp_path / "ILSVRC"), "LOC_synset_mapping.txt").startswith(str(tmp_path / "ILSVRC"))
+    assert walk.find_beside(str(tmp_path / "ILSVRC"), "nope.csv") == ""
 
 
 # --- the solution CSV -------------------------------------------------------------------------
@@ -160,53 +160,52 @@ def test_a_bad_csv_row_is_that_images_error(boxes, code, message):
 
 
 # --- pairing ---------------------------------------------------------------------------------
-def _entries(split: str, *files: tuple[str, str]) -> list[sources.FileEntry]:
-    return [sources.FileEntry(split, kind, os.path.splitext(rel)[0], f"/{kind}/{rel}", 10) for kind, rel in files]
+def _entries(split: str, *files: tuple[str, str]) -> list[walk.FileEntry]:
+    return [walk.FileEntry(split, kind, os.path.splitext(rel)[0], f"/{kind}/{rel}", 10) for kind, rel in files]
 
 
 def test_cls_loc_train_images_keep_their_folder_class_with_or_without_boxes():
-    source = sources.SplitSource("/r", "train", "cls-loc")
     entries = _entries("train", ("image", "n1/n1_1.JPEG"), ("annotation", "n1/n1_1.xml"),
                        ("image", "n1/n1_2.JPEG"), ("image", "n1/n1_3.JPEG"), ("annotation", "n1/n1_9.xml"))
     rows = {"n1_3": solutions.Row("LOC_train_solution.csv:2", "n1 0 0 5 5")}
-    out = {o.source_id if isinstance(o, pairing.Pair) else o.code: o for o in pairing.pair_split(source, entries, rows)}
+    out = {o.source_id if isinstance(o, pairing.Pair) else o.code: o
+           for o in pairing.pair_split("train", entries, rows, by_folder=True)}
     assert out["n1/n1_1"] == pairing.Pair("train", "n1/n1_1", "/annotation/n1/n1_1.xml", "/image/n1/n1_1.JPEG",
                                           "n1/n1_1.JPEG", 10, "n1")
     assert out["n1/n1_2"].folder_class == "n1" and out["n1/n1_2"].label_file == ""
-    assert (out["n1/n1_3"].csv_where, out["n1/n1_3"].csv_boxes) == ("LOC_train_solution.csv:2", "n1 0 0 5 5")
+    assert (out["n1/n1_3"].label_where, out["n1/n1_3"].label_data) == ("LOC_train_solution.csv:2", "n1 0 0 5 5")
     assert out["n1/n1_3"].label_file == "LOC_train_solution.csv:2"
     assert out["missing_image"].annotation == "/annotation/n1/n1_9.xml"
 
 
 def test_cls_loc_val_images_need_an_xml_or_a_csv_row():
-    source = sources.SplitSource("/r", "val", "cls-loc")
     entries = _entries("val", ("image", "v_1.JPEG"), ("annotation", "v_1.xml"), ("image", "v_2.JPEG"),
                        ("image", "v_3.JPEG"))
     rows = {"v_1": solutions.Row("c:2", "n9 0 0 1 1"), "v_2": solutions.Row("c:3", "n1 0 0 5 5")}
-    out = list(pairing.pair_split(source, entries, rows))
+    out = list(pairing.pair_split("val", entries, rows, by_folder=True))
     v1, v2, v3 = out
-    assert v1.annotation == "/annotation/v_1.xml" and v1.csv_where == "" and v1.folder_class == ""  # XML first
-    assert v2.csv_where == "c:3" and v2.folder_class == ""
+    assert v1.annotation == "/annotation/v_1.xml" and v1.label_where == "" and v1.folder_class == ""  # XML first
+    assert v2.label_where == "c:3" and v2.folder_class == ""
     assert isinstance(v3, pairing.PairProblem) and v3.code == "missing_annotation"
 
 
 def test_det_images_never_take_a_folder_class():
-    source = sources.SplitSource("/r", "train", "det")
-    (problem,) = pairing.pair_split(source, _entries("train", ("image", "n1/n1_1.JPEG")), {})
+    (problem,) = pairing.pair_split("train", _entries("train", ("image", "n1/n1_1.JPEG")), {})
     assert problem.code == "missing_annotation"
 
 
-def test_folder_layout_keeps_every_image_each_with_its_class():
-    source = sources.SplitSource("/r", "train", "folder")
-    entries = [sources.FileEntry("train", "image", key, f"/r/train/{key}", 5)
+def test_folder_layout_keeps_every_image_each_with_its_class(monkeypatch):
+    folder = sources.get("folder")
+    entries = [walk.FileEntry("train", "image", key, f"/r/train/{key}", 5)
                for key in ("golden retriever/x.jpg", "golden retriever/x.png", "cat/sub/y.JPEG", "stray.jpg")]
-    out = list(pairing.pair_split(source, entries))
+    monkeypatch.setattr(folder, "files", lambda _source: iter(entries))
+    out = list(folder.pairs(sources.SplitSource("/r", "train", "folder")))
     pairs = {p.source_id: p for p in out if isinstance(p, pairing.Pair)}
     assert {k: p.folder_class for k, p in pairs.items()} == {
         "golden retriever/x.jpg": "golden retriever", "golden retriever/x.png": "golden retriever",
         "cat/sub/y.JPEG": "cat"}
     assert pairs["cat/sub/y.JPEG"].image_rel == "cat/sub/y.JPEG" and pairs["cat/sub/y.JPEG"].annotation == ""
-    (problem,) = [p for p in out if isinstance(p, pairing.PairProblem)]
+    (problem,) = [p for p in out if isinstance(p, pairing.Rejected)]
     assert (problem.code, problem.image) == ("no_class_folder", "/r/train/stray.jpg")
 
 
@@ -286,16 +285,16 @@ def test_writer_and_reader_agree_on_20000_images():
 def test_tree_vocabulary_folder_classes_then_loc_mapping_then_the_data(trees):
     collected = vocab.from_synsets(["n9"])
     folder = {"train": sources.resolve(trees["folder"], "train", "auto")}
-    got = vocab.of_tree(collected, folder, ["train"])
+    got = sources.vocabulary(collected, folder, ["train"])
     assert got.synsets == ("cat", "golden retriever") and got.names == got.synsets
     assert got.origin.endswith(os.path.join("folder", "train"))
     val_only = {"val": sources.resolve(trees["folder"], "val", "auto")}
-    assert vocab.of_tree(collected, val_only, ["val"]).synsets == ("cat", "golden retriever")  # train's, still
+    assert sources.vocabulary(collected, val_only, ["val"]).synsets == ("cat", "golden retriever")  # train's, still
     loc = {"val": sources.resolve(trees["kaggle"], "val", "auto")}
-    got = vocab.of_tree(collected, loc, ["val"])
+    got = sources.vocabulary(collected, loc, ["val"])
     assert got.classes()[1] == vocab.ClassInfo(1, "n1", "one") and got.origin.endswith("LOC_synset_mapping.txt")
     det = {"train": sources.resolve(trees["det"], "train", "auto")}
-    assert vocab.of_tree(collected, det, ["train"]) is collected
+    assert sources.vocabulary(collected, det, ["train"]) is collected
 
 
 # --- what listing never reads ----------------------------------------------------------------
@@ -316,12 +315,12 @@ def test_listing_judges_each_path_before_anything_reads_it(tmp_path):
     os.mkfifo(ann / "fifo.txt")  # not an input's extension: not listed at all
     with open(os.fsencode(ann) + b"/caf\xe9.xml", "wb") as fh:
         fh.write(b"<annotation/>")
-    listed = list(sources.list_split(sources.SplitSource(str(tmp_path), "train", "det")))
-    entries = sorted((e.kind, e.key, e.size) for e in listed if isinstance(e, sources.FileEntry))
+    listed = list(sources.get("det").files(sources.SplitSource(str(tmp_path), "train", "det")))
+    entries = sorted((e.kind, e.key, e.size) for e in listed if isinstance(e, walk.FileEntry))
     assert entries == [("image", "linked", 2), ("image", "plain", 1)]
-    unusable = sorted((u.kind, os.path.basename(u.path), u.code, u.key) for u in listed if isinstance(u, sources.Unusable))
+    unusable = sorted((u.kind, os.path.basename(u.path), u.code, u.key) for u in listed if isinstance(u, walk.Unusable))
     assert unusable == [("annotation", "caf\\xe9.xml", "bad_file_name", "caf\udce9"),
                         ("annotation", "fifo.xml", "not_a_regular_file", "fifo"),
                         ("image", "dangling.JPEG", "not_a_regular_file", "dangling"),
                         ("image", "zero.JPEG", "not_a_regular_file", "zero")]
-    assert sources.shown_path("ok/ñandú") == "ok/ñandú" and sources.is_text("ok/日本")
+    assert walk.shown_path("ok/ñandú") == "ok/ñandú" and walk.is_text("ok/日本")

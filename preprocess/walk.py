@@ -1,20 +1,11 @@
-"""Walking a source tree: which layout it has, and every file of a split (local or gs:// alike).
+"""Walking a source tree by real path (local or gs:// alike): what every source lists with.
 
 All file access goes through detrec.core.fs, so the same code lists a laptop folder and a
 bucket, and it runs inside the pipeline (on Dataflow: on the workers, never the launcher).
 Remote folders are listed with Beam's FileSystems.match (it returns every size with the
 names); local ones with os.scandir: Beam's local match stats every file twice, which made
-listing a large split several times slower. What labels each listed image is pairing.py's job.
-
-Layouts (ROOT is the folder holding Annotations/ and Data/, JPEGImages/ or the split folders):
-  det      Annotations/DET/<split>/**.xml     + Data/DET/<split>/**.JPEG
-  cls-loc  Annotations/CLS-LOC/<split>/**.xml + Data/CLS-LOC/<split>/**.JPEG; the XML is
-           optional (train: the synset folder labels an image; val: LOC_val_solution.csv)
-  voc      Annotations/*.xml + JPEGImages/*.jpg, split ids from ImageSets/Main/<split>.txt
-  folder   <split>/<class>/**.<image> (Keras image_dataset_from_directory, torchvision
-           ImageFolder): the class folder is the label; folders starting with "." are not classes
-`auto` tries them in that order. ROOT may also be the folder holding ILSVRC/ (the Kaggle
-download), or the tree's Data/CLS-LOC or Data/DET (see tree_root).
+listing a large split several times slower. Which files a layout lists, and what labels each
+image, is its source's job (preprocess/sources/).
 
 What a tree may hold is not up to us, so listing judges each file before anything reads it:
 only regular files are inputs (a link to one is fine: datasets are often assembled from
@@ -38,7 +29,6 @@ datasets) are not listed, and a folder without images is no class.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import posixpath
@@ -49,30 +39,17 @@ from typing import Iterator, NamedTuple
 from apache_beam.io.filesystems import FileSystems
 
 from detrec.core import fs, schema
-from detrec.preprocess import annotations
+from detrec.core.errors import one_line
 
-DET, CLS_LOC, VOC, FOLDER = "det", "cls-loc", "voc", "folder"
-LAYOUTS = ("auto", DET, CLS_LOC, VOC, FOLDER)
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 ANNOTATION_EXTENSION = ".xml"
-KAGGLE_ROOT = "ILSVRC"  # what the Kaggle download unpacks beside its LOC_*.csv files
 NOT_REGULAR, BAD_NAME, UNREADABLE_FOLDER = "not_a_regular_file", "bad_file_name", "unreadable_folder"
 LINK_LEAVES, LINK_LOOP, DUPLICATE_FOLDER = "link_leaves_split", "link_loop", "duplicate_folder"
-DUPLICATE_IMAGE, MISSING_FILES = "duplicate_image", "missing_files"
+DUPLICATE_IMAGE = "duplicate_image"
 _FOLDER_CODES = (UNREADABLE_FOLDER, LINK_LEAVES, LINK_LOOP, DUPLICATE_FOLDER)  # rows of folders, not files
-MAX_SPLIT_LIST_BYTES = 64 << 20  # ImageSets/Main/<split>.txt: VOC's are < 1 MB
 _UNLISTABLE = "cannot list the folder"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1 control characters
 log = logging.getLogger("detrec.preprocess")
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitSource:
-    """Where one split's files live."""
-
-    root: str
-    split: str
-    layout: str  # resolved: det | cls-loc | voc | folder
 
 
 class FileEntry(NamedTuple):
@@ -121,89 +98,6 @@ def shown_path(path: str) -> str:
     except UnicodeEncodeError:
         text = path.encode("utf-8", "backslashreplace").decode("utf-8")
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-def _dirs(root: str, split: str, layout: str) -> tuple[str, str]:
-    """(annotation folder, image folder) of a split; the folder layout has no annotation folder."""
-    if layout == DET:
-        return fs.join(root, "Annotations", "DET", split), fs.join(root, "Data", "DET", split)
-    if layout == CLS_LOC:
-        return fs.join(root, "Annotations", "CLS-LOC", split), fs.join(root, "Data", "CLS-LOC", split)
-    if layout == FOLDER:
-        return "", fs.join(root, split)
-    return fs.join(root, "Annotations"), fs.join(root, "JPEGImages")
-
-
-def tree_root(root: str, layout: str = "auto") -> str:
-    """The folder holding Annotations/ and Data/: ROOT itself; ROOT/ILSVRC when ROOT is the
-    Kaggle download's folder (ILSVRC/ beside the LOC_* files); or, unless the layout is
-    `folder`, the tree above when ROOT is its Data/CLS-LOC or Data/DET (so the XML is found)."""
-    if layout != FOLDER and fs.basename(root) in ("CLS-LOC", "DET") and fs.basename(fs.dirname(root)) == "Data":
-        return fs.dirname(fs.dirname(root))
-    inner = fs.join(root, KAGGLE_ROOT)
-    if any(fs.exists(fs.join(root, d)) for d in ("Data", "Annotations", "JPEGImages")):
-        return root
-    return inner if fs.exists(fs.join(inner, "Data")) else root
-
-
-def _missing(root: str, split: str, layout: str) -> str:
-    """What a tree lacks to be `layout` for `split` ("" when nothing)."""
-    ann_dir, img_dir = _dirs(root, split, layout)
-    if layout == DET and not (fs.exists(ann_dir) and fs.exists(img_dir)):
-        return f"{root}: no Annotations/DET/{split} and Data/DET/{split}"
-    if layout == CLS_LOC and not fs.exists(img_dir):
-        return f"{root}: no Data/CLS-LOC/{split}"
-    if layout == VOC:
-        split_list = fs.join(root, "ImageSets", "Main", f"{split}.txt")
-        if not (fs.exists(ann_dir) and fs.exists(img_dir) and fs.exists(split_list)):
-            return f"{root}: no Annotations/, JPEGImages/ and ImageSets/Main/{split}.txt"
-        if not fs.is_url(split_list) and not os.path.isfile(split_list):
-            return f"{split_list}: not a regular file"
-    if layout == FOLDER:
-        if not fs.isdir(img_dir):
-            return f"{root}: no folder {split}/ (expected {split}/<class>/<image>)"
-        if not class_folders(root, split):
-            return f"{img_dir}: no class folders (expected {split}/<class>/<image>): a folder without images is none"
-    return ""
-
-
-def resolve(root: str, split: str, layout: str) -> SplitSource:
-    """Where a split is and in which layout (`auto`: the first that fits, in LAYOUTS order).
-
-    Raises:
-      ValueError: the tree does not have the split in that layout (or in any, for `auto`);
-        the message says what was looked for. Or a class folder is named as the background
-        class is (id 0): refused, as a synset map naming it is (vocab.py).
-    """
-    root = tree_root(root, layout)
-    if layout != "auto":
-        problem = _missing(root, split, layout)
-        if problem:
-            raise ValueError(f"--layout {layout}: {problem}")
-        return _checked(SplitSource(root, split, layout))
-    for candidate in (DET, CLS_LOC, VOC, FOLDER):
-        if not _missing(root, split, candidate):
-            return _checked(SplitSource(root, split, candidate))
-    try:
-        held = [n for n in fs.listdir(root) if not n.startswith(".")][:8]
-    except Exception:
-        held = []
-    raise ValueError(
-        f"{root}: split {split!r} not found: no Annotations/DET/{split}, Data/CLS-LOC/{split}, Annotations + "
-        f"JPEGImages or {split}/<class>/<image> folders" + (f" (it holds: {', '.join(held)})" if held else "")
-        + "; pass the folder that holds Annotations/ and Data/ (or the split folders), and --splits naming its splits"
-    )
-
-
-def _checked(source: SplitSource) -> SplitSource:
-    """The source, unless a class folder of it is named as the background class is (any case):
-    it would be a second 'background' beside id 0."""
-    if source.layout == FOLDER:
-        name = next((n for n in class_folders(source.root, source.split) if annotations.is_background_name(n)), "")
-        if name:
-            raise ValueError(f"{fs.join(source.root, source.split, name)}: a class folder named {name!r}, the name "
-                             f"of class 0 ({schema.BACKGROUND_TEXT}: no object); rename the folder to make it a class")
-    return source
 
 
 def find_beside(root: str, name: str) -> str:
@@ -330,7 +224,7 @@ def _walk_local(base: str, recursive: bool, targets: set[str], skip_hidden: bool
     real folder of the split is reached by its real path anyway). A folder is walked once (bind
     mounts); a detrec dataset (`_is_output`) not at all, nor with `skip_hidden` the hidden
     folders right under `base` (the folder layout's non-classes). The real path a file link
-    names goes into `targets` (list_split keeps an image reached twice once).
+    names goes into `targets` (`listed` keeps an image reached twice once).
     """
     root_real = os.path.realpath(base)
     try:
@@ -395,27 +289,6 @@ def _folder_link(path: str, folder_real: str, root_real: str) -> Row:
                                        "listed there, once)"), ""
 
 
-def _voc_ids(root: str, split: str) -> dict[str, int]:
-    """The ids ImageSets/Main/<split>.txt lists, each with the line first listing it (a BOM,
-    CRLF and blank lines are fine); bytes that are not UTF-8 are kept as os.scandir keeps them
-    in names (lone surrogates), so such an image is found and reported, not missed."""
-    path = _voc_list(root, split)
-    data = fs.read_capped(path, MAX_SPLIT_LIST_BYTES)
-    if len(data) > MAX_SPLIT_LIST_BYTES:
-        raise ValueError(f"{path}: over {MAX_SPLIT_LIST_BYTES >> 20} MB, not a VOC split list")
-    ids: dict[str, int] = {}
-    # split("\n"), not splitlines(): that also breaks at \x1c-\x1e, \x85 and U+2028, which a name may hold.
-    for number, line in enumerate(data.decode("utf-8", "surrogateescape").removeprefix("\ufeff").split("\n"), 1):
-        fields = line.split()
-        if fields:
-            ids.setdefault(fields[0], number)
-    return ids
-
-
-def _voc_list(root: str, split: str) -> str:
-    return fs.join(root, "ImageSets", "Main", f"{split}.txt")
-
-
 def _judged(split: str, kind: str, row: Row, key: str) -> FileEntry | Unusable:
     """A listed row as a FileEntry, or the Unusable saying why it is never read."""
     path, size, code, reason, _ = row
@@ -428,7 +301,7 @@ def _judged(split: str, kind: str, row: Row, key: str) -> FileEntry | Unusable:
     return FileEntry(split, kind, key, path, size)
 
 
-def _listed(split: str, kind: str, base: str, extensions: tuple[str, ...], recursive: bool, whole_key: bool,
+def listed(split: str, kind: str, base: str, extensions: tuple[str, ...], recursive: bool, whole_key: bool,
             wanted: dict[str, int] | None = None, unseen: dict[str, int] | None = None
             ) -> Iterator[FileEntry | Unusable]:
     """The inputs of one folder (`kind` files with these extensions), by path, keyed by their
@@ -463,30 +336,30 @@ def _listed(split: str, kind: str, base: str, extensions: tuple[str, ...], recur
         yield entry
 
 
-def list_split(source: SplitSource) -> Iterator[FileEntry | Unusable]:
-    """Every annotation and image file of a split (sorted, so output order is stable), and an
-    Unusable for each such path that is never read (see the module docstring); for VOC also
-    one for each id its split list names that has no file at all (MISSING_FILES)."""
-    ann_dir, img_dir = _dirs(source.root, source.split, source.layout)
-    if source.layout == FOLDER:
-        yield from _listed(source.split, "image", img_dir, IMAGE_EXTENSIONS, recursive=True, whole_key=True)
-        return
-    wanted = _voc_ids(source.root, source.split) if source.layout == VOC else None
-    unseen = dict(wanted) if wanted is not None else None
-    for base, kind, extensions in (
-        (ann_dir, "annotation", (ANNOTATION_EXTENSION,)),
-        (img_dir, "image", IMAGE_EXTENSIONS),
-    ):
-        if fs.exists(base):
-            yield from _listed(source.split, kind, base, extensions, source.layout != VOC, False, wanted, unseen)
-    if unseen:
-        where = shown_path(_voc_list(source.root, source.split))
-        for voc_id, line in unseen.items():
-            yield Unusable(source.split, "annotation", f"{where}:{line}", MISSING_FILES,
-                           f"{where}:{line}: lists image {annotations.shown_id(voc_id)}, but neither Annotations/ "
-                           "nor JPEGImages/ has a file of that name", voc_id)
-
-
 def folder_class(key: str) -> str:
     """The class folder of an image's key (its first part), "" for an image outside any."""
     return key.split("/", 1)[0] if "/" in key else ""
+
+
+class ReadError(Exception):
+    """A source file that cannot be read: `code` for errors-<split>.jsonl, the message says why."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+
+
+def read_capped(path: str, what: str, limit: int, too_large: str = "file_too_large") -> bytes:
+    """A source file's bytes, never more than `limit` + 1 read, and only from a regular file
+    (fs.read_capped): the listing saw each file's size, but a file can grow, or be swapped for
+    a FIFO, after it. ReadError says why not (`not_a_regular_file`, `unreadable_file`, `too_large`)."""
+    try:
+        data = fs.read_capped(path, limit)
+    except fs.NotARegularFile:
+        raise ReadError("not_a_regular_file", f"cannot read {what}: not a regular file") from None
+    except Exception as exc:  # permissions, vanished files, GCS errors: report, go on
+        raise ReadError("unreadable_file", f"cannot read {what}: {one_line(exc)}") from None
+    if len(data) > limit:
+        raise ReadError(too_large, f"{what} larger than {limit:,} bytes (the limit"
+                        + (", --max-image-mb)" if what == "image" else ")"))
+    return data

@@ -1,0 +1,72 @@
+"""Image folders (Keras image_dataset_from_directory, torchvision ImageFolder):
+<split>/<class>/**.<image>. The class folder labels every image in it, no boxes; folders
+starting with "." are no classes, and the train split's sorted class folders are the class
+list (as Keras and torchvision number them). An image outside a class folder is one line."""
+
+from __future__ import annotations
+
+from typing import Iterator, Mapping, Sequence
+
+from detrec.core import fs, schema
+from detrec.preprocess import annotations, pairing, vocab as vocab_lib, walk
+from detrec.preprocess.plan import BOXES_FROM_NONE, Item
+from detrec.preprocess.sources.contract import NO_BOXES, Source, SplitSource
+
+TRAIN = "train"
+
+
+class Folder(Source):
+    name = "folder"
+    summary = "image folders: SPLIT/CLASS/IMAGE (Keras, torchvision)"
+
+    def missing(self, root: str, split: str) -> str:
+        base = fs.join(root, split)
+        if not fs.isdir(base):
+            return f"{root}: no folder {split}/ (expected {split}/<class>/<image>)"
+        if not walk.class_folders(root, split):
+            return f"{base}: no class folders (expected {split}/<class>/<image>): a folder without images is none"
+        return ""
+
+    def check(self, source: SplitSource) -> None:
+        """No class folder is named as the background class is (any case): it would be a
+        second 'background' beside id 0."""
+        name = next((n for n in walk.class_folders(source.root, source.split)
+                     if annotations.is_background_name(n)), "")
+        if name:
+            raise ValueError(f"{fs.join(source.root, source.split, name)}: a class folder named {name!r}, the name "
+                             f"of class 0 ({schema.BACKGROUND_TEXT}: no object); rename the folder to make it a class")
+
+    def files(self, source: SplitSource) -> Iterator[walk.FileEntry | walk.Unusable]:
+        """Every image under the split's folder, keyed by its path there (with the extension:
+        x.jpg beside x.png are two images)."""
+        return walk.listed(source.split, "image", fs.join(source.root, source.split), walk.IMAGE_EXTENSIONS,
+                           recursive=True, whole_key=True)
+
+    def pairs(self, source: SplitSource) -> Iterator[pairing.Pair | pairing.Rejected]:
+        split = source.split
+        entries = []
+        for entry in self.files(source):
+            if isinstance(entry, walk.Unusable):
+                yield pairing.Rejected(split, "", entry.path, "list", entry.code, entry.reason)
+            else:
+                entries.append(entry)
+        for entry in sorted(entries, key=lambda e: e.key):  # keys are paths: no two alike
+            folder = walk.folder_class(entry.key)
+            if folder:
+                yield pairing.Pair(split, entry.key, "", entry.path, entry.key, entry.size, folder)
+            else:
+                yield pairing.Rejected(split, "", entry.path, "pair", "no_class_folder",
+                                       f"{entry.path}: image outside a class folder (expected {split}/<class>/<image>)")
+
+    def annotate(self, pair: pairing.Pair) -> Item:
+        return Item(pair, NO_BOXES, BOXES_FROM_NONE)
+
+    def vocabulary(self, found: Mapping[str, SplitSource], splits: Sequence[str]) -> vocab_lib.Vocabulary:
+        """The sorted class folders of `train` when the tree has it (so a val-only run gets the
+        same ids), else of the first split."""
+        root = next(iter(found.values())).root
+        split = TRAIN if TRAIN in found or fs.isdir(fs.join(root, TRAIN)) else splits[0]
+        return vocab_lib.from_synsets(walk.class_folders(root, split), f"class folders of {fs.join(root, split)}")
+
+
+SOURCE = Folder()
