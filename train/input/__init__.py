@@ -20,8 +20,10 @@ Each call takes either a data folder and a split name (it reads the folder's
 dataset_info.json) or a split loaded once with `split_shards` (the trainer builds many
 pipelines of one dataset), and its settings either as keyword arguments or as one
 `InputConfig` (`config=`; keyword arguments given too replace its fields). One function
-per job with two ways in, rather than a folder-taking and a split-taking twin of each: the
-twins had drifted apart in argument order, validation order and names.
+per job with two ways in, rather than a folder-taking and a split-taking twin of each
+(`build_dataset`, `plan_epoch`, `build_dataset_fn` were): a twin differed from its sibling
+only by the line that loads the split, so each function takes that line in and callers
+keep one name per job.
 
 * images: [B, H, W, 3] of `output_dtype(preprocess, dtype)`; `image_size` is an int or (H, W),
   each side in 1..MAX_IMAGE_SIZE. `preprocess` names a transform of
