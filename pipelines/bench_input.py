@@ -49,6 +49,7 @@ import time
 from detrec.pipelines import benchutil
 from detrec.pipelines.train_cmd import add_dali_flags, dali_tuning
 from detrec.core.errors import UserError
+from detrec.train import registry
 
 HELP = "input pipeline img/s vs the decode ceiling, raw reads and the article's pipeline"
 TARGETS = {"ours_vs_ceiling": 1.0, "ours_vs_article": 2.5, "dali_gpu_img_s": 10_000,
@@ -62,7 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="the OUT folder of `detrec preprocess`")
     parser.add_argument("--source", help="the ILSVRC tree the shards came from (adds the article's pipeline)")
     parser.add_argument("--split", default="train", help="split to read (default train)")
-    parser.add_argument("--decoder", choices=("auto", "cpu", "dali"), default="auto",
+    parser.add_argument("--decoder", choices=registry.decoder_choices(), default=registry.AUTO,
                         help="which pipeline is 'ours' for the targets; auto: DALI on a GPU, else tf.data. "
                              "cpu skips the DALI row")
     parser.add_argument("--image-size", type=int, default=224, help="output side (default 224)")
@@ -157,7 +158,7 @@ def _ceiling(args, files: list[str]):
     import tensorflow as tf
 
     from detrec.core import schema
-    from detrec.train import augment
+    from detrec.train.transforms import inception
 
     records = []
     for record in tf.data.TFRecordDataset(files).take(CEILING_IMAGES):
@@ -168,9 +169,9 @@ def _ceiling(args, files: list[str]):
     ds = tf.data.Dataset.from_tensor_slices((parsed[schema.ENCODED], parsed[schema.CLASS_LABEL])).repeat()
     # Exactly what the pipeline does to an image, minus the shards and the crop: full decode +
     # resize per image, then batch and normalise per batch.
-    ds = ds.map(lambda e, label: (augment.decode_eval(e, size)[0], label),
+    ds = ds.map(lambda e, label: (inception.decode_eval(e, size)[0], label),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    ds = ds.batch(args.batch_size).map(lambda images, labels: (augment.normalize_inception(images, tf.float32), labels),
+    ds = ds.batch(args.batch_size).map(lambda images, labels: (inception.normalize_inception(images, tf.float32), labels),
                                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     return ds.prefetch(tf.data.AUTOTUNE), len(records)
 

@@ -42,7 +42,7 @@ ENCODED, LABEL = "image/encoded", "image/class/label"  # detrec.core.schema's fe
 DECODER_ARGS = dict(adjust_orientation=False, jpeg_fancy_upsampling=True)  # see train/input/dali.py
 HW_DECODER_LOAD, PREALLOCATE, MAX_THREADS = 0.65, (0, 0), 8  # train/input/{config,dali}.py
 IMAGENET_PREALLOCATE = (5980, 6430)  # NVIDIA's ResNet-50 example: the largest ImageNet image
-AREA, ASPECT, ATTEMPTS, SCALE = (0.08, 1.0), (3 / 4, 4 / 3), 10, 127.5  # train/augment.py
+AREA, ASPECT, ATTEMPTS, SCALE = (0.08, 1.0), (3 / 4, 4 / 3), 10, 127.5  # train/transforms/inception.py
 TARGET_IMG_S = 10_000
 TOLERANCE = {"mean_abs": 1.0, "p999_abs": 4.0}  # grey levels, per image
 

@@ -25,6 +25,7 @@ import sys
 
 from detrec.core.errors import UserError
 from detrec.pipelines import argtypes
+from detrec.train import registry  # names only: no TensorFlow for --help
 
 HELP = "train a CNN streaming from the shards"
 # The same as train.models.MODELS (a test checks), spelled out so `--help` needs no Keras.
@@ -119,10 +120,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=argtypes.bounded(int, 1, MAX_IMAGE_SIZE), default=224,
                         help=f"square input side, at most {MAX_IMAGE_SIZE} (default 224)")
     parser.add_argument("--lr", type=_rate, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--decoder", choices=("auto", "cpu", "dali"), default="auto",
-                        help="JPEG decode: tf.data on CPU, DALI (GPU), auto = DALI where a GPU is (default)")
-    parser.add_argument("--preprocess", choices=("inception", "seed"), default="inception",
-                        help="inception: random-resized crops, [-1,1]; seed: the article's transform")
+    parser.add_argument("--decoder", choices=registry.decoder_choices(), default=registry.AUTO,
+                        help=f"the input line: {registry.choices_help(registry.INPUT_LINES)}; "
+                             f"{registry.AUTO}: {registry.AUTO_HELP} (default)")
+    parser.add_argument("--preprocess", choices=tuple(registry.TRANSFORMS), default=registry.DEFAULT_TRANSFORM,
+                        help=f"the image transform: {registry.choices_help(registry.TRANSFORMS)} "
+                             f"(default {registry.DEFAULT_TRANSFORM})")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
     parser.add_argument("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
@@ -206,11 +209,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         checkpoint_every=args.checkpoint_every, seed=args.seed, preprocess=args.preprocess,
         mixed_precision=args.mixed_precision, jit_compile=args.xla,
     )
+    decoder = (f"{registry.portable_decoder()} on {args.data_service}" if args.data_service
+               else input_lib.resolve_decoder(args.decoder))
     print(f"training {args.model} on {args.data}: {len(data.classes)} classes, "
           f"{config.steps_per_epoch} steps of {args.batch_size} per epoch, "
-          f"{strategy.num_replicas_in_sync} replica(s){_where(strategy)}, decoder "
-          f"{'cpu on ' + args.data_service if args.data_service else input_lib.resolve_decoder(args.decoder)}",
-          flush=True)
+          f"{strategy.num_replicas_in_sync} replica(s){_where(strategy)}, decoder {decoder}", flush=True)
     try:
         with input_lib.shard_errors():  # a corrupt shard: one line naming the file
             return Trainer(config, data, strategy).run()

@@ -309,8 +309,8 @@ def test_dali_bench_reads_detrec_shards(dataset_dir, capsys):
 def test_dali_bench_builds_the_trainers_decoders():
     """The bench keeps its own copy of the settings (it may not import detrec): held equal here."""
     from detrec.pipelines import dali_bench
-    from detrec.train import augment
     from detrec.train.input import config, dali
+    from detrec.train.transforms import inception
 
     for gpu in (False, True):
         library = dali.decoder_args(gpu)
@@ -319,7 +319,7 @@ def test_dali_bench_builds_the_trainers_decoders():
     assert (dali_bench.HW_DECODER_LOAD, dali_bench.PREALLOCATE) == (config.HW_DECODER_LOAD, config.PREALLOCATE)
     assert dali_bench.MAX_THREADS == dali.MAX_THREADS and dali_bench.TOLERANCE == dali.GPU_PARITY
     assert (dali_bench.AREA, dali_bench.ASPECT, dali_bench.ATTEMPTS, dali_bench.SCALE) == (
-        augment.AREA_RANGE, augment.ASPECT_RATIO_RANGE, augment.MAX_ATTEMPTS, augment.INCEPTION_SCALE)
+        inception.AREA_RANGE, inception.ASPECT_RATIO_RANGE, inception.MAX_ATTEMPTS, inception.INCEPTION_SCALE)
     from detrec.core import schema
 
     assert (dali_bench.ENCODED, dali_bench.LABEL) == (schema.ENCODED, schema.CLASS_LABEL)

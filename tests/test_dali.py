@@ -274,7 +274,7 @@ def test_one_training_pipeline_serves_every_epoch(dataset_dir, workers, batch):
     from detrec.train.input import streams
 
     split = input_lib.split_shards(dataset_info.load(dataset_dir), dataset_dir, "train")
-    plans = [input_lib.plan_epoch(split, batch_size=batch, training=True, decoder="dali", num_workers=workers,
+    plans = [input_lib.epoch_plan(split, batch_size=batch, training=True, decoder="dali", num_workers=workers,
                                   worker_index=i) for i in range(workers)]
     assert len({p.stream_steps for p in plans}) == 1  # DALI pads every worker to the same epoch
     steps = min(p.steps for p in plans)

@@ -15,6 +15,7 @@ import tensorflow as tf
 from detrec.core import dataset_info
 from detrec.train import input as input_lib
 from detrec.train.input import common, dali, dali_feed, draws, streams
+from detrec.train.transforms import inception
 from tests.test_input import records_by_key
 
 BATCH = 8
@@ -28,7 +29,7 @@ def train_split(dataset_dir):
 
 def stream(dataset_dir, *, seed=5, epoch=0, workers=1, index=0, **kwargs):
     split = train_split(dataset_dir)
-    plan = input_lib.plan_epoch(split, batch_size=BATCH, training=True, decoder="dali", num_workers=workers,
+    plan = input_lib.epoch_plan(split, batch_size=BATCH, training=True, decoder="dali", num_workers=workers,
                                 worker_index=index)
     config = input_lib.InputConfig(batch_size=BATCH, image_size=24, training=True, decoder="dali", seed=seed,
                                    repeat=True, with_keys=True, num_workers=workers, worker_index=index,
@@ -55,7 +56,7 @@ def test_crop_windows_are_inception_crops_of_the_documented_draw():
     heights = rng.integers(100, 800, 5000)
     hw = np.stack([heights, (heights * rng.uniform(0.6, 1.6, 5000)).astype(int)], axis=1)  # photo shapes
     records = np.arange(5000)
-    windows = draws.crop_windows(7, 3, records, hw)
+    windows = inception.crop_windows(7, 3, records, hw)
     y, x, h, w = windows.T
     assert (y >= 0).all() and (x >= 0).all() and (y + h <= hw[:, 0]).all() and (x + w <= hw[:, 1]).all()
     area = h * w / (hw[:, 0] * hw[:, 1])
@@ -64,11 +65,11 @@ def test_crop_windows_are_inception_crops_of_the_documented_draw():
     assert ratio.min() >= 0.74 and ratio.max() <= 1.34
     # log-uniform ratio: as many windows wider than tall as taller than wide
     assert abs(np.mean(np.log(ratio[area < 0.5]))) < 0.02
-    np.testing.assert_array_equal(draws.crop_windows(7, 3, records, hw), windows)
-    assert (draws.crop_windows(7, 4, records, hw) != windows).any()
+    np.testing.assert_array_equal(inception.crop_windows(7, 3, records, hw), windows)
+    assert (inception.crop_windows(7, 4, records, hw) != windows).any()
     # A strip too wide for the ratio range: DALI's fallback, the whole height clamped to 4/3.
-    assert draws.crop_windows(1, 0, np.array([0]), np.array([[10, 1000]]))[0, 2:].tolist() == [10, 13]
-    flips = draws.flips(7, 3, records)
+    assert inception.crop_windows(1, 0, np.array([0]), np.array([[10, 1000]]))[0, 2:].tolist() == [10, 13]
+    flips = inception.flips(7, 3, records)
     assert set(flips.tolist()) == {0, 1} and abs(flips.mean() - 0.5) < 0.03
 
 

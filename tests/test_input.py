@@ -23,6 +23,8 @@ from detrec.core import dataset_info, schema
 from detrec.core.errors import UserError
 from detrec.train import augment
 from detrec.train import input as input_lib
+from detrec.train.transforms import inception
+from detrec.train.transforms import seed as article  # "seed" is also a pipeline argument here
 
 SIZE = (40, 56)  # (height, width): not square, to catch swapped axes
 
@@ -218,7 +220,7 @@ def test_training_epochs_do_not_bleed_into_each_other(dataset_dir):
 
 
 def test_dataset_fn_gives_each_input_pipeline_its_part(dataset_dir):
-    fn = input_lib.dataset_fn(dataset_dir, "val", global_batch_size=8, decoder="cpu", image_size=SIZE,
+    fn = input_lib.dataset_fn(dataset_dir, "val", batch_size=8, decoder="cpu", image_size=SIZE,
                               training=False, with_keys=True)
     context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2)
     ds = fn(context)
@@ -230,7 +232,7 @@ def test_dataset_fn_gives_each_input_pipeline_its_part(dataset_dir):
 
 def test_distribute_datasets_from_function(dataset_dir):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    fn = input_lib.dataset_fn(dataset_dir, "train", global_batch_size=16, decoder="cpu", image_size=SIZE,
+    fn = input_lib.dataset_fn(dataset_dir, "train", batch_size=16, decoder="cpu", image_size=SIZE,
                               training=True)
     dist = strategy.distribute_datasets_from_function(fn, input_lib.input_options("cpu"))
     images, labels = next(iter(dist))
@@ -249,8 +251,8 @@ def test_seed_transform_matches_hand_computation(dataset_dir, size):
     encoded = _one_jpeg(dataset_dir)
     pixels = decode(encoded)
     expected = seed_reference(pixels, size)
-    eager, _ = augment.seed_transform(encoded, size)
-    graph = next(iter(tf.data.Dataset.from_tensors(encoded).map(lambda e: augment.seed_transform(e, size)[0])))
+    eager, _ = article.seed_transform(encoded, size)
+    graph = next(iter(tf.data.Dataset.from_tensors(encoded).map(lambda e: article.seed_transform(e, size)[0])))
     for got in (eager, graph):
         assert got.dtype == tf.float16 and got.shape == (size[0], size[1], 3)
         np.testing.assert_allclose(got.numpy().astype(np.float32), expected.astype(np.float32), atol=4e-3, rtol=2e-3)
@@ -259,7 +261,7 @@ def test_seed_transform_matches_hand_computation(dataset_dir, size):
 def test_seed_transform_of_a_constant_image_is_zero():
     """A flat image has stddev 0: per_image_standardization divides by 1/sqrt(N) instead."""
     flat = tf.io.encode_jpeg(tf.fill([20, 30, 3], tf.constant(77, tf.uint8)), quality=100)
-    image, window = augment.seed_transform(flat, (20, 30))
+    image, window = article.seed_transform(flat, (20, 30))
     assert window.numpy().tolist() == [0, 0, 20, 30]
     np.testing.assert_array_equal(image.numpy(), np.zeros((20, 30, 3), np.float16))
 
@@ -275,19 +277,19 @@ def test_centred_window_follows_resize_with_crop_or_pad():
     cases = {((120, 160), (101, 170)): [9, -5, 101, 170], ((7, 8), (4, 11)): [1, -1, 4, 11],
              ((10, 10), (10, 10)): [0, 0, 10, 10]}
     for (hw, size), window in cases.items():
-        assert augment.centred_window(tf.constant(hw), size).numpy().tolist() == window
+        assert article.centred_window(tf.constant(hw), size).numpy().tolist() == window
 
 
 def test_random_window_is_an_inception_crop_and_reproducible():
     hw = tf.constant([375, 500])
-    windows = [augment.random_window(hw, tf.constant([s, 0], tf.int64)).numpy() for s in range(200)]
+    windows = [inception.random_window(hw, tf.constant([s, 0], tf.int64)).numpy() for s in range(200)]
     for y, x, h, w in windows:
         assert 0 <= y and 0 <= x and y + h <= 375 and x + w <= 500
         whole = (h, w) == (375, 500)  # the fallback after MAX_ATTEMPTS
         assert whole or 0.08 * 0.95 <= h * w / (375 * 500) <= 1.0
         assert whole or 3 / 4 * 0.95 <= w / h <= 4 / 3 * 1.05
     assert len({tuple(w) for w in windows}) > 150  # really random
-    again = augment.random_window(hw, tf.constant([7, 0], tf.int64)).numpy()
+    again = inception.random_window(hw, tf.constant([7, 0], tf.int64)).numpy()
     np.testing.assert_array_equal(again, windows[7])  # stateless: same seed, same window
 
 
@@ -296,7 +298,7 @@ def test_decode_train_crops_the_window_then_flips(dataset_dir):
     full = decode(encoded)
     for s in range(6):
         seed = tf.constant([s, 3], tf.int64)
-        image, window, flip = augment.decode_train(encoded, SIZE, seed)
+        image, window, flip = inception.decode_train(encoded, SIZE, seed)
         y, x, h, w = window.numpy()
         expected = tf.image.resize(full[y:y + h, x:x + w], SIZE)
         if flip:
@@ -304,7 +306,7 @@ def test_decode_train_crops_the_window_then_flips(dataset_dir):
         # decode_and_crop_jpeg may differ from decode-then-crop by a grey level at the edges
         assert np.abs(image.numpy() - expected.numpy()).mean() < 1.0
         in_graph = next(iter(tf.data.Dataset.from_tensors((encoded, seed)).map(
-            lambda e, sd: augment.decode_train(e, SIZE, sd)[0])))
+            lambda e, sd: inception.decode_train(e, SIZE, sd)[0])))
         np.testing.assert_array_equal(in_graph.numpy(), image.numpy())
 
 

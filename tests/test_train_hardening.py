@@ -113,7 +113,7 @@ from detrec.core.errors import UserError
 from detrec.train import input as input_lib
 data, decoder, skip = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 counter = input_lib.SkipCounter()
-# repeat=False for tf.data: its plan cannot know what skip_corrupt will drop (see plan_epoch).
+# repeat=False for tf.data: its plan cannot know what skip_corrupt will drop (see epoch_plan).
 ds = input_lib.make_dataset(data, "val", batch_size=4, image_size=16, training=False, decoder=decoder,
                             repeat=decoder == "dali", skip_corrupt=skip, counter=counter)
 plan = input_lib.epoch_plan(data, "val", batch_size=4, training=False, decoder=decoder, skip_corrupt=skip)

@@ -12,7 +12,7 @@ import math
 from typing import Sequence
 
 from detrec.core.dataset_info import ClassInfo
-from detrec.train import models
+from detrec.train import models, registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,7 @@ class TrainConfig:
     lr: float = 1e-3
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = only at epoch ends
     seed: int = 0
-    preprocess: str = "inception"
+    preprocess: str = registry.DEFAULT_TRANSFORM
     mixed_precision: bool = False
     jit_compile: bool = False
     keep_checkpoints: int = 3

@@ -48,6 +48,7 @@ from detrec.core.dataset_info import ClassInfo
 from detrec.core.errors import UserError
 from detrec.train import data_service as service_lib
 from detrec.train import input as input_lib
+from detrec.train import registry
 from detrec.train.distribute import worker_position
 from detrec.train.input import streams
 
@@ -123,24 +124,26 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
     service = None
     if data_service is not None:
         service = service_lib.parse_address(data_service)
-        if decoder == "dali":
-            raise UserError("--decoder dali cannot go through --data-service: the service runs tf.data "
-                            "graphs on CPU workers, DALI decodes on this machine's GPU; use --decoder cpu")
-        decoder = "cpu"  # "auto" included: only the tf.data decoder can be serialised
+        portable = registry.portable_decoder()
+        if decoder != registry.AUTO and not registry.input_line(decoder).PORTABLE:
+            raise UserError(f"--decoder {decoder} cannot go through --data-service: the service runs tf.data "
+                            f"graphs on CPU workers, {decoder} decodes on this machine; use --decoder {portable}")
+        decoder = portable  # "auto" included: only a portable line can be serialised
     info = dataset_info.load(data_dir)
     # Before anything is built: the model's last layer grows with the classes.
     dataset_info.check_class_count(max(info.num_classes, len(info.classes)), dataset_info.path_in(data_dir))
     decoder = input_lib.resolve_decoder(decoder)
+    line = registry.input_line(decoder)
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
         raise UserError(f"--batch-size {batch_size} is not a multiple of the {replicas} replicas")
     workers, _ = worker_position(strategy)
     train_split = input_lib.split_shards(info, data_dir, "train")
-    # Who reads a disjoint part: each DALI pipeline (one per replica), each tf.data worker.
-    readers, who = (replicas, "replica") if decoder == "dali" else (workers, "worker")
+    # Who reads a disjoint part: each pipeline of a per-replica line (DALI), else each worker.
+    readers, who = (replicas, "replica") if line.PER_REPLICA else (workers, "worker")
     # Every reader must run the same number of steps (each step is a collective), so the
     # smallest share decides; with even shards nothing is left out.
-    plans = [input_lib.plan_epoch(train_split, batch_size=batch_size // readers, training=True,
+    plans = [input_lib.epoch_plan(train_split, batch_size=batch_size // readers, training=True,
                                   decoder=decoder, num_workers=readers, worker_index=i,
                                   skip_corrupt=skip_corrupt) for i in range(readers)]
     steps = min(plan.steps for plan in plans)
@@ -154,7 +157,7 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
         for split in (train_split, val_split):
             input_lib.check_framing(split)
     counter = input_lib.SkipCounter() if skip_corrupt else None
-    # batch_size is global here: build_dataset_fn / replica_stream give each pipeline its share.
+    # batch_size is global here: dataset_fn / replica_stream give each pipeline its share.
     train_config = input_lib.InputConfig(batch_size=batch_size, image_size=image_size, training=True,
                                          decoder=decoder, preprocess=preprocess, repeat=True,
                                          skip_corrupt=skip_corrupt, counter=counter, with_keys=with_keys,
@@ -166,7 +169,7 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
     live: dict[str, object] = {}
     run_steps = steps_per_epoch or steps
 
-    def dali_train(epoch: int) -> Iterable:
+    def stream_train(epoch: int) -> Iterable:
         # The run reads one stream, `run_steps` batches per trainer epoch: trainer epoch
         # `epoch` starts `start` batches in, at batch `offset` of stream epoch `stream_epoch`
         # (the same as `epoch` only when --steps-per-epoch is the data's).
@@ -185,31 +188,31 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
         return live["train"].batches()
 
     def train(epoch: int) -> Iterable:
-        if decoder == "dali":
-            return dali_train(epoch)
+        if line.PER_REPLICA:
+            return stream_train(epoch)
         config = train_config.replace(seed=epoch_seed(seed, epoch))
         if service:
             # A SkipCounter cannot travel with the pipeline (it is a variable of this
             # process): skipped records are only printed, by the service workers.
             config = config.replace(repeat=False, counter=None)
             return strategy.distribute_datasets_from_function(_service_dataset_fn(train_split, config, service))
-        fn = input_lib.build_dataset_fn(train_split, config)
+        fn = input_lib.dataset_fn(train_split, config=config)
         return strategy.distribute_datasets_from_function(fn, input_lib.input_options(decoder))
 
     def val() -> Iterable:
         if replicas == 1 and workers == 1:
-            val_plan = input_lib.plan_epoch(val_split, batch_size=batch_size, training=False,
+            val_plan = input_lib.epoch_plan(val_split, batch_size=batch_size, training=False,
                                             decoder=decoder, skip_corrupt=skip_corrupt)
-            if decoder == "dali":
+            if line.PER_REPLICA:
                 if "val" not in live:
                     live["val"] = streams.local_stream(val_split, val_config.replace(repeat=True), val_plan)
                 return live["val"].epoch(val_plan.rows)
             if "val" not in live:  # built once: every epoch's pass is the same
-                live["val"] = input_lib.build_dataset(val_split, val_config)
+                live["val"] = input_lib.make_dataset(val_split, config=val_config)
             return input_lib.take_epoch(iter(live["val"]), val_plan)
         if "val" not in live:
             live["val"] = strategy.experimental_distribute_dataset(
-                input_lib.build_dataset(val_split, val_config.replace(decoder="cpu")))
+                input_lib.make_dataset(val_split, config=val_config.replace(decoder=registry.portable_decoder())))
         return live["val"]
 
     skipped = (lambda: counter.result()["records"]) if counter else None
@@ -220,7 +223,7 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
 
 def _service_dataset_fn(split: input_lib.SplitShards, config: input_lib.InputConfig,
                         service: str) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
-    """`input.build_dataset_fn`'s twin whose pipelines run on the tf.data service at `service`.
+    """`input.dataset_fn`'s twin whose pipelines run on the tf.data service at `service`.
 
     Each trainer worker sends its own disjoint share of the shard files (the same share it
     would read itself) as its own service job; the dispatcher splits that share's files
@@ -228,7 +231,7 @@ def _service_dataset_fn(split: input_lib.SplitShards, config: input_lib.InputCon
     whatever batch is ready first, and near the end of a job one can move on to the next
     pass while the other still drains the last one - examples seen twice, others missed.
     """
-    local = input_lib.build_dataset_fn(split, config)
+    local = input_lib.dataset_fn(split, config=config)
 
     def fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         # Each pass is one service epoch (a new job); repeating tops an epoch up when the

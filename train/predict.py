@@ -3,9 +3,9 @@
 An image reaches the model along the same road a training image did: `detrec.core.images.
 prepare` (what the Beam job does to every source file: good JPEG bytes kept as they are, any
 other format or CMYK converted to an RGB JPEG with Pillow, an EXIF-rotated photo turned
-upright), then the input pipeline's own per-image evaluation transform from train/augment.py
-for the preprocessing the model was trained with. Nothing here re-implements either step,
-so predict cannot drift from training.
+upright), then the evaluation side of the transform the model was trained with (its
+`predict`, detrec.train.transforms, found by name in detrec.train.registry). Nothing here
+re-implements either step, so predict cannot drift from training.
 
 One bad file costs that file only: whatever reading, preparing or decoding one file raises
 (an ImageError for a file that is no image or too large, an OSError, Pillow's decompression-
@@ -27,9 +27,8 @@ import tensorflow as tf
 
 from detrec.core import dataset_info, fs, images
 from detrec.core.errors import UserError
-from detrec.train import augment
 from detrec.train import input as input_lib
-from detrec.train import rundir
+from detrec.train import registry, rundir
 
 BATCH = 32
 # The largest image file read: preprocess's default --max-image-mb (128), so predict accepts
@@ -58,12 +57,7 @@ def eval_image(encoded: tf.Tensor, image_size: int, preprocess: str) -> tf.Tenso
     """The input pipeline's evaluation transform of one JPEG (see detrec.train.input's contract)."""
     size = input_lib.as_size(image_size)
     dtype = input_lib.output_dtype(preprocess)
-    if preprocess == "seed":
-        image, _ = augment.seed_transform(encoded, size, dtype)
-    else:
-        image, _ = augment.decode_eval(encoded, size)
-        image = augment.normalize_inception(image, dtype)
-    return image
+    return registry.transform(preprocess).predict(encoded, size, dtype)
 
 
 def prepare_image(data: bytes, image_size: int, preprocess: str) -> tf.Tensor:

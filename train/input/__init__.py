@@ -8,6 +8,7 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
                  skip_corrupt=False, counter=None,
                  with_boxes=False, with_keys=False, max_boxes=MAX_BOXES, dtype=None,
                  shuffle_buffer=SHUFFLE_BUFFER, device_id=None, dali=DaliTuning(), epoch=0)
+    make_dataset(split_shards(info, data_dir, split), config=InputConfig(...))
         -> tf.data.Dataset of (images, labels[, boxes, box_labels][, keys])
 
     epoch_plan(...) / take_epoch(iterator, plan)   one worker's epoch, for both decoders
@@ -15,16 +16,26 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
     streams.replica_stream(...) / EpochStream     DALI under any strategy, built once per run
     check_framing / shard_errors() / CorruptShardError / SkipCounter   corruption, see below
 
+Each call takes either a data folder and a split name (it reads the folder's
+dataset_info.json) or a split loaded once with `split_shards` (the trainer builds many
+pipelines of one dataset), and its settings either as keyword arguments or as one
+`InputConfig` (`config=`; keyword arguments given too replace its fields). One function
+per job with two ways in, rather than a folder-taking and a split-taking twin of each
+(`build_dataset`, `plan_epoch`, `build_dataset_fn` were): a twin differed from its sibling
+only by the line that loads the split, so each function takes that line in and callers
+keep one name per job.
+
 * images: [B, H, W, 3] of `output_dtype(preprocess, dtype)`; `image_size` is an int or (H, W),
-  each side in 1..MAX_IMAGE_SIZE.
+  each side in 1..MAX_IMAGE_SIZE. `preprocess` names a transform of
+  detrec.train.registry.TRANSFORMS (one module of detrec.train.transforms holds each):
   - preprocess="inception": pixels scaled to [-1, 1] (x / 127.5 - 1). Training takes a
     random-resized crop (decoding only the crop window) and a random flip; evaluation
     decodes the whole image and resizes it to (H, W). Default dtype float32, or float16 when
     the Keras policy is mixed_float16. Both decoders draw the crop window from the same
     ranges (area 8-100%, aspect ratio 3/4..4/3, 10 attempts) but not the same way: the DALI
     line uses DALI's `random_crop_generator` algorithm (ratio log-uniform, fallback: the
-    whole image clamped to the ratio range), computed in numpy (`draws.crop_windows`);
-    tf.data (`augment.random_window`, TensorFlow's fused op) draws it uniformly and falls
+    whole image clamped to the ratio range), computed in numpy (`inception.crop_windows`);
+    tf.data (`inception.random_window`, TensorFlow's fused op) draws it uniformly and falls
     back to the whole image. Kept so on purpose (see there).
   - preprocess="seed": the original article's transform, identical in training and
     evaluation: resize_with_crop_or_pad to (H, W), cast float16, per_image_standardization
@@ -55,7 +66,8 @@ The contract (the same for both decoders; the trainer, benchmarks and tests rely
   `epoch_seed(seed, e)`). A DALI stream is endless and its epoch e (from `epoch` on) is a
   pure function of (seed, e, position): the order is a permutation of the records drawn
   from (seed, e), the crop and flip of each record from (seed, e, record)
-  (train/input/draws.py, fed to DALI by train/input/dali_feed.py), so a stream built at
+  (train/input/draws.py and the transform's `dali_draws`, fed to DALI by
+  train/input/dali_feed.py), so a stream built at
   epoch e and read s batches in gives exactly the batches of any stream of the same seed
   at that point, on every worker: resume is exact on both lines.
 * Workers: `num_workers`/`worker_index` give disjoint parts that together cover the split.
@@ -99,125 +111,89 @@ The shard list always comes from dataset_info.json (never a glob), and records a
 only by the schema's keys: tf.data with `detrec.core.schema.parse_spec()`, DALI's feed with
 protobuf's own parser (`detrec.core.example_proto`).
 
-Layout: `common` (shard list, worker shares, decoder choice, errors; what both lines use),
+Layout: `common` (shard list, worker shares, the GPU probe, errors; what both lines use),
 `config` (`InputConfig` - the keyword arguments above as one validated value - and
 `DaliTuning`), `tfdata` (the tf.data line) and `dali` (the DALI line, fed by `dali_feed`
-with the draws of `draws`), which import `common` and never each other; this module
-chooses between them; `streams` keeps DALI pipelines for a whole run and feeds them to any
-strategy. The calls above take a folder and read its dataset_info.json; code that builds
-many pipelines from one dataset (the trainer) loads it once, takes `split_shards(info,
-data_dir, split)` and calls `build_dataset`, `build_dataset_fn`, `plan_epoch` or
-`streams.replica_stream` with that and an `InputConfig`.
+with the draws of `draws`), which import `common` and never each other; each line is one
+entry of detrec.train.registry.INPUT_LINES (`decoder=`), and this module reaches them only
+through it (`resolve_decoder`: "auto" takes the first line that wants this machine);
+`streams` keeps DALI pipelines for a whole run and feeds them to any strategy.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import tensorflow as tf
 
 from detrec.core import dataset_info
-import detrec.train.input.dali as dali
-import detrec.train.input.tfdata as tfdata
-from detrec.train.input.common import (DECODERS, MAX_BOXES, MAX_IMAGE_SIZE, PREPROCESS, SHUFFLE_BUFFER,
-                                       CorruptShardError, EpochPlan, Shard, SkipCounter, SplitShards, as_size,
-                                       check_framing, check_workers, dali_available, gpu_visible, key_strings, output_dtype,
-                                       resolve_decoder, split_shards, take_epoch)
+from detrec.train import registry
+from detrec.train.input.common import (MAX_IMAGE_SIZE, CorruptShardError, EpochPlan, SkipCounter, SplitShards,
+                                       as_size, check_framing, check_workers, dali_available, gpu_visible,
+                                       key_strings, output_dtype, shard_errors, split_shards, take_epoch)
 from detrec.train.input.config import DaliTuning, InputConfig
-from detrec.train.input.streams import EpochStream
-from detrec.train.input.tfdata import shard_errors
+from detrec.train.registry import resolve_decoder
 
 __all__ = [
-    "DECODERS", "MAX_BOXES", "MAX_IMAGE_SIZE", "PREPROCESS", "SHUFFLE_BUFFER", "CorruptShardError", "DaliTuning",
-    "EpochPlan", "EpochStream", "InputConfig",
-    "Shard", "SkipCounter", "SplitShards", "as_size", "build_dataset", "build_dataset_fn", "check_framing",
-    "dali_available",
-    "dataset_fn", "epoch_plan", "gpu_visible", "input_options", "key_strings", "make_dataset", "output_dtype",
-    "plan_epoch", "resolve_decoder", "shard_errors", "split_shards", "take_epoch",
+    "MAX_IMAGE_SIZE", "CorruptShardError", "DaliTuning", "InputConfig", "SkipCounter", "SplitShards", "as_size",
+    "check_framing", "dali_available", "dataset_fn", "epoch_plan", "gpu_visible", "input_options", "key_strings",
+    "make_dataset", "output_dtype", "resolve_decoder", "shard_errors", "split_shards", "take_epoch",
 ]
 
 
-# --- from a data folder -------------------------------------------------------------------
-def make_dataset(data_dir: str, split: str, *, batch_size: int, image_size: int | tuple[int, int],
-                 training: bool, decoder: str = "auto", preprocess: str = "inception",
-                 seed: int | None = None, num_workers: int = 1, worker_index: int = 0,
-                 repeat: bool = False, skip_corrupt: bool = False, counter: SkipCounter | None = None,
-                 with_boxes: bool = False, with_keys: bool = False, max_boxes: int = MAX_BOXES,
-                 dtype: tf.DType | str | None = None, shuffle_buffer: int = SHUFFLE_BUFFER,
-                 device_id: int | None = None, dali: DaliTuning = DaliTuning(), epoch: int = 0) -> tf.data.Dataset:
+def _split(data: str | SplitShards, split: str | None) -> SplitShards:
+    """A loaded split as it is, or `split` of the data folder `data` (its dataset_info.json).
+
+    Raises:
+      UserError: not a finished dataset, or no such split.
+    """
+    if isinstance(data, SplitShards):
+        if split not in (None, data.name):
+            raise ValueError(f"split {split!r} given with a loaded split {data.name!r}")
+        return data
+    if split is None:
+        raise ValueError("a data folder needs the name of a split")
+    return split_shards(dataset_info.load(data), data, split)
+
+
+def _config(config: InputConfig | None, settings: dict) -> InputConfig:
+    return InputConfig(**settings) if config is None else config.replace(**settings)
+
+
+def make_dataset(data: str | SplitShards, split: str | None = None, *, config: InputConfig | None = None,
+                 **settings) -> tf.data.Dataset:
     """The input pipeline of a split; see the module docstring for the full contract.
 
     Args:
-      data_dir: the OUT folder of `detrec preprocess` (local or gs://).
-      split: a split of its dataset_info.json ("train", "val").
-      batch_size: examples per batch for this worker (per replica under tf.distribute).
-      image_size: output size, int or (height, width).
-      training: random crops/flips and shuffling, full batches only.
-      decoder: "cpu" (tf.data), "dali", or "auto" (DALI on a GPU machine).
-      preprocess: "inception" ([-1, 1]) or "seed" (the original article's transform).
-      seed: makes the order and the augmentation reproducible; None draws fresh randomness.
-      num_workers, worker_index: this worker's disjoint part of the split.
-      repeat: an endless stream instead of one epoch (DALI is always endless).
-      skip_corrupt: drop unreadable records and count them in `counter` instead of failing.
-      counter: a SkipCounter to count what skip_corrupt dropped.
-      with_boxes, with_keys, max_boxes: extra outputs (see the module docstring).
-      dtype: images' dtype; None chooses by `output_dtype`.
-      shuffle_buffer: records in the training shuffle buffer (tf.data; DALI draws a whole
-        permutation of the split every epoch and ignores it).
-      device_id: DALI's GPU (None: the first visible GPU, CPU-only DALI when there is none).
-      dali: DALI's threads and hardware-decoder settings (`DaliTuning`).
-      epoch: the epoch a DALI stream starts at (its epochs' draws depend on seed and epoch
-        only); tf.data ignores it.
+      data: the OUT folder of `detrec preprocess` (local or gs://), or a loaded split.
+      split: with a folder, a split of its dataset_info.json ("train", "val").
+      config: the settings as one `InputConfig`.
+      **settings: `InputConfig`'s fields (make_dataset's keyword arguments of old):
+        batch_size (for this worker: per replica under tf.distribute), image_size (int or
+        (height, width)), training (random crops/flips and shuffling, full batches only),
+        decoder ("auto" or a line of the registry: "cpu" tf.data, "dali"), preprocess (a
+        transform of the registry: "inception" [-1, 1], "seed" the article's), seed (order and
+        augmentation; None: fresh randomness), num_workers and worker_index (this worker's
+        disjoint part), repeat (endless; DALI always is), skip_corrupt and counter (drop and
+        count unreadable records), with_boxes, with_keys, max_boxes, dtype (None: by
+        `output_dtype`), shuffle_buffer (tf.data's records held for shuffling), device_id
+        (DALI's GPU; None: the first visible one, CPU-only DALI without), dali
+        (`DaliTuning`), epoch (the epoch a DALI stream starts at; tf.data ignores it).
 
     Raises:
       ValueError: a bad argument.
       UserError: not a finished dataset, no such split, or (DALI) a shard that fails its
         checks (`CorruptShardError`).
     """
-    config = InputConfig(batch_size=batch_size, image_size=image_size, training=training, decoder=decoder,
-                         preprocess=preprocess, seed=seed, num_workers=num_workers, worker_index=worker_index,
-                         repeat=repeat, skip_corrupt=skip_corrupt, counter=counter, with_boxes=with_boxes,
-                         with_keys=with_keys, max_boxes=max_boxes, dtype=dtype, shuffle_buffer=shuffle_buffer,
-                         device_id=device_id, dali=dali, epoch=epoch)
-    resolve_decoder(decoder)  # a bad decoder before a bad folder, as always
-    return build_dataset(split_shards(dataset_info.load(data_dir), data_dir, split), config)
+    config = _config(config, settings)
+    line = registry.input_line(resolve_decoder(config.decoder))  # a bad decoder before a bad folder
+    return line.make_dataset(_split(data, split), config)
 
 
-def epoch_plan(data_dir: str, split: str, *, batch_size: int, training: bool, decoder: str = "auto",
-               num_workers: int = 1, worker_index: int = 0, skip_corrupt: bool = False) -> EpochPlan:
+def epoch_plan(data: str | SplitShards, split: str | None = None, *, batch_size: int, training: bool,
+               decoder: str = registry.AUTO, num_workers: int = 1, worker_index: int = 0,
+               skip_corrupt: bool = False) -> EpochPlan:
     """Steps per epoch and real rows per batch for one worker, as make_dataset will deliver.
-
-    See `plan_epoch`, which this calls with `data_dir`'s dataset_info.
-    """
-    check_workers(num_workers, worker_index)
-    decoder = resolve_decoder(decoder)
-    return plan_epoch(split_shards(dataset_info.load(data_dir), data_dir, split), batch_size=batch_size,
-                      training=training, decoder=decoder, num_workers=num_workers, worker_index=worker_index,
-                      skip_corrupt=skip_corrupt)
-
-
-def dataset_fn(data_dir: str, split: str, *, global_batch_size: int, decoder: str = "auto",
-               **kwargs) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
-    """A function for `strategy.distribute_datasets_from_function(fn, input_options(decoder))`.
-
-    `kwargs` are make_dataset's other keyword arguments; see `build_dataset_fn`.
-    """
-    config = InputConfig(batch_size=global_batch_size, decoder=resolve_decoder(decoder), **kwargs)
-    return build_dataset_fn(split_shards(dataset_info.load(data_dir), data_dir, split), config)
-
-
-# --- from a loaded split ------------------------------------------------------------------
-def build_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
-    """`make_dataset` of an already loaded split: the line `config.decoder` resolves to."""
-    if resolve_decoder(config.decoder) == "dali":
-        return dali.make_dataset(split, config)
-    return tfdata.make_dataset(split, config)
-
-
-def plan_epoch(split: SplitShards, *, batch_size: int, training: bool, decoder: str = "auto",
-               num_workers: int = 1, worker_index: int = 0, skip_corrupt: bool = False) -> EpochPlan:
-    """Steps per epoch and real rows per batch for one worker of `split`.
 
     Training: floor(n / batch) full batches. Evaluation: ceil(n / batch) batches for tf.data;
     DALI pads every worker to the batches of the largest worker (its `pad_last_batch`), and
@@ -227,40 +203,35 @@ def plan_epoch(split: SplitShards, *, batch_size: int, training: bool, decoder: 
     stops at the end of the (shorter) epoch instead of running into the next one.
     """
     check_workers(num_workers, worker_index)
-    if resolve_decoder(decoder) == "dali":
-        sizes = dali.worker_sizes(split, num_workers, skip_corrupt)
-        n = sizes[worker_index]
-        stream_steps = math.ceil(max(sizes) / batch_size)
-        steps = n // batch_size if training else stream_steps
-        return EpochPlan(batch_size, n, steps, padding_steps=stream_steps - steps)
-    n = tfdata.worker_examples(split, num_workers, worker_index)
-    steps = n // batch_size if training else math.ceil(n / batch_size)
-    return EpochPlan(batch_size, n, steps)
+    line = registry.input_line(resolve_decoder(decoder))
+    return line.plan_epoch(_split(data, split), batch_size=batch_size, training=training, num_workers=num_workers,
+                           worker_index=worker_index, skip_corrupt=skip_corrupt)
 
 
-def build_dataset_fn(split: SplitShards,
-                     config: InputConfig) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
-    """`dataset_fn` of an already loaded split; `config.batch_size` is the global batch.
+def dataset_fn(data: str | SplitShards, split: str | None = None, *, config: InputConfig | None = None,
+               **settings) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+    """A function for `strategy.distribute_datasets_from_function(fn, input_options(decoder))`.
 
-    Each input pipeline gets `global batch / replicas` per batch and its own disjoint part
+    Takes what `make_dataset` takes, with `batch_size` the *global* batch: each input
+    pipeline gets `global batch / replicas` per batch and its own disjoint part
     (worker_index = input_pipeline_id). With DALI on GPUs the pipelines are per replica and
-    each runs on the GPU of its replica (unless `config.device_id` names one).
+    each runs on the GPU of its replica (unless `device_id` names one).
     """
+    config = _config(config, settings)
     decoder = resolve_decoder(config.decoder)
+    line = registry.input_line(decoder)
+    split = _split(data, split)
 
     def fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        device_id = config.device_id
-        if decoder == "dali" and device_id is None and gpu_visible():
-            device_id = context.input_pipeline_id % len(tf.config.list_physical_devices("GPU"))
-        return build_dataset(split, config.replace(
+        return line.make_dataset(split, config.replace(
             batch_size=context.get_per_replica_batch_size(config.batch_size), decoder=decoder,
             num_workers=context.num_input_pipelines, worker_index=context.input_pipeline_id,
-            device_id=device_id))
+            device_id=line.pipeline_device(config.device_id, context.input_pipeline_id)))
 
     return fn
 
 
-def input_options(decoder: str = "auto",
+def input_options(decoder: str = registry.AUTO,
                   strategy: tf.distribute.Strategy | None = None) -> tf.distribute.InputOptions:
     """InputOptions matching `dataset_fn`: DALI on GPU builds one pipeline per replica, on
     that replica's device, and must not be copied again; tf.data uses the defaults.
@@ -270,13 +241,4 @@ def input_options(decoder: str = "auto",
         per-replica input (TensorFlow 2.21 would raise NotImplementedError at the first
         epoch): use `streams.replica_stream` there.
     """
-    if resolve_decoder(decoder) == "dali" and gpu_visible():
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            raise ValueError("MultiWorkerMirroredStrategy has no per-replica input for GPU-placed DALI "
-                             "datasets; use detrec.train.input.streams.replica_stream")
-        return tf.distribute.InputOptions(
-            experimental_place_dataset_on_device=True,
-            experimental_fetch_to_device=False,
-            experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA,
-        )
-    return tf.distribute.InputOptions()
+    return registry.input_line(resolve_decoder(decoder)).input_options(strategy)

@@ -1,11 +1,11 @@
-"""What both input lines (tf.data and DALI) share: the shard list, worker shares, decoders, errors.
+"""What both input lines (tf.data and DALI) share: the shard list, worker shares, errors, dtypes.
 
 Kept apart from either line so that `tfdata` and `dali` each import this module and never
-each other, and the package `__init__` alone chooses between them. Everything here is
-small and decoder-neutral: the typed shard list of a split, taken from dataset_info.json
-(never a glob); how workers divide it; which decoder runs; the images' dtype; what a
-corrupt shard raises and how skipped records are counted; and `take_epoch`, which walks
-exactly one epoch of either line.
+each other, and the package `__init__` alone chooses between them (through
+detrec.train.registry's table). Everything here is small and decoder-neutral: the typed
+shard list of a split, taken from dataset_info.json (never a glob); how workers divide it;
+the GPU probe; the images' dtype; what a corrupt shard raises (`shard_errors`) and how
+skipped records are counted; and `take_epoch`, which walks exactly one epoch of either line.
 
 Shard framing is checked here too, for both lines, before either reads a record: a crafted
 record length (a valid length CRC on 2^40) makes TensorFlow's reader allocate that much and
@@ -17,6 +17,7 @@ CRC, before a byte of a record is read (`shard_framing`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -32,9 +33,8 @@ import tensorflow as tf
 from detrec.core import dataset_info, fs, tfrecord
 from detrec.core.dataset_info import DatasetInfo
 from detrec.core.errors import UserError
+from detrec.train import registry
 
-DECODERS = ("auto", "cpu", "dali")
-PREPROCESS = ("inception", "seed")
 MAX_BOXES = 32
 # The largest output side: 4x the article's 482x415 and above any backbone's training size
 # (EfficientNet-B7 600, FixRes 800). A float32 batch of 64 at this size is 800 MB; a side of
@@ -309,6 +309,38 @@ def shard_error(message: str) -> CorruptShardError | None:
     return CorruptShardError(path, match["detail"].strip())
 
 
+# What a line's `image_error` says of a record whose image does not decode (sound framing and
+# CRCs, bad content): `detrec preprocess` never writes one.
+BAD_RECORD_HINT = "find it with `detrec inspect --verify` and rebuild the shard with `detrec preprocess`"
+
+
+@contextlib.contextmanager
+def shard_errors() -> Iterator[None]:
+    """Re-raises the input pipeline's data errors as UserErrors: one line from the CLI.
+
+    Errors raised inside tf.data can only be TF errors. A corrupt shard's message, from
+    either line (a short shard, a record that is no tf.Example, lacks a key or has a label
+    outside the classes), names the shard by its number (`tagged`) and becomes a
+    CorruptShardError with its path. A record whose image does not decode is named as well
+    as the readers allow, by the line that recognises the error (`InputLine.image_error`;
+    tf.data drops such a record under skip_corrupt, DALI cannot skip inside a running pipeline).
+    """
+    try:
+        yield
+    except tf.errors.OpError as exc:
+        corrupt = shard_error(exc.message or "")
+        if corrupt is not None:
+            raise corrupt from None
+        for name in registry.INPUT_LINES:
+            error = registry.input_line(name).image_error(exc)
+            if error is not None:
+                raise error from None
+        raise
+    except UnicodeDecodeError:  # TensorFlow quoted a record's bytes in its error message
+        raise UserError(f"a record could not be read (TensorFlow's error quotes its bytes); {BAD_RECORD_HINT}, "
+                        "or pass --skip-corrupt") from None
+
+
 # --- images: size and dtype ---------------------------------------------------------------
 def as_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     """(height, width) from an int or a pair; ValueError unless both are in 1..MAX_IMAGE_SIZE."""
@@ -326,22 +358,22 @@ def _policy_compute_dtype() -> str:
     return keras.mixed_precision.global_policy().compute_dtype if keras else "float32"
 
 
-def output_dtype(preprocess: str = "inception", dtype: tf.DType | str | None = None) -> tf.DType:
-    """The images' dtype: `dtype` if given, else float16 for "seed" (the article) or under a
-    mixed_float16 policy, float32 otherwise (a bfloat16 policy casts in its first layer)."""
-    if preprocess not in PREPROCESS:
-        raise ValueError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}")
+def output_dtype(preprocess: str = registry.DEFAULT_TRANSFORM, dtype: tf.DType | str | None = None) -> tf.DType:
+    """The images' dtype: `dtype` if given, else the transform's own (float16 for the article's
+    "seed"), else float16 under a mixed_float16 policy, float32 otherwise (a bfloat16 policy
+    casts in its first layer)."""
+    default = registry.transform(preprocess).DTYPE  # ValueError for an unknown transform
     if dtype is not None:
         dtype = tf.as_dtype(dtype)
         if dtype not in (tf.float32, tf.float16, tf.bfloat16):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype.name}")
         return dtype
-    if preprocess == "seed" or _policy_compute_dtype() == "float16":
-        return tf.float16
-    return tf.float32
+    if default is not None:
+        return tf.as_dtype(default)
+    return tf.float16 if _policy_compute_dtype() == "float16" else tf.float32
 
 
-# --- decoders -----------------------------------------------------------------------------
+# --- the machine ------------------------------------------------------------------------
 # The GPU probe: every decision about GPUs in the input package (auto decoder, DALI's device,
 # its thread split) goes through these two, so tests can patch them on a machine without one.
 def local_gpu_count() -> int:
@@ -359,22 +391,6 @@ def dali_available() -> bool:
     except Exception:  # ImportError, or the plugin failing to load against this TF
         return False
     return True
-
-
-def resolve_decoder(decoder: str = "auto") -> str:
-    """"cpu" or "dali": auto picks DALI where a GPU is visible and DALI loads, else tf.data.
-
-    The same answer under every tf.distribute strategy: the trainer feeds DALI to several
-    replicas and workers through `streams` (one pipeline per local GPU), which needs none of
-    the input replication modes MultiWorkerMirroredStrategy refuses.
-    """
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    if decoder == "auto":
-        return "dali" if gpu_visible() and dali_available() else "cpu"
-    if decoder == "dali" and not dali_available():
-        raise UserError("decoder 'dali' needs nvidia-dali and its TF plugin (see the Makefile)")
-    return decoder
 
 
 # --- consuming either line ----------------------------------------------------------------

@@ -3,7 +3,8 @@
 The trainer builds its input pipelines long after it has parsed its flags (once per run
 and replica for DALI, every epoch for tf.data), and they pass through `dataset_fn`,
 `streams` and tf.distribute on the way. One frozen value carries the settings along that
-road: it is checked once, when made (the ValueErrors `make_dataset` has always raised), and
+road: it is checked once, when made (the ValueErrors `make_dataset` has always raised; the
+decoder's name when a pipeline is built, where "auto" resolves), and
 each step changes only what it owns with `replace` (a replica's batch and worker index, an
 epoch's seed, the epoch a DALI stream starts at). `DaliTuning` holds the knobs only the DALI line has.
 """
@@ -14,6 +15,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from detrec.train import registry
 from detrec.train.input.common import (MAX_BOXES, SHUFFLE_BUFFER, SkipCounter, as_size, check_workers,
                                        output_dtype)
 
@@ -75,8 +77,8 @@ class InputConfig:
     batch_size: int
     image_size: int | tuple[int, int]
     training: bool
-    decoder: str = "auto"
-    preprocess: str = "inception"
+    decoder: str = registry.AUTO
+    preprocess: str = registry.DEFAULT_TRANSFORM
     seed: int | None = None
     num_workers: int = 1
     worker_index: int = 0

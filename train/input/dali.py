@@ -46,18 +46,21 @@ decoder's share and preallocation.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import sys
 
 import numpy as np
 import tensorflow as tf
 
 from detrec.core import fs, schema, tfrecord
-from detrec.train import augment
+from detrec.core.errors import UserError
+from detrec.train import registry
 import detrec.train.input.common as common
 import detrec.train.input.dali_feed as dali_feed
 import detrec.train.input.draws as draws
-from detrec.train.input.common import CorruptShardError, Shard, SkipCounter, SplitShards
+from detrec.train.input.common import CorruptShardError, EpochPlan, Shard, SkipCounter, SplitShards
 from detrec.train.input.config import DaliTuning, InputConfig
 
 _DALI_DTYPES = {tf.float32: "FLOAT", tf.float16: "FLOAT16"}
@@ -68,6 +71,70 @@ GPU_PARITY = {"mean_abs": 1.0, "p999_abs": 4.0}
 MAX_THREADS = 8
 
 
+# --- this line's entry in detrec.train.registry.INPUT_LINES (`InputLine`) -----------------
+PORTABLE = False  # a DALI pipeline runs in this process, on its GPU: it cannot be serialised or re-split
+PER_REPLICA = True  # endless, one per replica on its GPU, kept for the run (train/input/streams.py)
+# What DALI says when its decoder (or the shape peek before it) rejects a record's image.
+_DECODE_RE = re.compile(r"operator `nvidia\.dali\.fn\.(?:peek_image_shape|decoders\.image(?:_slice)?)`")
+
+
+def unavailable() -> str | None:
+    if common.dali_available():
+        return None
+    return "decoder 'dali' needs nvidia-dali and its TF plugin (see the Makefile)"
+
+
+def auto_picks() -> bool:
+    return common.gpu_visible() and common.dali_available()
+
+
+def plan_epoch(split: SplitShards, *, batch_size: int, training: bool, num_workers: int = 1,
+               worker_index: int = 0, skip_corrupt: bool = False) -> EpochPlan:
+    """Every worker is padded to the batches of the largest worker (`pad_last_batch`):
+    evaluation walks them all, training's batches after the full ones are the plan's
+    `padding_steps`. With skip_corrupt the plan leaves out the shards this line will skip."""
+    sizes = worker_sizes(split, num_workers, skip_corrupt)
+    n = sizes[worker_index]
+    stream_steps = math.ceil(max(sizes) / batch_size)
+    steps = n // batch_size if training else stream_steps
+    return EpochPlan(batch_size, n, steps, padding_steps=stream_steps - steps)
+
+
+def input_options(strategy: tf.distribute.Strategy | None = None) -> tf.distribute.InputOptions:
+    """On GPUs one pipeline per replica, on that replica's device, never copied again.
+
+    Raises:
+      ValueError: under MultiWorkerMirroredStrategy, which implements no per-replica input
+        (TensorFlow 2.21 would raise NotImplementedError at the first epoch): use
+        `streams.replica_stream` there.
+    """
+    if not common.gpu_visible():
+        return tf.distribute.InputOptions()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise ValueError("MultiWorkerMirroredStrategy has no per-replica input for GPU-placed DALI "
+                         "datasets; use detrec.train.input.streams.replica_stream")
+    return tf.distribute.InputOptions(
+        experimental_place_dataset_on_device=True,
+        experimental_fetch_to_device=False,
+        experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA,
+    )
+
+
+def pipeline_device(device_id: int | None, pipeline_id: int) -> int | None:
+    """The GPU of its replica (round robin over the local GPUs) unless one is asked for."""
+    if device_id is None and common.gpu_visible():
+        return pipeline_id % common.local_gpu_count()
+    return device_id
+
+
+def image_error(exc: Exception) -> UserError | None:
+    if not _DECODE_RE.search(getattr(exc, "message", "") or ""):
+        return None
+    return UserError("DALI could not decode the image of a record, which `detrec preprocess` never "
+                     f"writes; {common.BAD_RECORD_HINT} (--decoder cpu --skip-corrupt drops such records)")
+
+
+# --- the pipeline -------------------------------------------------------------------------
 def host_cores() -> int:
     """Cores this process may run on (its affinity mask: a container's limit, not the host's)."""
     try:
@@ -183,47 +250,30 @@ def _graph(*, size, training, preprocess, dtype, with_boxes, with_keys, gpu, tun
     """The pipeline body (called inside a DALI Pipeline); returns the output DataNodes.
 
     Every input is an `fn.external_source` that `dali_feed.Feed.inputs` feeds by name: the
-    JPEG bytes one sample each, the rest as batches (labels, and as the mode needs: the crop
-    or pad window [y, x, h, w], the flip, the mapped boxes, the keys). No operator draws a
-    random number: the feed's draws are the pipeline's only randomness.
+    JPEG bytes one sample each, the rest as batches (labels, and as the transform needs: its
+    window [y, x, h, w] and flip, the mapped boxes, the keys). No operator draws a random
+    number: the feed's draws are the pipeline's only randomness. The transform's own
+    operators come from its `dali_graph`.
     """
     import nvidia.dali.fn as fn
-    import nvidia.dali.math as dmath
     import nvidia.dali.types as types
 
     def feed(name, dtype_, ndim, batch=True):
         return fn.external_source(name=name, dtype=dtype_, ndim=ndim, batch=batch, device="cpu")
 
     decode_device = "mixed" if gpu else "cpu"
-    decode = decoder_args(gpu, tuning)
-    height, width = size
-    out_type = getattr(types, _DALI_DTYPES[dtype])
+    decode_args = decoder_args(gpu, tuning)
+
+    def decode(encoded, window=None):
+        if window is None:
+            return fn.decoders.image(encoded, device=decode_device, **decode_args)
+        return fn.decoders.image_slice(encoded, window[0:2], window[2:4], axes=[0, 1], device=decode_device,
+                                       **decode_args)
+
     encoded = feed("encoded", types.UINT8, 1, batch=False)
-    if preprocess == "seed":
-        window = feed("window", types.INT32, 1)
-        images = fn.decoders.image(encoded, device=decode_device, **decode)
-        # resize_with_crop_or_pad's window (the feed computes it: `draws.centred_windows`).
-        images = fn.slice(images, window[0:2], window[2:4], axes=[0, 1], out_of_bounds_policy="pad",
-                          fill_values=0)
-        pixels = fn.cast(images, dtype=types.FLOAT)
-        mean = fn.reductions.mean(pixels)
-        stddev = dmath.max(fn.reductions.std_dev(pixels, mean), float(1.0 / np.sqrt(height * width * 3)))
-        images = fn.cast((pixels - mean) / stddev, dtype=out_type)
-    else:
-        flip = 0
-        if training:
-            window = feed("window", types.INT32, 1)
-            # Decode only the window (nvJPEG ROI decode on a GPU), as tf.data does.
-            images = fn.decoders.image_slice(encoded, window[0:2], window[2:4], axes=[0, 1], device=decode_device,
-                                             **decode)
-            flip = feed("flip", types.INT32, 0)
-        else:
-            images = fn.decoders.image(encoded, device=decode_device, **decode)
-        images = fn.resize(images, resize_x=width, resize_y=height, interp_type=types.INTERP_LINEAR,
-                           antialias=False, dtype=types.FLOAT)
-        images = fn.crop_mirror_normalize(
-            images, mirror=flip, dtype=out_type, output_layout="HWC",
-            mean=[augment.INCEPTION_SCALE] * 3, std=[augment.INCEPTION_SCALE] * 3)
+    images = registry.transform(preprocess).dali_graph(encoded, feed=feed, decode=decode, size=size,
+                                                       training=training,
+                                                       out_type=getattr(types, _DALI_DTYPES[dtype]))
     outputs = [images, feed("label", types.INT64, 0)]
     if with_boxes:
         outputs += [feed("boxes", types.FLOAT, 2), feed("box_labels", types.INT64, 1)]

@@ -17,7 +17,7 @@ with one positioned read each (the .idx gives every record's place; the framing 
 before, `dali._index_problem`) and parsed as tf.train.Example by protobuf without
 TensorFlow (`detrec.core.example_proto`). A record that is no tf.Example, lacks its image
 or label, or has a label outside the classes stops the stream with an error that names the
-shard by its number and the record (`RecordTable.error`), which `tfdata.shard_errors` turns
+shard by its number and the record (`RecordTable.error`), which `common.shard_errors` turns
 into one line naming the file. With skip_corrupt it is named on stderr, counted, and its row
 takes another record instead (`Feed.batch`): a running DALI pipeline's batches have a fixed
 size, so a row cannot just be dropped as tf.data drops it. The stand-in is the batch's first
@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from detrec.core import fs, images, schema, tfrecord
+from detrec.train import registry
 import detrec.train.input.common as common
 import detrec.train.input.draws as draws
 
@@ -81,7 +82,7 @@ class RecordTable:
 
     def error(self, record: int, problem: str) -> ValueError:
         """What the stream raises for a record no model can train on: its message names the
-        shard by its number (`common.tagged`), which `tfdata.shard_errors` turns back into a
+        shard by its number (`common.tagged`), which `common.shard_errors` turns back into a
         CorruptShardError with the path."""
         path, number, offset = self.where(record)
         return ValueError(common.tagged(common.shard_id(path), f"offset {offset}, record {number}: {problem}; "
@@ -164,7 +165,8 @@ class Feed:
       table: the split's records.
       seed: the run's seed; first_epoch: the epoch stream batch 0 belongs to.
       training: draws order, crops and flips; else dataset order, whole images.
-      preprocess, size: which window the pipeline needs ("seed": the centred one).
+      preprocess, size: the transform (detrec.train.registry) whose draws and inputs the
+        pipeline needs, and the output size.
       batch_size, span: rows per batch; this worker's [start, end) of each epoch's order.
       stream_steps: batches per epoch of the stream (the largest worker's, padded).
       num_classes: labels must be in 0..num_classes-1 (else the stream stops, naming the record).
@@ -184,11 +186,8 @@ class Feed:
         self.with_boxes, self.max_boxes, self.with_keys = with_boxes, max_boxes, with_keys
         self.num_classes, self.skip_corrupt, self.counter = num_classes, skip_corrupt, counter
         self._skipped_in: set[tuple[int, int]] = set()  # (epoch, shard) already counted as a shard
-        self.names = ["encoded", "label"]
-        if preprocess == "seed" or training:
-            self.names.append("window")
-        if preprocess != "seed" and training:
-            self.names.append("flip")
+        self.transform = registry.transform(preprocess)
+        self.names = ["encoded", "label", *self.transform.dali_inputs(training)]
         if with_boxes:
             self.names += ["boxes", "box_labels"]
         if with_keys:
@@ -276,15 +275,9 @@ class Feed:
         encoded = [row["encoded"] for row in rows]
         parts = {"encoded": (np.frombuffer(b"".join(encoded), np.uint8), np.array([len(e) for e in encoded])),
                  "label": np.array([row["label"] for row in rows], np.int64)}
-        need_hw = "window" in self.names or self.with_boxes
-        hw = np.array([jpeg_hw(e) for e in encoded], np.int64).reshape(-1, 2) if need_hw else None
-        if self.preprocess == "seed":
-            window = draws.centred_windows(hw, self.size)
-        elif self.training:
-            window = draws.crop_windows(self.seed, epoch, records, hw)
-        elif self.with_boxes:
-            window = np.concatenate([np.zeros_like(hw), hw], axis=1)
-        flip = draws.flips(self.seed, epoch, records) if "flip" in self.names else np.zeros(len(rows), np.int32)
+        if "window" in self.names or self.with_boxes:
+            hw = np.array([jpeg_hw(e) for e in encoded], np.int64).reshape(-1, 2)
+            window, flip = self.transform.dali_draws(self.seed, epoch, records, hw, self.size, self.training)
         if "window" in self.names:
             parts["window"] = window
         if "flip" in self.names:

@@ -119,7 +119,7 @@ def replica_stream(split: SplitShards, config: InputConfig, strategy: tf.distrib
 
     Args:
       split, config: what to read; `config.batch_size` is the global batch.
-      plan: any replica's plan (`plan_epoch` with the per-replica batch): its stream_steps.
+      plan: any replica's plan (`epoch_plan` with the per-replica batch): its stream_steps.
       steps: batches per epoch to hand out (the trainer's steps, <= every replica's plan).
     """
     devices, replica_ids = _local_replicas(strategy)

@@ -4,25 +4,26 @@ One straight line of tf.data ops, so that it can also run on the tf.data service
 (every step a TensorFlow op, the source a list of files). It owns what only this line does:
 CRC-checked reads whose readable record count is compared with dataset_info.json at the
 end of every shard, every record's label checked against the classes (`_read_shard`), the
-corrupt-shard TF error that names the shard by its number (`common.tagged`) and
-`shard_errors`, which turns it back into a `CorruptShardError`. Records are parsed only
-with `detrec.core.schema.parse_spec()`; images go through train/augment.py.
+corrupt-shard TF error that names the shard by its number (`common.tagged`; `common.
+shard_errors` turns it back into a `CorruptShardError`), and what TensorFlow says of an
+image it cannot decode (`image_error`). Records are parsed only with `detrec.core.schema.
+parse_spec()`; images go through the config's transform (detrec.train.transforms).
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import re
 import sys
-from typing import Callable, Iterator
+from typing import Callable
 
 import tensorflow as tf
 
 from detrec.core import schema
 from detrec.core.errors import UserError
-from detrec.train import augment
+from detrec.train import augment, registry
 import detrec.train.input.common as common
-from detrec.train.input.common import Shard, SkipCounter, SplitShards, plain, worker_shards
+from detrec.train.input.common import EpochPlan, Shard, SkipCounter, SplitShards, plain, worker_shards
 from detrec.train.input.config import InputConfig
 
 # Records read, counted and parsed per step of a shard: one parse_example op per 64 records.
@@ -38,45 +39,55 @@ _NO_LABEL = -(1 << 63)
 _NO_BYTES = b""
 _HINT = "rebuild it with `detrec preprocess` or pass --skip-corrupt"
 
-# What the readers say about a record that `detrec preprocess` did not write (sound framing
-# and CRCs, bad content), so that it reaches the user as one line, not a traceback.
-_DALI_DECODE_RE = re.compile(r"operator `nvidia\.dali\.fn\.(?:peek_image_shape|decoders\.image(?:_slice)?)`")
+# A record with sound framing and CRCs whose image TensorFlow cannot decode (`image_error`).
 _TF_DECODE_RE = re.compile(r"Invalid JPEG data|jpeg::|JPEG", re.IGNORECASE)
-_BAD_RECORD_HINT = ("find it with `detrec inspect --verify` and rebuild the shard with `detrec preprocess`")
+
+# --- this line's entry in detrec.train.registry.INPUT_LINES (`InputLine`) -----------------
+PORTABLE = True  # one tf.data graph on the CPU: the tf.data service and tf.distribute take it as it is
+PER_REPLICA = False  # one pipeline per worker, rebuilt every epoch (milliseconds)
 
 
-@contextlib.contextmanager
-def shard_errors() -> Iterator[None]:
-    """Re-raises the input pipeline's data errors as UserErrors: one line from the CLI.
+def unavailable() -> str | None:
+    return None  # TensorFlow is all it needs
 
-    Errors raised inside tf.data can only be TF errors. A corrupt shard's message, from
-    either line (a short shard, a record that is no tf.Example, lacks a key or has a label
-    outside the classes), names the shard by its number (`common.tagged`) and becomes a
-    CorruptShardError with its path. A record whose image does not decode is named as well
-    as the readers allow (tf.data drops it under skip_corrupt; DALI cannot skip a decode
-    failure inside a running pipeline).
+
+def auto_picks() -> bool:
+    return True  # runs anywhere: auto's last resort
+
+
+def plan_epoch(split: SplitShards, *, batch_size: int, training: bool, num_workers: int = 1,
+               worker_index: int = 0, skip_corrupt: bool = False) -> EpochPlan:
+    """Training: floor(n / batch) full batches; evaluation: ceil(n / batch), the last one short.
+
+    With skip_corrupt this line only learns what is unreadable while reading: evaluate with
+    repeat=False, so that take_epoch stops at the end of the (shorter) epoch instead of
+    running into the next one.
     """
-    try:
-        yield
-    except tf.errors.OpError as exc:
-        message = exc.message or ""
-        corrupt = common.shard_error(message)
-        if corrupt is not None:
-            raise corrupt from None
-        if _DALI_DECODE_RE.search(message):
-            raise UserError("DALI could not decode the image of a record, which `detrec preprocess` never "
-                            f"writes; {_BAD_RECORD_HINT} (--decoder cpu --skip-corrupt drops such records)") from None
-        if isinstance(exc, tf.errors.InvalidArgumentError) and _TF_DECODE_RE.search(message):
-            line = next(line for line in message.splitlines() if _TF_DECODE_RE.search(line))
-            first = " ".join(re.sub(r"\{\{function_node[^}]*\}\}", "", line).split())[:200]
-            raise UserError(f"the image of a record does not decode ({first}), which `detrec preprocess` never "
-                            f"writes; {_BAD_RECORD_HINT}, or pass --skip-corrupt to drop such records") from None
-        raise
-    except UnicodeDecodeError:  # TensorFlow quoted a record's bytes in its error message
-        raise UserError(f"a record could not be read (TensorFlow's error quotes its bytes); {_BAD_RECORD_HINT}, "
-                        "or pass --skip-corrupt") from None
+    n = worker_examples(split, num_workers, worker_index)
+    steps = n // batch_size if training else math.ceil(n / batch_size)
+    return EpochPlan(batch_size, n, steps)
 
 
+def input_options(strategy: tf.distribute.Strategy | None = None) -> tf.distribute.InputOptions:
+    return tf.distribute.InputOptions()
+
+
+def pipeline_device(device_id: int | None, pipeline_id: int) -> int | None:
+    return device_id  # tf.data places nothing itself
+
+
+def image_error(exc: Exception) -> UserError | None:
+    """TensorFlow's JPEG decoder refused a record's image."""
+    message = getattr(exc, "message", "") or ""
+    if not (isinstance(exc, tf.errors.InvalidArgumentError) and _TF_DECODE_RE.search(message)):
+        return None
+    line = next(line for line in message.splitlines() if _TF_DECODE_RE.search(line))
+    first = " ".join(re.sub(r"\{\{function_node[^}]*\}\}", "", line).split())[:200]
+    return UserError(f"the image of a record does not decode ({first}), which `detrec preprocess` never "
+                     f"writes; {common.BAD_RECORD_HINT}, or pass --skip-corrupt to drop such records")
+
+
+# --- the pipeline -------------------------------------------------------------------------
 def worker_examples(split: SplitShards, num_workers: int = 1, worker_index: int = 0) -> int:
     """Examples one worker reads per epoch: its shard files' records, or every k-th record
     when there are fewer files than workers."""
@@ -261,22 +272,12 @@ def _add_seeds(features: dict, seed: tf.Tensor) -> dict:
                                                            dtype=tf.int64)}
 
 
-def _example_fn(size, training, preprocess, dtype, with_boxes, with_keys, max_boxes) -> Callable:
-    """Parsed features -> (image, label[, boxes, box_labels][, key]).
-
-    "inception" images leave this as float32 0..255: they are normalised a batch at a time
-    (one vectorised op over the batch costs a third less than one per image).
-    """
+def _example_fn(size, training, transform, dtype, with_boxes, with_keys, max_boxes) -> Callable:
+    """Parsed features -> (image, label[, boxes, box_labels][, key]), the image by `transform`."""
 
     def fn(features):
         encoded = features[schema.ENCODED]
-        flip = tf.constant(False)
-        if preprocess == "seed":
-            image, window = augment.seed_transform(encoded, size, dtype)
-        elif training:
-            image, window, flip = augment.decode_train(encoded, size, features[_SEED])
-        else:
-            image, window = augment.decode_eval(encoded, size)
+        image, window, flip = transform.example(encoded, size, training, features.get(_SEED), dtype)
         out = [tf.ensure_shape(image, [size[0], size[1], 3]), features[schema.CLASS_LABEL]]
         if with_boxes:
             coords = [tf.sparse.to_dense(features[k]) for k in (schema.YMIN, schema.XMIN, schema.YMAX, schema.XMAX)]
@@ -293,6 +294,7 @@ def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
     """The tf.data pipeline of `split` for one worker (the package's `make_dataset` contract)."""
     c = config
     dtype = c.images_dtype()
+    transform = registry.transform(c.preprocess)
     shards, by_record = worker_shards(split.shards, c.num_workers, c.worker_index)
     # Training order is free to vary unless a seed asks for reproducibility; evaluation is
     # always in file order. Record-level sharding needs every worker to see the same order.
@@ -327,7 +329,7 @@ def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
     if c.training:
         # Parsed records (JPEG bytes, label) are shuffled, not decoded pixels: ~100 KB each.
         ds = ds.shuffle(c.shuffle_buffer, seed=c.seed, reshuffle_each_iteration=True)
-    ds = ds.map(plain(_example_fn(c.size, c.training, c.preprocess, dtype, c.with_boxes, c.with_keys, c.max_boxes)),
+    ds = ds.map(plain(_example_fn(c.size, c.training, transform, dtype, c.with_boxes, c.with_keys, c.max_boxes)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if c.skip_corrupt:
         # A record with sound framing and CRCs whose image does not decode (crafted, or
@@ -335,8 +337,8 @@ def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
         # no count of what it drops here, so these are not in `counter`.
         ds = ds.ignore_errors()
     ds = ds.batch(c.batch_size, drop_remainder=c.training)
-    if c.preprocess == "inception":
-        ds = ds.map(plain(lambda images, *rest: (augment.normalize_inception(images, dtype), *rest)),
+    if transform.batch is not None:  # e.g. inception's normalisation, one vectorised op per batch
+        ds = ds.map(plain(lambda images, *rest: (transform.batch(images, dtype), *rest)),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if c.repeat:
         # Last, after batching: an epoch is exactly its own batches (training floor(n / B),
