@@ -41,6 +41,10 @@ OBJECT_LABEL = "image/object/class/label"
 OBJECT_TEXT = "image/object/class/text"
 DIFFICULT = "image/object/difficult"
 TRUNCATED = "image/object/truncated"
+# A box of a crowd or group (COCO iscrowd, Open Images IsGroupOf), as the OD API's COCO
+# converter writes it. Written only when a record has one (records without stay as they were);
+# absent means no box is one. The largest-box rule passes over them.
+IS_CROWD = "image/object/is_crowd"
 CLASS_LABEL = "image/class/label"
 CLASS_TEXT = "image/class/text"
 # Not in the OD API: what the source image was when detrec had to re-encode it ("" = bytes
@@ -78,12 +82,14 @@ KEYS: dict[str, tuple[str, bool]] = {
     OBJECT_TEXT: (_BYTES, True),
     DIFFICULT: (_INT, True),
     TRUNCATED: (_INT, True),
+    IS_CROWD: (_INT, True),
     CLASS_LABEL: (_INT, False),
     CLASS_TEXT: (_BYTES, False),
     CONVERTED_FROM: (_BYTES, False),
     LABEL_SOURCE: (_BYTES, False),
 }
 OBJECT_KEYS = tuple(k for k, (_, per_object) in KEYS.items() if per_object)
+OPTIONAL_OBJECT_KEYS = (IS_CROWD,)  # per-object keys a record may lack (then: all 0)
 
 
 class SchemaError(ValueError):
@@ -102,6 +108,7 @@ class Box:
     text: str
     difficult: bool = False
     truncated: bool = False
+    is_crowd: bool = False
 
     @property
     def area(self) -> float:
@@ -136,6 +143,7 @@ def _values(record: Record) -> dict[str, Sequence]:
     """Each feature's values; the label source only when it is not the default (see LABEL_SOURCE)."""
     objs = record.objects
     optional = {LABEL_SOURCE: [record.label_source]} if record.label_source != DEFAULTS[LABEL_SOURCE] else {}
+    crowd = {IS_CROWD: [int(o.is_crowd) for o in objs]} if any(o.is_crowd for o in objs) else {}
     return {
         ENCODED: [record.encoded],
         FORMAT: [record.format],
@@ -153,6 +161,7 @@ def _values(record: Record) -> dict[str, Sequence]:
         OBJECT_TEXT: [o.text for o in objs],
         DIFFICULT: [int(o.difficult) for o in objs],
         TRUNCATED: [int(o.truncated) for o in objs],
+        **crowd,
         CLASS_LABEL: [record.class_label],
         CLASS_TEXT: [record.class_text],
         CONVERTED_FROM: [record.converted_from],
@@ -268,7 +277,7 @@ def decode(serialized: bytes) -> Record:
     except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
         raise SchemaError(f"not a tf.train.Example: {exc}") from None
     fmap = example.features.feature
-    columns = {key: _read(fmap, key) for key in OBJECT_KEYS}
+    columns = {key: _read(fmap, key) for key in OBJECT_KEYS if key in fmap or key not in OPTIONAL_OBJECT_KEYS}
     counts = {len(v) for v in columns.values()}
     if len(counts) > 1:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in columns.items())
@@ -284,6 +293,7 @@ def decode(serialized: bytes) -> Record:
             text=text(columns[OBJECT_TEXT][i]),
             difficult=bool(columns[DIFFICULT][i]),
             truncated=bool(columns[TRUNCATED][i]),
+            is_crowd=bool(columns[IS_CROWD][i]) if IS_CROWD in columns else False,
         )
         for i in range(counts.pop() if counts else 0)
     )
@@ -373,7 +383,8 @@ def largest_box(areas: Sequence[float]) -> int | None:
 
 
 def largest_box_label(objects: Sequence[Box], areas: Sequence[float] | None = None) -> tuple[int, str]:
-    """The image's class when its boxes decide: the largest box's (ties: first in document order).
+    """The image's class when its boxes decide: the largest box's (ties: first in document
+    order), crowd boxes passed over (COCO's rule: the class is a single object's).
 
     Args:
       objects: the boxes, in document order.
@@ -381,30 +392,35 @@ def largest_box_label(objects: Sequence[Box], areas: Sequence[float] | None = No
         None: the boxes' own normalised areas (a reader's best).
 
     Returns:
-      (label, text) of that box; (BACKGROUND_ID, BACKGROUND_TEXT) without boxes.
+      (label, text) of that box; (BACKGROUND_ID, BACKGROUND_TEXT) without such a box.
     """
-    best = largest_box([o.area for o in objects] if areas is None else areas)
+    counted = [i for i, o in enumerate(objects) if not o.is_crowd]
+    every = [o.area for o in objects] if areas is None else areas
+    best = largest_box([every[i] for i in counted])
     if best is None:
         return BACKGROUND_ID, BACKGROUND_TEXT
-    return objects[best].label, objects[best].text
+    return objects[counted[best]].label, objects[counted[best]].text
 
 
 def largest_box_candidates(objects: Sequence[Box]) -> list[int]:
     """Indexes of the boxes a writer may have found largest, judged from stored corners: those
-    whose area is within float32 rounding of the largest (see AREA_SLACK), in document order."""
-    if not objects:
+    not of a crowd whose area is within float32 rounding of the largest (see AREA_SLACK), in
+    document order."""
+    counted = [o for o in objects if not o.is_crowd]
+    if not counted:
         return []
-    top = objects[largest_box([o.area for o in objects])]
+    top = counted[largest_box([o.area for o in counted])]
     top_sides = (top.xmax - top.xmin) + (top.ymax - top.ymin)
-    return [i for i, o in enumerate(objects)
-            if o.area >= top.area - (top_sides + (o.xmax - o.xmin) + (o.ymax - o.ymin)) * AREA_SLACK]
+    return [i for i, o in enumerate(objects) if not o.is_crowd
+            and o.area >= top.area - (top_sides + (o.xmax - o.xmin) + (o.ymax - o.ymin)) * AREA_SLACK]
 
 
 def is_largest_box_label(objects: Sequence[Box], label: int, text: str) -> bool:
     """Whether (label, text) is what `largest_box_label` gives for these boxes with exact areas."""
-    if not objects:
+    candidates = largest_box_candidates(objects)
+    if not candidates:
         return (label, text) == (BACKGROUND_ID, BACKGROUND_TEXT)
-    return any((objects[i].label, objects[i].text) == (label, text) for i in largest_box_candidates(objects))
+    return any((objects[i].label, objects[i].text) == (label, text) for i in candidates)
 
 
 def parse_spec() -> dict:

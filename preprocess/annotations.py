@@ -62,6 +62,7 @@ class Object:
     ymax: float
     difficult: bool = False
     truncated: bool = False
+    crowd: bool = False  # a crowd or group of objects (COCO iscrowd, Open Images IsGroupOf)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,7 +292,7 @@ def normalise(
                 f"{where}: object {i} ({obj.name}): box ({obj.xmin:g},{obj.ymin:g})-({obj.xmax:g},{obj.ymax:g}) "
                 f"is empty inside the {frame_w}x{frame_h} frame",
             )
-        boxes.append(schema.Box(xmin, ymin, xmax, ymax, label, obj.name, obj.difficult, obj.truncated))
+        boxes.append(schema.Box(xmin, ymin, xmax, ymax, label, obj.name, obj.difficult, obj.truncated, obj.crowd))
     return tuple(boxes)
 
 

@@ -112,8 +112,8 @@ class ParsedPlan:
     def of(cls, key: ShardKey, items: Sequence[Item]) -> "ParsedPlan":
         rows = tuple((_PAIR_FIELDS(i.pair), i.boxes_from, i.annotation.width, i.annotation.height,
                       i.annotation.filename,
-                      tuple((o.name, *map(_compact, (o.xmin, o.ymin, o.xmax, o.ymax)), o.difficult, o.truncated)
-                            for o in i.annotation.objects))
+                      tuple((o.name, *map(_compact, (o.xmin, o.ymin, o.xmax, o.ymax)), o.difficult, o.truncated,
+                             o.crowd) for o in i.annotation.objects))
                      for i in items)
         # Level 6: a third smaller than level 1 here (~50 bytes an item), for ~7 ms more a shard.
         return cls(key, _pack(rows, 6), len(rows))
@@ -122,8 +122,8 @@ class ParsedPlan:
         split, Object = self.key.split, annotations.Object
         return [Item(Pair(split, *pair),
                      annotations.Annotation(width, height, tuple(
-                         Object(name, float(x0), float(y0), float(x1), float(y1), difficult, truncated)
-                         for name, x0, y0, x1, y1, difficult, truncated in objects), filename),
+                         Object(name, float(x0), float(y0), float(x1), float(y1), difficult, truncated, crowd)
+                         for name, x0, y0, x1, y1, difficult, truncated, crowd in objects), filename),
                      boxes_from)
                 for pair, boxes_from, width, height, filename, objects in _unpack(self.packed)]
 

@@ -68,7 +68,10 @@ def _protobuf_encode(record: Record) -> bytes:
            objects=(), class_label=3, class_text="golden retriever", converted_from="png", label_source="folder"),
     Record(encoded=b"\xff\xd8y\xff\xd9", height=5, width=7, filename="v.JPEG", source_id="v",
            objects=(Box(0.0, 0.0, 0.5, 0.5, 2, "n2"),), class_label=2, class_text="n2", label_source="csv"),
-], ids=["golden", "empty", "large-unicode", "from-folder", "from-csv"])
+    Record(encoded=b"\xff\xd8z\xff\xd9", height=5, width=7, filename="c.jpg", source_id="9",
+           objects=(Box(0.0, 0.0, 1.0, 1.0, 3, "5", is_crowd=True), Box(0.0, 0.0, 0.5, 0.5, 2, "3")),
+           class_label=2, class_text="3", label_source="json"),
+], ids=["golden", "empty", "large-unicode", "from-folder", "from-csv", "with-crowd"])
 def test_hand_encoder_matches_protobuf(record):
     """The writer's wire-format encoder is byte-identical to protobuf's deterministic output."""
     assert schema.encode(record) == _protobuf_encode(record)
@@ -111,6 +114,20 @@ def test_parse_example_spec_matches_encode():
 def test_encoded_jpeg_decodes_to_three_channels():
     decoded = tf.io.decode_jpeg(golden_record().encoded, channels=3)
     assert decoded.shape == (12, 16, 3)
+
+
+def test_is_crowd_is_written_only_for_records_with_a_crowd_box_and_passed_over_by_the_largest_box_rule():
+    plain = golden_record()
+    assert schema.IS_CROWD.encode() not in schema.encode(plain)  # records without crowds stay as they were
+    crowd = Box(0.0, 0.0, 1.0, 1.0, 1, "n01440764", is_crowd=True)
+    small = Box(0.125, 0.125, 0.25, 0.25, 3, "n01443537")  # float32-exact
+    record = Record(**{**plain.__dict__, "objects": (crowd, small), "class_label": 3, "class_text": "n01443537"})
+    assert schema.decode(schema.encode(record)).objects == (crowd, small)
+    schema.check(record, num_classes=4)
+    assert schema.largest_box_label((crowd, small)) == (3, "n01443537")
+    assert schema.largest_box_label((crowd,)) == (schema.BACKGROUND_ID, schema.BACKGROUND_TEXT)
+    with pytest.raises(SchemaError, match="largest box"):  # the crowd's class is never the image's
+        schema.check(Record(**{**record.__dict__, "class_label": 1, "class_text": "n01440764"}))
 
 
 def test_check_accepts_good_and_names_bad():

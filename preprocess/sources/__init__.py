@@ -14,12 +14,13 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from detrec.core import fs
-from detrec.preprocess.sources import cls_loc, det, folder, voc
+from detrec.preprocess.sources import cls_loc, coco, det, folder, voc
 from detrec.preprocess.sources.contract import Source, SplitSource, Unlabelled
 from detrec.preprocess.vocab import Vocabulary
 
 # --layout name -> source, in the order `auto` tries them.
-SOURCES: dict[str, Source] = {s.name: s for s in (det.SOURCE, cls_loc.SOURCE, voc.SOURCE, folder.SOURCE)}
+SOURCES: dict[str, Source] = {s.name: s for s in (det.SOURCE, cls_loc.SOURCE, voc.SOURCE, coco.SOURCE,
+                                                   folder.SOURCE)}
 AUTO = "auto"
 LAYOUTS = (AUTO, *SOURCES)
 KAGGLE_ROOT = "ILSVRC"  # what the Kaggle download unpacks beside its LOC_*.csv files
@@ -70,7 +71,7 @@ def resolve(root: str, split: str, layout: str) -> SplitSource:
         held = []
     raise ValueError(
         f"{root}: split {split!r} not found: no Annotations/DET/{split}, Data/CLS-LOC/{split}, Annotations + "
-        f"JPEGImages or {split}/<class>/<image> folders" + (f" (it holds: {', '.join(held)})" if held else "")
+        f"JPEGImages, annotations/instances_{split}YEAR.json or {split}/<class>/<image> folders" + (f" (it holds: {', '.join(held)})" if held else "")
         + "; pass the folder that holds Annotations/ and Data/ (or the split folders), and --splits naming its splits"
     )
 
