@@ -151,7 +151,7 @@ class ParseShard(_DetrecDoFn):
     """ShardPlan -> ParsedPlan (its pairs with their boxes); Rejected for annotations that do
     not parse; on the NAMES output, a train shard's distinct object names and class folders
     (the vocabulary's raw material, rule 3 of vocab.py) unless `names` is off (a synset map
-    fixes the class list) or the tree fixes it itself (sources.fixed_vocabulary, given `found`,
+    fixes the class list) or the tree fixes it itself (sources.fixes_classes, given `found`,
     each split's SplitSource, as a side input).
 
     Each annotation is parsed once, here: the writer needs the class list before its first
@@ -186,7 +186,7 @@ class ParseShard(_DetrecDoFn):
 
     def _tree_fixes_classes(self, found: dict) -> bool:
         if self._tree_fixes is None:
-            self._tree_fixes = sources.fixed_vocabulary(found, self._splits) is not None
+            self._tree_fixes = sources.fixes_classes(found)
         return self._tree_fixes
 
 

@@ -141,9 +141,18 @@ def _digest(split: str, source_id: str) -> bytes:
 DEFAULT_TARGET_SHARD_MB = 128.0
 
 
-def plan_shards(num_examples: int, total_bytes: int, requested: int | None, target_bytes: int) -> int:
-    """Shard count: as requested, else enough for `target_bytes` each; never more than examples."""
-    wanted = requested if requested else math.ceil(total_bytes / max(target_bytes, 1))
+# The most packed annotation bytes (Pair.label_data: COCO's ~45 bytes a box) one shard plans:
+# a shard's parse and write steps hold its boxes as objects (~150 bytes each), so a split of
+# small images with many boxes (1M boxes on 10k thumbnails) gets more shards, not a big worker.
+MAX_LABEL_BYTES_PER_SHARD = 4 << 20
+
+
+def plan_shards(num_examples: int, total_bytes: int, requested: int | None, target_bytes: int,
+                label_bytes: int = 0) -> int:
+    """Shard count: as requested, else enough for `target_bytes` of images each and at most
+    MAX_LABEL_BYTES_PER_SHARD of packed annotations; never more than examples."""
+    wanted = requested if requested else max(math.ceil(total_bytes / max(target_bytes, 1)),
+                                              math.ceil(label_bytes / MAX_LABEL_BYTES_PER_SHARD))
     return max(1, min(wanted, num_examples))
 
 
@@ -153,7 +162,8 @@ def plan_split(split: str, pairs: list[Pair], requested: int | None,
     round-robin in the order of their hashed source ids."""
     # Digests sort as their hex strings do, in half the memory.
     ranked = sorted(pairs, key=lambda p: (_digest(split, p.source_id), p.source_id))
-    count = plan_shards(len(ranked), sum(p.image_size for p in ranked), requested, target_bytes)
+    count = plan_shards(len(ranked), sum(p.image_size for p in ranked), requested, target_bytes,
+                        sum(len(p.label_data) for p in ranked))
     log.info("split %s: %d pairs -> %d shards", split, len(ranked), count)
     if not ranked:
         return

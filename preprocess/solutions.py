@@ -15,12 +15,13 @@ an error line.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import posixpath
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
+from detrec.preprocess import csv_rows
 from detrec.preprocess.annotations import AnnotationError, Annotation, Object, shown_id
+from detrec.preprocess.csv_rows import BadLine
 
 HEADER, BOXES_HEADER = "ImageId", "PredictionString"
 FIELDS_PER_BOX = 5  # synset xmin ymin xmax ymax
@@ -37,15 +38,6 @@ class Row:
 
     where: str
     boxes: str
-
-
-@dataclasses.dataclass(frozen=True)
-class BadLine:
-    """A line that names no image (or names one twice): reported, never fatal."""
-
-    where: str
-    code: str
-    reason: str
 
 
 def read_rows(lines: Iterable[str], path: str) -> tuple[dict[str, Row], list[BadLine]]:
@@ -66,24 +58,13 @@ def read_rows(lines: Iterable[str], path: str) -> tuple[dict[str, Row], list[Bad
     """
     rows: dict[str, Row] = {}
     bad: list[BadLine] = []
-    reader = csv.reader(_without_bom(lines))
     id_col, boxes_col = 0, 1
-    first, end = True, 0
-    while True:
-        start = end + 1  # a quoted field may span lines: a row is named by its first
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:  # an unclosed quote, a field over the csv module's limit
-            end = reader.line_num
-            bad.append(BadLine(f"{path}:{start}", "bad_csv_line", f"{path}:{start}: not a CSV row ({exc})"))
+    first = True
+    for row in csv_rows.rows(lines, path):
+        if isinstance(row, BadLine):
+            bad.append(row)
             continue
-        end = reader.line_num
-        fields = [f.strip() for f in fields]
-        if not any(fields):
-            continue
-        where = f"{path}:{start}"
+        where, fields = row
         if first:
             first = False
             if HEADER in fields:
@@ -101,15 +82,6 @@ def read_rows(lines: Iterable[str], path: str) -> tuple[dict[str, Row], list[Bad
             continue
         rows[image_id] = Row(where, fields[boxes_col])
     return rows, bad
-
-
-def _without_bom(lines: Iterable[str]) -> Iterator[str]:
-    """The lines, the first without a byte order mark."""
-    it = iter(lines)
-    for line in it:
-        yield line.removeprefix("\ufeff")
-        break
-    yield from it
 
 
 def row_for(rows: Mapping[str, Row], key: str) -> Row | None:

@@ -123,7 +123,7 @@ def test_flex_metadata_matches_the_cli():
     examples = {"input": (GS_IN, "/local/ILSVRC"), "output": (GS_OUT, "out"),
                 "num_shards": ("train=1024,val=64", "train=0"), "synset_map": ("gs://b/map_det.txt", "map_det.txt"),
                 "verify_images": ("header", "none"), "target_shard_mb": ("128", "big"),
-                "splits": ("train,val", "train;val"), "layout": ("cls-loc", "coco")}
+                "splits": ("train,val", "train;val"), "layout": ("coco", "kitti")}
     for name, (ok, bad) in examples.items():
         regexes = [re.compile(r) for r in params[name]["regexes"]]
         assert all(r.fullmatch(ok) for r in regexes), f"{name} rejects {ok!r}"

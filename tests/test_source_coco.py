@@ -122,6 +122,18 @@ def test_every_coco_image_once_with_its_class_and_boxes_or_one_error_line(coco_t
     assert info.splits["val"].num_examples == len(_records(out, "val")) == 8
 
 
+def test_the_categories_are_the_same_read_from_the_files_end_or_streamed(coco_tree):
+    """val's JSON ends with its categories (read from its last MB), train's starts with them
+    (streamed): one class list either way, by ascending COCO id."""
+    from detrec.preprocess import sources
+
+    root, doc = coco_tree
+    last = sources.get("coco").vocabulary({"val": sources.SplitSource(root, "val", "coco")}, ["val"])
+    first = sources.get("coco").vocabulary({"train": sources.SplitSource(root, "train", "coco")}, ["train"])
+    assert (last.synsets, last.names) == (first.synsets, first.names)
+    assert [int(s) for s in first.synsets] == sorted(c["id"] for c in doc["categories"])
+
+
 def test_the_json_is_read_one_element_at_a_time_whatever_its_layout():
     """Keys in any order, a BOM, nested values passed over, every element once; a broken file
     is one error naming where."""

@@ -14,19 +14,19 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from detrec.core import fs
-from detrec.preprocess.sources import cls_loc, coco, det, folder, voc
+from detrec.preprocess.sources import cls_loc, coco, det, folder, open_images, voc
 from detrec.preprocess.sources.contract import Source, SplitSource, Unlabelled
 from detrec.preprocess.vocab import Vocabulary
 
 # --layout name -> source, in the order `auto` tries them.
 SOURCES: dict[str, Source] = {s.name: s for s in (det.SOURCE, cls_loc.SOURCE, voc.SOURCE, coco.SOURCE,
-                                                   folder.SOURCE)}
+                                                   open_images.SOURCE, folder.SOURCE)}
 AUTO = "auto"
 LAYOUTS = (AUTO, *SOURCES)
 KAGGLE_ROOT = "ILSVRC"  # what the Kaggle download unpacks beside its LOC_*.csv files
 
-__all__ = ["AUTO", "LAYOUTS", "SOURCES", "Source", "SplitSource", "Unlabelled", "fixed_vocabulary", "get", "resolve",
-           "tree_root", "vocabulary"]
+__all__ = ["AUTO", "LAYOUTS", "SOURCES", "Source", "SplitSource", "Unlabelled", "fixed_vocabulary", "fixes_classes",
+           "get", "resolve", "tree_root", "vocabulary"]
 
 
 def get(layout: str) -> Source:
@@ -71,7 +71,8 @@ def resolve(root: str, split: str, layout: str) -> SplitSource:
         held = []
     raise ValueError(
         f"{root}: split {split!r} not found: no Annotations/DET/{split}, Data/CLS-LOC/{split}, Annotations + "
-        f"JPEGImages, annotations/instances_{split}YEAR.json or {split}/<class>/<image> folders" + (f" (it holds: {', '.join(held)})" if held else "")
+        f"JPEGImages, annotations/instances_{split}YEAR.json, {split}-annotations-bbox.csv or "
+        f"{split}/<class>/<image> folders" + (f" (it holds: {', '.join(held)})" if held else "")
         + "; pass the folder that holds Annotations/ and Data/ (or the split folders), and --splits naming its splits"
     )
 
@@ -86,6 +87,11 @@ def vocabulary(collected: Vocabulary, found: Mapping[str, SplitSource], splits: 
     folder tree's class folders before a CLS-LOC mapping), else `collected` (the synsets seen
     in the train split)."""
     return fixed_vocabulary(found, splits) or collected
+
+
+def fixes_classes(found: Mapping[str, SplitSource]) -> bool:
+    """Whether the tree fixes its class list (see `vocabulary`), without reading it."""
+    return any(SOURCES[layout].fixes_classes(found) for layout in {s.layout for s in found.values()})
 
 
 def fixed_vocabulary(found: Mapping[str, SplitSource], splits: Sequence[str]) -> Vocabulary | None:

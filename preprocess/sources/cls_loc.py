@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import IO, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from detrec.core import fs
-from detrec.preprocess import pairing, solutions, vocab as vocab_lib, walk
+from detrec.preprocess import csv_rows, pairing, solutions, vocab as vocab_lib, walk
 from detrec.preprocess.sources.contract import SplitSource, XmlTree
 from detrec.preprocess.sources.det import listed_files
 
@@ -37,16 +37,13 @@ class ClsLoc(XmlTree):
         rows, bad_lines = solution_rows(source)
         return pairing.paired(source.split, self.files(source), rows, bad_lines, by_folder=True)
 
+    def fixes_classes(self, found: Mapping[str, SplitSource]) -> bool:
+        return bool(walk.find_beside(next(iter(found.values())).root, LOC_SYNSET_MAPPING))
+
     def vocabulary(self, found: Mapping[str, SplitSource], splits: Sequence[str]) -> vocab_lib.Vocabulary | None:
         path = walk.find_beside(next(iter(found.values())).root, LOC_SYNSET_MAPPING)
         return vocab_lib.read_synset_map(path) if path else None
 
-
-
-# The longest solution-CSV line read (real ones are < 4 KB: a few boxes of 5 fields). A line
-# is read at most this far, so a CSV that is a link to /dev/zero or one endless line cannot
-# fill the listing worker's memory.
-MAX_CSV_LINE = 1 << 16
 
 
 def solution_rows(source: SplitSource) -> tuple[dict[str, solutions.Row], list[solutions.BadLine]]:
@@ -60,29 +57,9 @@ def solution_rows(source: SplitSource) -> tuple[dict[str, solutions.Row], list[s
         return {}, [solutions.BadLine(path, "not_a_regular_file", f"{path}: not a regular file, not read")]
     long_lines: list[solutions.BadLine] = []
     with fs.open(path, "rb") as raw:
-        rows, bad = solutions.read_rows(_capped_lines(raw, path, long_lines), path)
+        rows, bad = solutions.read_rows(csv_rows.capped_lines(raw, path, long_lines), path)
     log.info("read %d rows of %s for split %s", len(rows), path, source.split)
     return rows, sorted(bad + long_lines, key=lambda b: int(b.where.rsplit(":", 1)[1]))
-
-
-def _capped_lines(raw: IO[bytes], path: str, too_long: list[solutions.BadLine]) -> Iterator[str]:
-    """The file's lines as text (bytes that are not UTF-8 replaced), none read past
-    MAX_CSV_LINE: a longer line is skipped to its end, yielded as "" (so line numbers stay
-    right) and reported in `too_long`."""
-    number = 0
-    while True:
-        line = raw.readline(MAX_CSV_LINE)
-        if not line:
-            return
-        number += 1
-        if len(line) == MAX_CSV_LINE and not line.endswith(b"\n"):
-            while line and not line.endswith(b"\n"):
-                line = raw.readline(MAX_CSV_LINE)
-            where = f"{path}:{number}"
-            too_long.append(solutions.BadLine(where, "bad_csv_line", f"{where}: line longer than {MAX_CSV_LINE} bytes"))
-            yield ""
-            continue
-        yield line.decode("utf-8", "replace")
 
 
 SOURCE = ClsLoc()

@@ -18,6 +18,7 @@ val2017/; other years alike, and a folder without the year).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import struct
@@ -106,25 +107,51 @@ class Coco(Source):
             objects.append(annotations.Object(str(category), x, y, x + w, y + h, crowd=bool(crowd)))
         return Item(pair, annotations.Annotation(width, height, tuple(objects)), BOXES_FROM_JSON)
 
+    def fixes_classes(self, found: Mapping[str, SplitSource]) -> bool:
+        return True
+
     def vocabulary(self, found: Mapping[str, SplitSource], splits: Sequence[str]) -> vocab_lib.Vocabulary:
         """The categories of the train split's JSON (else the first split's), by ascending id."""
         first = found.get(vocab_lib.TRAIN) or next(iter(found.values()))
         json_path = self.files_of(first.root, first.split)[0]
         categories: dict[int, str] = {}
-        with fs.open(json_path, "rb") as raw:
-            for _, category in json_stream.top_level_elements(raw, {"categories"}):
-                if not (isinstance(category, dict) and _is_id(category.get("id"))
-                        and isinstance(category.get("name"), str) and category["name"].strip()):
-                    raise vocab_lib.VocabError(f"{json_path}: a category without an id and a name: "
-                                               f"{annotations.shown(str(category))}")
-                if category["id"] in categories:
-                    raise vocab_lib.VocabError(f"{json_path}: category id {category['id']} listed twice")
-                categories[category["id"]] = " ".join(category["name"].split())
+        for category in _categories(json_path):
+            if not (isinstance(category, dict) and _is_id(category.get("id"))
+                    and isinstance(category.get("name"), str) and category["name"].strip()):
+                raise vocab_lib.VocabError(f"{json_path}: a category without an id and a name: "
+                                           f"{annotations.shown(str(category))}")
+            if category["id"] in categories:
+                raise vocab_lib.VocabError(f"{json_path}: category id {category['id']} listed twice")
+            categories[category["id"]] = " ".join(category["name"].split())
         if not categories:
             raise vocab_lib.VocabError(f"{json_path}: no categories")
         text = "".join(f"{cid} {name}\n" for cid, name in sorted(categories.items()))
         vocab = vocab_lib.parse_synset_map(text, json_path)  # the map rules: no background name, text only
         return vocab_lib.Vocabulary(vocab.synsets, vocab.names, f"categories of {json_path}")
+
+
+TAIL_BYTES = 1 << 20
+_CATEGORIES = re.compile(r'"categories"\s*:\s*')
+
+
+def _categories(json_path: str) -> Iterator:
+    """The JSON's categories: from its last MB when it ends with them, as COCO's writers put
+    them (the whole file need not be read again); else streamed."""
+    with fs.open(json_path, "rb") as raw:
+        raw.seek(max(0, fs.size(json_path) - TAIL_BYTES))
+        tail = raw.read().decode("utf-8", "replace")
+    found = _CATEGORIES.match(tail, max(tail.rfind('"categories"'), 0))
+    if found:
+        try:
+            value, end = json.JSONDecoder().raw_decode(tail, found.end())
+        except ValueError:
+            value, end = None, 0
+        if isinstance(value, list) and tail[end:].strip() == "}":  # the top level's last member
+            yield from value
+            return
+    with fs.open(json_path, "rb") as raw:
+        for _, category in json_stream.top_level_elements(raw, {"categories"}):
+            yield category
 
 
 def _where(json_path: str, image_id: int) -> str:

@@ -7,6 +7,7 @@ folder...), each in a module of its own under preprocess/sources/.
     source.annotate(pair)            the pair's boxes as an Item (in the shard's parse step), or
                                      Unlabelled saying why not
     source.vocabulary(found, splits) the class list the tree fixes itself, None when it fixes none
+    source.fixes_classes(found)      whether it does, without reading it (each worker asks)
     source.check(split_source)       what the launcher checks before the job (a ValueError)
 
 What every source shares is written once, elsewhere: walking by real path and capped reads
@@ -63,6 +64,9 @@ class Source:
 
     def vocabulary(self, found: Mapping[str, SplitSource], splits: Sequence[str]) -> Vocabulary | None:
         return None
+
+    def fixes_classes(self, found: Mapping[str, SplitSource]) -> bool:
+        return False
 
     def check(self, source: SplitSource) -> None:
         return None

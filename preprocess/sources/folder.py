@@ -61,6 +61,9 @@ class Folder(Source):
     def annotate(self, pair: pairing.Pair) -> Item:
         return Item(pair, NO_BOXES, BOXES_FROM_NONE)
 
+    def fixes_classes(self, found: Mapping[str, SplitSource]) -> bool:
+        return True
+
     def vocabulary(self, found: Mapping[str, SplitSource], splits: Sequence[str]) -> vocab_lib.Vocabulary:
         """The sorted class folders of `train` when the tree has it (so a val-only run gets the
         same ids), else of the first split."""
