@@ -173,3 +173,21 @@ def paired(split: str, listed: Iterable[FileEntry | Unusable], rows: Mapping[str
             yield out
         elif not (out.key in unusable and out.code in ("missing_annotation", "missing_image")):
             yield Rejected(out.split, out.annotation, out.image, "pair", out.code, out.reason)
+
+
+def joined(split: str, listed: Iterable[FileEntry | Unusable], table: dict, code: str,
+           why: str) -> Iterator[tuple[FileEntry, object] | Rejected]:
+    """Listed images joined by key with what an annotation file says of them (`table`, key ->
+    anything; each key found is taken out of it, so what is left names no file): (entry,
+    value), or a Rejected for an unusable file (its entry dropped too: one input, one line)
+    and for a file the table lacks (`code`, the reason `why` after its path)."""
+    for entry in listed:
+        if isinstance(entry, Unusable):
+            table.pop(entry.key, None)
+            yield Rejected(split, "", entry.path, "list", entry.code, entry.reason)
+            continue
+        value = table.pop(entry.key, None)
+        if value is None:
+            yield Rejected(split, "", entry.path, "pair", code, f"{entry.path}: {why}")
+        else:
+            yield entry, value

@@ -75,16 +75,13 @@ class Coco(Source):
                                        f"{by_name[name]}'s too: kept there")
             else:
                 by_name[name] = image_id
-        for entry in walk.listed(split, "image", image_dir, walk.IMAGE_EXTENSIONS, recursive=True, whole_key=True):
-            if isinstance(entry, walk.Unusable):
-                by_name.pop(entry.key, None)  # its one line is this one
-                yield pairing.Rejected(split, "", entry.path, "list", entry.code, entry.reason)
+        listed = walk.listed(split, "image", image_dir, walk.IMAGE_EXTENSIONS, recursive=True, whole_key=True)
+        for out in pairing.joined(split, listed, by_name, "image_not_listed",
+                                  f"an image {fs.basename(json_path)} does not list"):
+            if isinstance(out, pairing.Rejected):
+                yield out
                 continue
-            image_id = by_name.pop(entry.key, None)
-            if image_id is None:
-                yield pairing.Rejected(split, "", entry.path, "pair", "image_not_listed",
-                                       f"{entry.path}: an image {fs.basename(json_path)} does not list")
-                continue
+            entry, image_id = out
             _, width, height = images.pop(image_id)
             yield pairing.Pair(split, str(image_id), "", entry.path, entry.key, entry.size, "",
                                _where(json_path, image_id), _SIZE.pack(width, height) + bytes(boxes.pop(image_id, b"")))

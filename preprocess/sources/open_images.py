@@ -54,18 +54,14 @@ class OpenImages(Source):
         csv_path = fs.join(source.root, f"{folder}-annotations-bbox.csv")
         boxes: dict[str, bytearray] = {}
         yield from _read(csv_path, split, boxes)
-        for entry in walk.listed(split, "image", fs.join(source.root, folder), walk.IMAGE_EXTENSIONS,
-                                 recursive=False, whole_key=False):
-            if isinstance(entry, walk.Unusable):
-                boxes.pop(entry.key, None)  # its one line is this one
-                yield pairing.Rejected(split, "", entry.path, "list", entry.code, entry.reason)
+        listed = walk.listed(split, "image", fs.join(source.root, folder), walk.IMAGE_EXTENSIONS, recursive=False,
+                             whole_key=False)
+        for out in pairing.joined(split, listed, boxes, "no_boxes", f"no row in {fs.basename(csv_path)} (Open "
+                                  "Images boxes only some objects: an image without boxes is not background)"):
+            if isinstance(out, pairing.Rejected):
+                yield out
                 continue
-            packed = boxes.pop(entry.key, None)
-            if packed is None:
-                yield pairing.Rejected(split, "", entry.path, "pair", "no_boxes",
-                                       f"{entry.path}: no row in {fs.basename(csv_path)} (Open Images boxes only "
-                                       "some objects: an image without boxes is not background)")
-                continue
+            entry, packed = out
             yield pairing.Pair(split, entry.key, "", entry.path, fs.basename(entry.path), entry.size, "",
                                f"{csv_path}:{entry.key}", bytes(packed))
         for image_id in sorted(boxes):
