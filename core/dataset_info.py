@@ -17,8 +17,9 @@ that validates the file; everything else reads typed fields. Layout::
                                       "num_examples": n, "num_bytes": b, "sha256": "..."}]}}}
 
 `label_sources` counts records by where their class came from (the record's
-`image/detrec/label_source`), `box_sources` by where their boxes came from ("none": a class
-folder labels the image and it has no boxes), `label_mismatches` the folder-labelled records
+`image/detrec/label_source`: "folder", or the name the image's source gives where its boxes
+came from: "xml", "csv", "json"...), `box_sources` by where their boxes came from ("none": a
+class folder labels the image and it has no boxes), `label_mismatches` the folder-labelled records
 whose largest box names another class, `non_srgb_images` the records whose source image carried a
 colour profile other than sRGB (converted to sRGB when re-encoded, else kept inside the JPEG
 stored as is: see core/colour.py). Files written before these keys existed load with them

@@ -69,8 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
         servicer = local_job_service.LocalJobServicer()
         port = servicer.start_grpc_server(args.port)
         print(WARNING.format(what="the job service"), file=sys.stderr, flush=True)
-        return stopping.serve_until_stopped(
-            servicer.stop, f"job service ready on port {port} (--runner PortableRunner --job_endpoint localhost:{port})")
+        ready = f"job service ready on port {port} (--runner PortableRunner --job_endpoint localhost:{port})"
+        return stopping.serve_until_stopped(servicer.stop, ready)
     from apache_beam.runners.worker import worker_pool_main
 
     malloc_arenas.limit()  # what the workers inherit

@@ -1,8 +1,9 @@
 """`detrec preprocess`: the Beam job that turns an image tree into verified TFRecord shards.
 
-    detrec preprocess --input ROOT --output OUT [--splits train,val] [--layout auto|det|cls-loc|voc|folder]
-        [--synset-map FILE] [--num-shards train=64,val=8] [--target-shard-mb 128]
-        [--verify-images full|header] [any Apache Beam pipeline option]
+    detrec preprocess --input ROOT --output OUT [--splits train,val]
+        [--layout auto|det|cls-loc|voc|coco|open-images|folder] [--synset-map FILE]
+        [--num-shards train=64,val=8] [--target-shard-mb 128] [--verify-images full|header]
+        [--shared-filesystem] [any Apache Beam pipeline option]
 
 Unknown flags go to PipelineOptions (the wordcount.py pattern), so the same command runs on
 the DirectRunner (default here: multi-processing on all cores), on Dataflow, or on any engine
@@ -50,8 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="output folder for shards and metadata (local or gs://)")
     parser.add_argument("--splits", default="train,val", help="comma-separated splits (default train,val)")
     parser.add_argument("--layout", default=sources.AUTO, choices=sources.LAYOUTS,
-                        help="source tree layout: " + "; ".join(f"{s.name}: {s.summary}" for s in sources.SOURCES.values())
-                        + "; auto tries them in that order")
+                        help="source tree layout: " + "; ".join(f"{name}: {s.summary}" for name, s in
+                                                                sources.SOURCES.items()) + "; auto tries them in that order")
     parser.add_argument("--synset-map", default="", help="class list (map_det.txt, LOC_synset_mapping.txt); "
                         "default: a folder tree's sorted train class folders, a CLS-LOC tree's "
                         "LOC_synset_mapping.txt (in ROOT or its parent), else the sorted synsets seen in train")

@@ -101,12 +101,13 @@ class _DetrecDoFn(beam.DoFn):
 
 
 class ListAndAssign(_DetrecDoFn):
-    """(root, split, layout) -> a ShardPlan of Pairs per shard; Rejected for unpaired files
-    and unusable solution-CSV lines; (split, SplitSource) on the LAYOUT output.
+    """(root, split, layout) -> a ShardPlan of Pairs per shard; Rejected for what the split's
+    source could not pair (sources/: unpaired files, bad CSV lines or JSON entries...);
+    (split, SplitSource) on the LAYOUT output.
 
     Listing, pairing and shard assignment happen together, in one place per split: they need
-    the whole split's file names anyway (and its solution CSV, read here once), and doing them
-    here saves two shuffles.
+    the whole split's file names anyway (and its annotation file, COCO's JSON or a CSV, read
+    here once, as a stream), and doing them here saves two shuffles.
     """
 
     def __init__(self, num_shards: dict[str, int], target_bytes: int, owned_worker: bool = False):

@@ -46,11 +46,13 @@ def coco_tree(tmp_path_factory) -> tuple[str, dict]:
     # An annotation of an image the file does not list; an entry that is not COCO's.
     doc["annotations"].append({"id": 9006, "image_id": 777777, "category_id": 1, "bbox": [1, 1, 2, 2]})
     doc["annotations"].append({"id": 9007, "image_id": first["id"], "category_id": 1, "bbox": "1 1 2 2"})
+    # A file_name given with its folder, as some COCO-format tools write it: the same file.
+    images[1]["file_name"] = "train2017/" + images[1]["file_name"]
     # An image without annotations: background. One listed without its file; a file not listed.
     lonely = images[-1]
     doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] != lonely["id"]]
     images.append({"id": 424242, "file_name": "gone.jpg", "width": 10, "height": 10})
-    os.link(os.path.join(root, "train2017", images[0]["file_name"]), os.path.join(root, "train2017", "stray.jpg"))
+    os.link(os.path.join(root, images[1]["file_name"]), os.path.join(root, "train2017", "stray.jpg"))
     with open(path, "wb") as f:  # with a BOM and the categories first, as some tools write them
         f.write(b"\xef\xbb\xbf" + json.dumps({"categories": doc.pop("categories"), **doc}).encode())
     doc["categories"] = json.load(open(os.path.join(root, "annotations", "instances_val2017.json")))["categories"]

@@ -191,9 +191,12 @@ FLINK = Runner("FlinkRunner", check=_flink_check, flags=beam_compat.flags_of(Fli
                                           o.view_as(FlinkRunnerOptions).flink_master in _FLINK_LOCAL))
 
 
+def _spark_local(options: PipelineOptions) -> bool:
+    return _SPARK_LOCAL.match(options.view_as(SparkRunnerOptions).spark_master_url) is not None
+
+
 def _spark_env(options: PipelineOptions) -> str:
-    local = _SPARK_LOCAL.match(options.view_as(SparkRunnerOptions).spark_master_url) is not None
-    return _environment(options, "LOOPBACK" if local else "DOCKER")
+    return _environment(options, "LOOPBACK" if _spark_local(options) else "DOCKER")
 
 
 def _spark_check(options: PipelineOptions, _paths: Paths) -> None:
@@ -204,8 +207,7 @@ def _spark_check(options: PipelineOptions, _paths: Paths) -> None:
 
 
 SPARK = Runner("SparkRunner", check=_spark_check, flags=beam_compat.flags_of(SparkRunnerOptions),
-               elsewhere=lambda o: _where(o, _spark_env(o),
-                                          _SPARK_LOCAL.match(o.view_as(SparkRunnerOptions).spark_master_url) is not None))
+               elsewhere=lambda o: _where(o, _spark_env(o), _spark_local(o)))
 
 
 # --- PrismRunner: Beam's Go runner from a binary -------------------------------------------------

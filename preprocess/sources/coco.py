@@ -66,7 +66,9 @@ class Coco(Source):
         for problem in _read(json_path, split, images, boxes):
             yield problem
         by_name: dict[str, int] = {}
+        prefix = fs.basename(image_dir) + "/"  # a file_name given with its folder (train2017/x.jpg)
         for image_id, (name, _, _) in list(images.items()):
+            name = name.removeprefix(prefix)
             if name in by_name:
                 del images[image_id]
                 boxes.pop(image_id, None)
