@@ -13,25 +13,22 @@ from typing import Iterator, Mapping, Sequence
 
 from detrec.core import fs
 from detrec.preprocess import csv_rows, pairing, solutions, vocab as vocab_lib, walk
-from detrec.preprocess.sources.contract import SplitSource, XmlTree
-from detrec.preprocess.sources.det import listed_files
+from detrec.preprocess.sources.contract import SplitSource
+from detrec.preprocess.sources.det import Det
 
 log = logging.getLogger("detrec.preprocess")
 LOC_SYNSET_MAPPING = "LOC_synset_mapping.txt"
 
 
-class ClsLoc(XmlTree):
+class ClsLoc(Det):
+    """DET's folders under CLS-LOC/; only the images' folder is required."""
+
     name = "cls-loc"
     summary = "ImageNet CLS-LOC as Kaggle ships it: Data/CLS-LOC/SPLIT, XML optional, LOC_*.csv beside"
-
-    def folders(self, root: str, split: str) -> tuple[str, str]:
-        return fs.join(root, "Annotations", "CLS-LOC", split), fs.join(root, "Data", "CLS-LOC", split)
+    part = "CLS-LOC"
 
     def missing(self, root: str, split: str) -> str:
         return "" if fs.exists(self.folders(root, split)[1]) else f"{root}: no Data/CLS-LOC/{split}"
-
-    def files(self, source: SplitSource) -> Iterator[walk.FileEntry | walk.Unusable]:
-        return listed_files(self, source)
 
     def pairs(self, source: SplitSource) -> Iterator[pairing.Pair | pairing.Rejected]:
         rows, bad_lines = solution_rows(source)

@@ -13,14 +13,15 @@ from detrec.preprocess.sources.contract import SplitSource, XmlTree
 class Det(XmlTree):
     name = "det"
     summary = "ImageNet DET: Annotations/DET/SPLIT + Data/DET/SPLIT"
+    part = "DET"  # the folder under Annotations/ and Data/ (cls_loc.py: CLS-LOC)
 
     def folders(self, root: str, split: str) -> tuple[str, str]:
-        return fs.join(root, "Annotations", "DET", split), fs.join(root, "Data", "DET", split)
+        return fs.join(root, "Annotations", self.part, split), fs.join(root, "Data", self.part, split)
 
     def missing(self, root: str, split: str) -> str:
         ann_dir, img_dir = self.folders(root, split)
         if not (fs.exists(ann_dir) and fs.exists(img_dir)):
-            return f"{root}: no Annotations/DET/{split} and Data/DET/{split}"
+            return f"{root}: no Annotations/{self.part}/{split} and Data/{self.part}/{split}"
         return ""
 
     def files(self, source: SplitSource) -> Iterator[walk.FileEntry | walk.Unusable]:
