@@ -24,6 +24,10 @@ whose largest box names another class, `non_srgb_images` the records whose sourc
 colour profile other than sRGB (converted to sRGB when re-encoded, else kept inside the JPEG
 stored as is: see core/colour.py). Files written before these keys existed load with them
 empty (0).
+
+A split whose tree gives no labels (CLS-LOC test) says `"labelled": false`: its records have
+no class (label_sources {"none": N}); it is for predict, never for training (`check_labelled`).
+The key is written only then, so a labelled dataset's file is what it was, and absent means labelled.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class SplitInfo:
     label_sources: Mapping[str, int] = dataclasses.field(default_factory=dict)
     box_sources: Mapping[str, int] = dataclasses.field(default_factory=dict)
     label_mismatches: int = 0
+    labelled: bool = True  # False: its records have no class (schema.LABEL_NONE)
 
     @property
     def listed_examples(self) -> int:
@@ -115,6 +120,7 @@ class DatasetInfo:
                               "non_srgb_images": s.non_srgb_images,
                               "errors_file": s.errors_file, "label_sources": dict(s.label_sources),
                               "box_sources": dict(s.box_sources), "label_mismatches": s.label_mismatches,
+                              **({} if s.labelled else {"labelled": False}),
                               "shards": [dataclasses.asdict(sh) for sh in s.shards]}
                        for name, s in self.splits.items()},
         }
@@ -137,7 +143,7 @@ class _Malformed(Exception):
     pass
 
 
-_KINDS = {int: "a number", str: "a string", list: "a list", dict: "an object"}
+_KINDS = {int: "a number", str: "a string", list: "a list", dict: "an object", bool: "true or false"}
 
 
 def _get(obj: Any, key: str, kind: type, where: str, default: Any = ...) -> Any:
@@ -186,6 +192,7 @@ def _parse(raw: Any) -> DatasetInfo:
             label_sources=_counts(entry, "label_sources", where),
             box_sources=_counts(entry, "box_sources", where),
             label_mismatches=_get(entry, "label_mismatches", int, where, 0),
+            labelled=_get(entry, "labelled", bool, where, True),
         )
     return DatasetInfo(
         schema_version=version,
@@ -224,6 +231,16 @@ def check_class_count(count: int, where: str) -> None:
     if count > schema.MAX_CLASSES:
         raise UserError(f"{where} lists {count:,} classes; detrec trains and predicts with at most "
                         f"{schema.MAX_CLASSES:,} (the model's last layer and its optimizer state grow with them)")
+
+
+def check_labelled(info: DatasetInfo, split: str, data_dir: str, what: str) -> None:
+    """UserError when `split` of the dataset has no class in its records (an unlabelled split:
+    CLS-LOC test), or when the dataset has no such split: `what` (the flag or command that named
+    it, e.g. "--val-split") heads the message. Training and validation need labels; predict
+    reads such a split."""
+    if not info.split(split, data_dir).labelled:
+        raise UserError(f"{what}: split {split} of {data_dir} is unlabelled (no class in its records): train and "
+                        f"validate on labelled splits; `detrec predict --data {data_dir} --split {split}` predicts it")
 
 
 def path_in(data_dir: str) -> str:

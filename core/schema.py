@@ -58,6 +58,9 @@ LABEL_FROM_XML = "xml"  # the largest box of the image's XML annotation
 LABEL_FROM_CSV = "csv"  # the largest box of its row in a solution CSV (LOC_val_solution.csv)
 LABEL_FROM_FOLDER = "folder"  # the class folder holding the image; its boxes may name others
 LABEL_SOURCES = (LABEL_FROM_XML, LABEL_FROM_CSV, LABEL_FROM_FOLDER)  # today's sources' names
+# An unlabelled split's record (CLS-LOC test): no boxes, no class keys (Record.class_label None).
+LABEL_NONE = "none"
+NO_CLASS_ID = -1  # what parse_spec(labelled=False) gives a record without a class
 # A source names where its boxes come from (preprocess/sources/): any short lower-case word.
 _LABEL_SOURCE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,15}")
 # Scalar keys a record may lack, and the value a missing one means (decode and parse_spec).
@@ -126,7 +129,7 @@ class Record:
     filename: str
     source_id: str
     objects: tuple[Box, ...]
-    class_label: int
+    class_label: int | None  # None: a record of an unlabelled split (label_source LABEL_NONE)
     class_text: str
     converted_from: str = ""
     channels: int = 3
@@ -140,9 +143,11 @@ class Record:
 
 
 def _values(record: Record) -> dict[str, Sequence]:
-    """Each feature's values; the label source only when it is not the default (see LABEL_SOURCE)."""
+    """Each feature's values; the label source only when it is not the default (see LABEL_SOURCE),
+    the class only when there is one (see LABEL_NONE)."""
     objs = record.objects
     optional = {LABEL_SOURCE: [record.label_source]} if record.label_source != DEFAULTS[LABEL_SOURCE] else {}
+    classed = {} if record.class_label is None else {CLASS_LABEL: [record.class_label], CLASS_TEXT: [record.class_text]}
     crowd = {IS_CROWD: [int(o.is_crowd) for o in objs]} if any(o.is_crowd for o in objs) else {}
     return {
         ENCODED: [record.encoded],
@@ -162,8 +167,7 @@ def _values(record: Record) -> dict[str, Sequence]:
         DIFFICULT: [int(o.difficult) for o in objs],
         TRUNCATED: [int(o.truncated) for o in objs],
         **crowd,
-        CLASS_LABEL: [record.class_label],
-        CLASS_TEXT: [record.class_text],
+        **classed,
         CONVERTED_FROM: [record.converted_from],
         **optional,
     }
@@ -298,6 +302,8 @@ def decode(serialized: bytes) -> Record:
         for i in range(counts.pop() if counts else 0)
     )
     converted = _read(fmap, CONVERTED_FROM) if CONVERTED_FROM in fmap else [b""]
+    label_source = text(_scalar(fmap, LABEL_SOURCE))
+    classless = label_source == LABEL_NONE and CLASS_LABEL not in fmap and CLASS_TEXT not in fmap  # else: missing
     return Record(
         encoded=_scalar(fmap, ENCODED),
         format=text(_scalar(fmap, FORMAT)),
@@ -308,22 +314,24 @@ def decode(serialized: bytes) -> Record:
         source_id=text(_scalar(fmap, SOURCE_ID)),
         sha256=text(_scalar(fmap, SHA256)),
         objects=objects,
-        class_label=_scalar(fmap, CLASS_LABEL),
-        class_text=text(_scalar(fmap, CLASS_TEXT)),
+        class_label=None if classless else _scalar(fmap, CLASS_LABEL),
+        class_text="" if classless else text(_scalar(fmap, CLASS_TEXT)),
         converted_from=text(converted[0]) if converted else "",
-        label_source=text(_scalar(fmap, LABEL_SOURCE)),
+        label_source=label_source,
     )
 
 
-def check(record: Record, num_classes: int | None = None) -> None:
+def check(record: Record, num_classes: int | None = None, labelled: bool | None = None) -> None:
     """Raises SchemaError unless the record is internally consistent.
 
     A class from the XML or a CSV row must be the largest box's (`is_largest_box_label`); a
-    class from the image's folder is a real class of its own, whatever its boxes name.
+    class from the image's folder is a real class of its own, whatever its boxes name; a record
+    of an unlabelled split has neither class nor boxes (LABEL_NONE).
 
     Args:
       record: a decoded record.
       num_classes: classes including background; when given, label ids must be below it.
+      labelled: whether its split is labelled (None: not known); see check_class_presence.
     """
     if record.format != IMAGE_FORMAT or record.channels != 3:
         raise SchemaError(f"format {record.format!r}/{record.channels} channels, expected jpeg/3")
@@ -342,6 +350,13 @@ def check(record: Record, num_classes: int | None = None) -> None:
     if not _LABEL_SOURCE_NAME.fullmatch(record.label_source):
         raise SchemaError(f"`{LABEL_SOURCE}` {record.label_source!r} is no source name (a short lower-case word "
                           f"such as {', '.join(LABEL_SOURCES)})")
+    if (record.class_label is None) != (record.label_source == LABEL_NONE):
+        raise SchemaError(f"`{LABEL_SOURCE}` {record.label_source!r} with `{CLASS_LABEL}` {record.class_label}")
+    check_class_presence(record, labelled)
+    if record.class_label is None and record.objects:  # an unlabelled split's image has no boxes either
+        raise SchemaError(f"{len(record.objects)} boxes in a record without a class")
+    if record.class_label is None:
+        return
     if record.label_source == LABEL_FROM_FOLDER:
         if record.class_label <= BACKGROUND_ID or (num_classes is not None and record.class_label >= num_classes):
             raise SchemaError(f"`{CLASS_LABEL}` {record.class_label} (from the image's folder) outside "
@@ -353,6 +368,14 @@ def check(record: Record, num_classes: int | None = None) -> None:
             f"`{CLASS_LABEL}` {record.class_label}/{record.class_text} is not the largest box's "
             f"{expected[0]}/{expected[1]}"
         )
+
+
+def check_class_presence(record: Record, labelled: bool | None) -> None:
+    """SchemaError when a labelled split's record has no class, or an unlabelled split's has one."""
+    if labelled and record.class_label is None:
+        raise SchemaError(f"no `{CLASS_LABEL}` (`{LABEL_SOURCE}` {LABEL_NONE}) in a record of a labelled split")
+    if labelled is False and record.class_label is not None:
+        raise SchemaError(f"`{CLASS_LABEL}` {record.class_label} in a record of an unlabelled split")
 
 
 # --- the largest-box rule -----------------------------------------------------------------
@@ -423,11 +446,12 @@ def is_largest_box_label(objects: Sequence[Box], label: int, text: str) -> bool:
     return any((objects[i].label, objects[i].text) == (label, text) for i in candidates)
 
 
-def parse_spec() -> dict:
+def parse_spec(labelled: bool = True) -> dict:
     """The `tf.io.parse_example` spec for batched parsing, for readers that run TensorFlow.
 
     Takes TensorFlow from the readers' process instead of importing it: this module is the
-    writers' too, and they run without it. Keys a record may lack (DEFAULTS) parse to their default.
+    writers' too, and they run without it. Keys a record may lack (DEFAULTS) parse to their default;
+    so does the class with `labelled` False (an unlabelled split, for predict: NO_CLASS_ID, "").
     """
     tf = sys.modules.get("tensorflow")
     if tf is None:
@@ -441,6 +465,9 @@ def parse_spec() -> dict:
         else:
             default = DEFAULTS[key].encode("utf-8") if key in DEFAULTS else None
             spec[key] = tf.io.FixedLenFeature([], dtype[kind], default_value=default)
+    if not labelled:
+        spec[CLASS_LABEL] = tf.io.FixedLenFeature([], tf.int64, default_value=NO_CLASS_ID)
+        spec[CLASS_TEXT] = tf.io.FixedLenFeature([], tf.string, default_value=b"")
     return spec
 
 

@@ -2,7 +2,8 @@
 
 Two levels, both reporting defects as data (`BadRecord`, or `Problem`s appended to a list):
 
-* per record, `read_record`: the payload decodes with `detrec.core.schema`, and with --verify
+* per record, `read_record`: the payload decodes with `detrec.core.schema` and has a class
+  when its split is labelled (none when it is not: dataset_info.json says), and with --verify
   it also passes `schema.check` and `check_jpeg` (the trainer's own JPEG decode);
 * per shard, `cross_check`: what the walk found (`ShardResult`) against the shard's
   dataset_info.json entry (size, record count, sha256) and its DALI `.idx` (every frame's
@@ -31,21 +32,24 @@ class BadRecord(Exception):
     """A payload that is not a valid detrec record; the message says why, in one line."""
 
 
-def read_record(payload: bytes, num_classes: int | None = None, verify: bool = False) -> schema.Record:
+def read_record(payload: bytes, num_classes: int | None = None, verify: bool = False,
+                labelled: bool | None = None) -> schema.Record:
     """Decodes one record's payload and, with `verify`, checks it through and through.
 
     Args:
       payload: the record's bytes, as framed in the shard.
       num_classes: the number of classes a label may name (None: not checked).
       verify: also `schema.check` the record and `check_jpeg` its image.
+      labelled: whether its split is labelled (None: not known, as without dataset_info.json).
 
     Raises:
       BadRecord: whatever is wrong with it, including a payload crafted to break decoding.
     """
     try:
         record = schema.decode(payload)
+        schema.check_class_presence(record, labelled)
         if verify:
-            schema.check(record, num_classes)
+            schema.check(record, num_classes, labelled)
             check_jpeg(record)
     except schema.SchemaError as exc:
         raise BadRecord(str(exc)) from None

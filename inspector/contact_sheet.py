@@ -1,5 +1,6 @@
 """The contact sheet of `detrec inspect --contact-sheet`: sampled records on a grid, every
-box drawn where the record says it is, the largest one with the image's class name. A record
+box drawn where the record says it is, the largest one with the image's class name (none for a
+record without a class, an unlabelled split's). A record
 whose image does not decode gets a marked, labelled cell and a Problem naming it, never a
 silently dark cell."""
 
@@ -77,12 +78,14 @@ def contact_sheet(samples: Sequence[Sample], cols: int, rows: int, names: dict[i
         for i, rect in enumerate(rects):
             if i != largest:
                 _outline(draw, _pixels(rect), OTHER_BOX_COLOR)
-        caption = names.get(record.class_label, record.class_text)  # a folder's class may be no box's
         anchor = (x0 + 2, y0 + 2)
         if largest is not None:
             r = _pixels(rects[largest])
             _outline(draw, r, LARGEST_BOX_COLOR)
             anchor = (r[0] + BOX_LINE, r[1] + BOX_LINE)
+        if record.class_label is None:  # an unlabelled split's record: nothing to name
+            continue
+        caption = names.get(record.class_label, record.class_text)  # a folder's class may be no box's
         left, top, right, bottom = draw.textbbox(anchor, caption, font=font)
         draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=(0, 0, 0))
         draw.text(anchor, caption, fill=LARGEST_BOX_COLOR, font=font)

@@ -31,8 +31,10 @@ Report keys (`detrec inspect --json` prints exactly this dict)::
     splits          {split: {
                        num_examples, num_bytes, num_shards   counted from the files
                        expected_examples, converted_images, num_errors, errors_by_reason,
-                       label_sources, box_sources, label_mismatches
+                       label_sources, box_sources, label_mismatches, labelled
                                                               from dataset_info.json (or null)
+                         labelled: false for a split whose records have no class (CLS-LOC
+                           test: label_source none, for predict)
                          label_sources: {xml|csv|folder: records} where image classes came from
                          box_sources: {xml|csv|none: records} where boxes came from
                          label_mismatches: folder-labelled records whose largest box differs
@@ -43,7 +45,9 @@ Report keys (`detrec inspect --json` prints exactly this dict)::
                        records_read        records behind the statistics below
                        converted_counted   records whose image was re-encoded, by source format
                        label_sources_counted  records by their `image/detrec/label_source`
-                       labels: [{id, synset, name, images, objects}]  images = image class
+                       without_class       records without a class (an unlabelled split's)
+                       labels: [{id, synset, name, images, objects}]  images = image class;
+                                 empty for an unlabelled split (no class histogram)
                        objects_per_image: {min, max, mean, histogram: {"n": images}}
                        width, height: {min, max, mean}  pixels
                        box_area: {count, min, p10, p50, p90, max, histogram: [{lo, hi, count}], outside}
@@ -52,7 +56,8 @@ Report keys (`detrec inspect --json` prints exactly this dict)::
                                  outside: boxes whose area is not in [0, 1] (fail --verify),
                                  counted in count only}}
     records         --show N: [{shard, record, offset, split, filename, source_id, width, height,
-                     channels, format, encoded_bytes, sha256, class_label, class_text, class_name,
+                     channels, format, encoded_bytes, sha256, class_label, class_text, class_name
+                     (null, "", "" for a record without a class),
                      label_source, converted_from, objects: [{label, text, name, xmin, ymin, xmax, ymax, area,
                      difficult, truncated}]}]  never the image bytes
     contact_sheet   --contact-sheet only: {file, width, height, cell, cols, rows,
@@ -133,7 +138,8 @@ def record_fields(record: schema.Record, classes: Mapping[int, ClassInfo]) -> di
         "width": record.width, "height": record.height, "channels": record.channels, "format": record.format,
         "encoded_bytes": len(record.encoded), "sha256": record.sha256,
         "class_label": record.class_label, "class_text": record.class_text,
-        "class_name": name(record.class_label, record.class_text), "label_source": record.label_source,
+        "class_name": "" if record.class_label is None else name(record.class_label, record.class_text),
+        "label_source": record.label_source,
         "converted_from": record.converted_from,
         "objects": [{"label": b.label, "text": b.text, "name": name(b.label, b.text),
                      "xmin": round(b.xmin, 6), "ymin": round(b.ymin, 6), "xmax": round(b.xmax, 6),
@@ -175,6 +181,7 @@ def _split_entry(shards: list[ShardResult], info: SplitInfo | None) -> dict[str,
         "label_sources": dict(info.label_sources) if info else None,
         "box_sources": dict(info.box_sources) if info else None,
         "label_mismatches": info.label_mismatches if info else None,
+        "labelled": info.labelled if info else None,
         "shards": [{"file": s.target.path, "num_examples": s.num_examples, "num_bytes": s.num_bytes,
                     "sha256": s.sha256, "complete": s.complete} for s in shards],
     }
@@ -192,7 +199,7 @@ def _report(found: Resolution, walker: Walker, results: list[ShardResult], optio
     for split in sorted(set(by_split) | set(split_info)):
         out = _split_entry(by_split.get(split, []), split_info.get(split))
         if not options.quick:
-            out.update(walker.stats[split].to_json(found.classes))
+            out.update(walker.stats[split].to_json(found.classes, out["labelled"]))
         splits[split] = out
     datasets = []
     for d in found.datasets:

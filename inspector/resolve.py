@@ -37,12 +37,15 @@ class Target:
       split: its split, from dataset_info.json or else its file name.
       expected: its dataset_info.json entry; None when no dataset_info.json lists it.
       num_classes: classes a label may name (for --verify); None when not known.
+      labelled: whether its split's records have a class (dataset_info.json's word); None when
+        not known.
     """
 
     path: str
     split: str
     expected: ShardInfo | None = None
     num_classes: int | None = None
+    labelled: bool | None = None
 
 
 @dataclasses.dataclass
@@ -266,7 +269,7 @@ class _Resolver:
             for shard in entry.shards:
                 listed.add(shard.file)
                 path = fs.join(directory, shard.file)
-                target = Target(path, split, shard, info.num_classes)
+                target = Target(path, split, shard, info.num_classes, entry.labelled)
                 dataset.shards.append(target)
                 try:
                     exists = fs.exists(path)
@@ -291,7 +294,7 @@ class _Resolver:
         found = info.shard_of(fs.basename(path))
         if found is not None:
             split, shard = found
-            self._target(Target(path, split, shard, info.num_classes))
+            self._target(Target(path, split, shard, info.num_classes, info.splits[split].labelled))
             return
         self._problem(path, f"unlisted shard: not in {dataset_info.path_in(directory)}")
         self._target(Target(path, split_of(path), None, info.num_classes))

@@ -2,7 +2,8 @@
 
 `SplitStats` is fed one decoded record at a time while shards are walked, and `to_json` turns
 it into the report's per-split `labels`, `objects_per_image`, `width`, `height`, `box_area`,
-`converted_counted` and `label_sources_counted` entries.
+`converted_counted`, `label_sources_counted` and `without_class` entries. An unlabelled split
+(records without a class: CLS-LOC test) has no class histogram: its `labels` is empty.
 
 Memory stays flat however many records are fed (ImageNet has 1.3 million images): counters
 keyed by class, box count or origin; running count/min/max/sum for sizes; and box areas in
@@ -153,13 +154,17 @@ class SplitStats:
         self.areas = AreaStats()
         self.converted: collections.Counter[str] = collections.Counter()
         self.label_sources: collections.Counter[str] = collections.Counter()
+        self.without_class = 0
 
     def add(self, record: schema.Record) -> None:
         """Counts one record: its image class and where it came from, its boxes, its size, its conversion."""
         self.records += 1
         self.label_sources[record.label_source] += 1
-        self.images_by_label[record.class_label] += 1
-        self.texts.setdefault(record.class_label, record.class_text)
+        if record.class_label is None:
+            self.without_class += 1
+        else:
+            self.images_by_label[record.class_label] += 1
+            self.texts.setdefault(record.class_label, record.class_text)
         self.objects_per_image[len(record.objects)] += 1
         self.width.add(record.width)
         self.height.add(record.height)
@@ -170,15 +175,18 @@ class SplitStats:
         if record.converted_from:
             self.converted[record.converted_from] += 1
 
-    def to_json(self, classes: Mapping[int, ClassInfo]) -> dict[str, Any]:
+    def to_json(self, classes: Mapping[int, ClassInfo], labelled: bool | None = None) -> dict[str, Any]:
         """The split's statistics as report keys.
 
         Args:
           classes: the known vocabulary; every known class gets a `labels` row (zero counts
             included), and a label the records use but the vocabulary lacks is named by the
             records' own text.
+          labelled: whether the split is labelled (None: not known). An unlabelled split, or
+            one whose records all lack a class, gets no `labels` rows.
         """
-        ids = sorted(set(classes) | set(self.images_by_label) | set(self.objects_by_label))
+        unlabelled = labelled is False or (self.records and self.without_class == self.records)
+        ids = [] if unlabelled else sorted(set(classes) | set(self.images_by_label) | set(self.objects_by_label))
         labels = []
         for i in ids:
             known = classes.get(i)
@@ -192,6 +200,7 @@ class SplitStats:
             "records_read": self.records,
             "converted_counted": dict(sorted(self.converted.items())),
             "label_sources_counted": dict(sorted(self.label_sources.items())),
+            "without_class": self.without_class,
             "labels": labels,
             "objects_per_image": {**per_image.to_json(),
                                   "histogram": {str(k): v for k, v in sorted(self.objects_per_image.items())}},

@@ -143,7 +143,7 @@ class Walker:
     def _record(self, target: Target, frame: tfrecord.Frame) -> bool:
         """Decodes (and with --verify checks) one record; False after reporting a bad one."""
         try:
-            record = read_record(frame.payload, target.num_classes, verify=self.opt.verify)
+            record = read_record(frame.payload, target.num_classes, self.opt.verify, target.labelled)
         except BadRecord as exc:
             self._problem(target.path, f"not a valid detrec record: {exc}", frame.offset, frame.index)
             return False

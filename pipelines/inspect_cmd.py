@@ -161,11 +161,15 @@ def render_text(report: dict[str, Any]) -> str:
         out.append(f"  statistics from {s['records_read']:,} records")
         out.append(f"  image classes from: {_counts(s.get('label_sources_counted'))} "
                    "(xml/csv: the largest box's; folder: the image's class folder)")
-        out.append("  labels:")
-        out.append(f"    {'id':>4}  {'synset':<12} {'name':<24} {'images':>8} {'objects':>8}")
+        if s["labels"]:
+            out.append("  labels:")
+            out.append(f"    {'id':>4}  {'synset':<12} {'name':<24} {'images':>8} {'objects':>8}")
         for row in s["labels"]:
             out.append(f"    {row['id']:>4}  {row['synset']:<12} {row['name'][:24]:<24} {row['images']:>8,} "
                        f"{row['objects']:>8,}")
+        if s["without_class"]:
+            out.append(f"  unlabelled: {s['without_class']:,} records without a class"
+                       + ("" if s["labels"] else " (no class histogram)"))
         opi = s["objects_per_image"]
         hist = "  ".join(f"{k}:{v}" for k, v in opi["histogram"].items())
         out.append(f"  objects per image: {hist or '-'}   (mean {_fmt(opi['mean'])}, max {_fmt(opi['max'])})")
@@ -209,6 +213,8 @@ def _counts(counts: dict[str, int] | None) -> str:
 
 def _origins(s: dict[str, Any]) -> str:
     """Where a split's labels came from, as dataset_info.json counted them ("" when it does not say)."""
+    if s.get("labelled") is False:
+        return "unlabelled: no class, no boxes (for predict)"
     if not s.get("label_sources") and not s.get("box_sources"):
         return ""
     text = f"labels from {_counts(s['label_sources'])}; boxes from {_counts(s['box_sources'])}"
@@ -223,7 +229,8 @@ def _record_lines(r: dict[str, Any]) -> list[str]:
              f"    filename {r['filename']}   source_id {r['source_id']}",
              f"    image {r['width']}x{r['height']}, {r['channels']} channels, {r['format']}, "
              f"{r['encoded_bytes']:,} bytes, sha256 {r['sha256'][:16]}",
-             f"    class {r['class_label']} {r['class_text']} ({r['class_name']}), from {r['label_source']}"
+             (f"    class {r['class_label']} {r['class_text']} ({r['class_name']}), from {r['label_source']}"
+              if r["class_label"] is not None else "    no class (an unlabelled split's record)")
              + (f", re-encoded from {r['converted_from']}" if r["converted_from"] else "")]
     for i, o in enumerate(r["objects"]):
         flags = " ".join(f for f in ("difficult", "truncated") if o[f])

@@ -248,7 +248,11 @@ def summary_table(info: dataset_info.DatasetInfo, seconds: dict[str, float]) -> 
 def label_origins(entry: dataset_info.SplitInfo) -> str:
     """`labels from folder=96; boxes from csv=20 none=36 xml=40; 3 folder labels unlike the largest box's`
     (read: where the image classes came from; where the boxes did; folder classes that are not
-    the class of the image's largest box, as ImageNet train has)."""
+    the class of the image's largest box, as ImageNet train has); `unlabelled: no class, no
+    boxes (for predict)` for a split whose tree gives no labels."""
+    if not entry.labelled:
+        return "unlabelled: no class, no boxes (for predict)"
+
     def counts(c) -> str:
         return " ".join(f"{k}={v}" for k, v in c.items()) or "-"
 

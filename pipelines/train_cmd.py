@@ -114,6 +114,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, metavar="FILE",
                         help="weights file for the backbone, local or gs://... (default: random init, nothing "
                              "downloaded); part of the run: a resume needs the same --weights")
+    parser.add_argument("--task", choices=tuple(registry.TASKS), default=registry.DEFAULT_TASK,
+                        help=f"what the model learns: {registry.choices_help(registry.TASKS)} "
+                             f"(default {registry.DEFAULT_TASK}); part of the run: a resume needs the same")
     parser.add_argument("--epochs", type=argtypes.positive, default=10, help="default 10")
     parser.add_argument("--batch-size", type=argtypes.positive, default=64,
                         help="global batch, summed over GPUs (default 64)")
@@ -200,10 +203,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                                      preprocess=args.preprocess, seed=args.seed,
                                      skip_corrupt=args.skip_corrupt, data_service=args.data_service,
                                      with_keys=args.record_keys, dali=dali_tuning(args),
-                                     steps_per_epoch=args.steps_per_epoch)
+                                     steps_per_epoch=args.steps_per_epoch, task=args.task)
     config = TrainConfig(
         model_dir=args.model_dir,
-        model=models.ModelConfig(args.model, len(data.classes), args.image_size, args.weights),
+        model=models.ModelConfig(args.model, len(data.classes), args.image_size, args.weights, args.task),
         epochs=args.epochs, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch or steps, lr=args.lr,
         checkpoint_every=args.checkpoint_every, seed=args.seed, preprocess=args.preprocess,
@@ -211,7 +214,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     )
     decoder = (f"{registry.portable_decoder()} on {args.data_service}" if args.data_service
                else input_lib.resolve_decoder(args.decoder))
-    print(f"training {args.model} on {args.data}: {len(data.classes)} classes, "
+    print(f"training {args.model} to {args.task} on {args.data}: {len(data.classes)} classes, "
           f"{config.steps_per_epoch} steps of {args.batch_size} per epoch, "
           f"{strategy.num_replicas_in_sync} replica(s){_where(strategy)}, decoder {decoder}", flush=True)
     try:

@@ -180,7 +180,7 @@ class ParseShard(_DetrecDoFn):
             names = {pair.folder_class for pair in pairs if pair.folder_class}
             names.update(obj.name for item in items for obj in item.annotation.objects)
             yield beam.pvalue.TaggedOutput(NAMES, names)
-        yield ParsedPlan.of(plan.key, items)
+        yield ParsedPlan.of(plan.key, items, found[plan.key.split].labelled)
 
     def finish_bundle(self) -> None:
         malloc_arenas.release()
@@ -315,7 +315,7 @@ class WriteShard(_DetrecDoFn):
             # bytes do not depend on the thread count and memory holds only a small window.
             items = plan.items()
             threads = _threads_for(items[0].pair.image if items else "", LOCAL_WRITER_THREADS[self._verify])
-            records = ordered_map(lambda item: self._record(item, vocab), items, threads)
+            records = ordered_map(lambda item: self._record(item, vocab, plan.labelled), items, threads)
             for result in records:
                 if isinstance(result, Rejected):
                     yield _reject(result)
@@ -352,10 +352,11 @@ class WriteShard(_DetrecDoFn):
         yield ShardResult(key, len(index_lines), out.size, out.sha256, converted, dict(sorted(label_sources.items())),
                           dict(sorted(box_sources.items())), mismatches, non_srgb)
 
-    def _record(self, item: Item, vocab: Vocabulary) -> tuple[schema.Record, bytes, Item, bool, bool] | Rejected:
+    def _record(self, item: Item, vocab: Vocabulary,
+                labelled: bool) -> tuple[schema.Record, bytes, Item, bool, bool] | Rejected:
         """One example, checked and serialized (with its item, whether its folder class
         differs from its largest box's and whether its source's colour profile is not sRGB),
-        or why it cannot be."""
+        or why it cannot be; without a class when its split is not `labelled`."""
         pair = item.pair
         data = _read(pair, pair.image, "image", self._max_bytes)
         if isinstance(data, Rejected):
@@ -369,7 +370,7 @@ class WriteShard(_DetrecDoFn):
         source_width, source_height = image.source_size
         try:
             got = labels.label_image(item.annotation, item.boxes_from, pair.folder_class, source_width, source_height,
-                                     vocab.id_of, pair.label_file or pair.image)
+                                     vocab.id_of, pair.label_file or pair.image, labelled)
         except annotations.AnnotationError as exc:
             stage = "label" if exc.code in labels.LABEL_CODES else "box"
             return Rejected.of(pair, stage, exc.code, str(exc))
@@ -377,7 +378,8 @@ class WriteShard(_DetrecDoFn):
         annotated = (item.annotation.width, item.annotation.height) if item.annotation else None
         record = schema.Record(
             encoded=image.data, height=image.height, width=image.width, filename=pair.image_rel,
-            source_id=pair.source_id, objects=images.upright_boxes(got.boxes, image, annotated), class_label=got.class_label, class_text=got.class_text,
+            source_id=pair.source_id, objects=images.upright_boxes(got.boxes, image, annotated),
+            class_label=got.class_label, class_text=got.class_text,
             converted_from=image.converted_from, label_source=got.source,
         )
         return record, schema.encode(record), item, got.disagrees, image.non_srgb

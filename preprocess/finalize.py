@@ -96,6 +96,7 @@ def finalize(
             label_sources=_sum(s.label_sources for s in mine),
             box_sources=_sum(s.box_sources for s in mine),
             label_mismatches=sum(s.label_mismatches for s in mine),
+            labelled=found[split].labelled if split in found else True,
         )
     removed = _remove_stale(output, splits, {s.key.name for s in shards})
     if removed:

@@ -1,6 +1,8 @@
 """An image's boxes and class from what labels it (pure: no Beam, no I/O).
 
-Two rules, one per kind of label (pairing.py decides which an image has):
+An image of an unlabelled split (its source found no labels for the split: CLS-LOC test) has
+neither class nor boxes (schema.LABEL_NONE). Otherwise, two rules, one per kind of label
+(pairing.py decides which an image has):
   * a class folder labels the image (CLS-LOC train, the folder layout): the folder's class,
     whatever its boxes say; where the largest box names another class it is counted, since
     ImageNet's own classification label is the folder's;
@@ -29,20 +31,23 @@ class Labels:
 
     Attributes:
       boxes: normalised, clipped, with class ids, in document order.
-      class_label, class_text: the image's class.
+      class_label, class_text: the image's class (None, "": an image of an unlabelled split).
       source: where the class came from (schema.LABEL_FROM_*).
       disagrees: the class came from a folder and the largest box names another one.
     """
 
     boxes: tuple[schema.Box, ...]
-    class_label: int
+    class_label: int | None
     class_text: str
     source: str
     disagrees: bool = False
 
 
+NO_LABELS = Labels((), None, "", schema.LABEL_NONE)  # what an image of an unlabelled split gets
+
+
 def label_image(ann: annotations.Annotation, boxes_from: str, folder: str, image_width: int, image_height: int,
-                id_of: Callable[[str], int | None], where: str = "<image>") -> Labels:
+                id_of: Callable[[str], int | None], where: str = "<image>", labelled: bool = True) -> Labels:
     """Boxes and class of one image.
 
     Args:
@@ -52,12 +57,16 @@ def label_image(ann: annotations.Annotation, boxes_from: str, folder: str, image
       image_width, image_height: the decoded image's size (the frame of boxes without `<size>`).
       id_of: class name -> id (1..K), None when the vocabulary lacks it.
       where: the annotation (or image) path, for messages.
+      labelled: whether its split is (SplitSource.labelled); False: no class, no boxes (its
+        tree has none for it).
 
     Raises:
       AnnotationError: `unknown_synset` (a box), `unknown_class` (the folder), `reserved_class_name`
         (a box or folder named as the background class is), `empty_csv_row` (a CSV row without
         boxes labels nothing), or a box error.
     """
+    if not labelled:
+        return NO_LABELS
     boxes = annotations.normalise(ann, image_width, image_height, id_of, where)
     largest = schema.largest_box_label(boxes, annotations.pixel_areas(ann, image_width, image_height))
     if not folder:

@@ -9,6 +9,8 @@ errors-<split>.jsonl. Each source says which rule it takes (preprocess/sources/)
             in a class folder (train/<synset>/) takes the folder's class whatever its boxes
             say, and needs neither (ImageNet labels a train image by its folder: only 42% of
             train have boxes); a flat image (val/) needs one of them
+  unlabelled  a split its source finds without labels of any kind (CLS-LOC test): every image
+            is a Pair with nothing that labels it
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class PairProblem:
 
 
 def pair(split: str, key: str, entries: Iterable[FileEntry], folder: str = "",
-         row: solutions.Row | None = None) -> Iterator[Pair | PairProblem]:
+         row: solutions.Row | None = None, unlabelled: bool = False) -> Iterator[Pair | PairProblem]:
     """Pairs the files sharing one key: one image, and its XML, CSV row or class folder.
 
     Extra files with the same key (x.JPEG beside x.png, x.xml beside x.XML) are duplicate
@@ -102,6 +104,7 @@ def pair(split: str, key: str, entries: Iterable[FileEntry], folder: str = "",
       entries: the files listed with that key.
       folder: the class folder that labels the image ("" = none does).
       row: the image's solution-CSV row, if any (used when there is no XML).
+      unlabelled: the split has no labels: an image needs none.
     """
     entries = sorted(entries, key=lambda e: e.path)
     anns = [e for e in entries if e.kind == "annotation"]
@@ -118,7 +121,7 @@ def pair(split: str, key: str, entries: Iterable[FileEntry], folder: str = "",
             yield Pair(split, key, anns[0].path, img.path, image_rel, img.size, folder)
         elif row is not None:
             yield Pair(split, key, "", img.path, image_rel, img.size, folder, row.where, row.boxes)
-        elif folder:
+        elif folder or unlabelled:
             yield Pair(split, key, "", img.path, image_rel, img.size, folder)
         else:
             yield PairProblem(split, "", img.path, "missing_annotation", f"image without annotation (source id {key!r})",
@@ -129,7 +132,7 @@ def pair(split: str, key: str, entries: Iterable[FileEntry], folder: str = "",
 
 
 def pair_split(split: str, entries: Iterable[FileEntry], rows: Mapping[str, solutions.Row] | None = None,
-               by_folder: bool = False) -> Iterator[Pair | PairProblem]:
+               by_folder: bool = False, unlabelled: bool = False) -> Iterator[Pair | PairProblem]:
     """Every Pair and PairProblem of a split, by key.
 
     Args:
@@ -139,6 +142,7 @@ def pair_split(split: str, entries: Iterable[FileEntry], rows: Mapping[str, solu
         are never all in memory at once (~25% less at the listing's peak, measured).
       rows: its solution-CSV rows by image id (see cls_loc.solution_rows).
       by_folder: a class folder (the key's first part) labels an image (CLS-LOC train).
+      unlabelled: the split has no labels (see `pair`).
     """
     by_key: dict[str, list[FileEntry]] = collections.defaultdict(list)
     for entry in entries:
@@ -147,11 +151,12 @@ def pair_split(split: str, entries: Iterable[FileEntry], rows: Mapping[str, solu
         entries.clear()
     for key in sorted(by_key):
         row = solutions.row_for(rows, key) if rows else None
-        yield from pair(split, key, by_key.pop(key), folder_class(key) if by_folder else "", row)
+        yield from pair(split, key, by_key.pop(key), folder_class(key) if by_folder else "", row, unlabelled)
 
 
 def paired(split: str, listed: Iterable[FileEntry | Unusable], rows: Mapping[str, solutions.Row] | None = None,
-           bad_lines: Iterable[solutions.BadLine] = (), by_folder: bool = False) -> Iterator[Pair | Rejected]:
+           bad_lines: Iterable[solutions.BadLine] = (), by_folder: bool = False,
+           unlabelled: bool = False) -> Iterator[Pair | Rejected]:
     """A split's listing made into Pairs and Rejected lines: what a file-pairing source lists.
 
     An unusable file (never read: a FIFO, a device, a name that is not UTF-8) is one line, and
@@ -168,7 +173,7 @@ def paired(split: str, listed: Iterable[FileEntry | Unusable], rows: Mapping[str
     log.info("listed %d files for split %s", len(entries), split)
     for bad in bad_lines:
         yield Rejected(split, bad.where, "", "csv", bad.code, bad.reason)
-    for out in pair_split(split, entries, rows, by_folder):
+    for out in pair_split(split, entries, rows, by_folder, unlabelled):
         if isinstance(out, Pair):
             yield out
         elif not (out.key in unusable and out.code in ("missing_annotation", "missing_image")):

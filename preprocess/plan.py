@@ -102,21 +102,23 @@ class ShardPlan:
 @dataclasses.dataclass(frozen=True)
 class ParsedPlan:
     """A ShardPlan with its annotations parsed: its items in write order (the pairs less those
-    whose annotation was rejected), packed as a ShardPlan's pairs are; `items()` unpacks them."""
+    whose annotation was rejected), packed as a ShardPlan's pairs are; `items()` unpacks them.
+    `labelled` is its split's (SplitSource.labelled): False, its records get no class."""
 
     key: ShardKey
     packed: bytes
     size: int  # items
+    labelled: bool = True
 
     @classmethod
-    def of(cls, key: ShardKey, items: Sequence[Item]) -> "ParsedPlan":
+    def of(cls, key: ShardKey, items: Sequence[Item], labelled: bool = True) -> "ParsedPlan":
         rows = tuple((_PAIR_FIELDS(i.pair), i.boxes_from, i.annotation.width, i.annotation.height,
                       i.annotation.filename,
                       tuple((o.name, *map(_compact, (o.xmin, o.ymin, o.xmax, o.ymax)), o.difficult, o.truncated,
                              o.crowd) for o in i.annotation.objects))
                      for i in items)
         # Level 6: a third smaller than level 1 here (~50 bytes an item), for ~7 ms more a shard.
-        return cls(key, _pack(rows, 6), len(rows))
+        return cls(key, _pack(rows, 6), len(rows), labelled)
 
     def items(self) -> list[Item]:
         split, Object = self.key.split, annotations.Object

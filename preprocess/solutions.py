@@ -19,12 +19,11 @@ import dataclasses
 import posixpath
 from typing import Iterable, Mapping
 
+from detrec.core import kaggle_loc
+from detrec.core.errors import InputError
+from detrec.core.kaggle_loc import BOXES_HEADER, HEADER, BadLine
 from detrec.preprocess import csv_rows
 from detrec.preprocess.annotations import AnnotationError, Annotation, Object, shown_id
-from detrec.preprocess.csv_rows import BadLine
-
-HEADER, BOXES_HEADER = "ImageId", "PredictionString"
-FIELDS_PER_BOX = 5  # synset xmin ymin xmax ymax
 
 
 def file_name(split: str) -> str:
@@ -95,41 +94,10 @@ def parse_row(row: Row) -> Annotation:
 
     Raises:
       AnnotationError: `bad_csv_row` when the fields do not come in fives or a coordinate is
-        not a number, `inverted_box` as for XML.
+        not a number, `inverted_box` as for XML (kaggle_loc.parse_prediction's codes).
     """
-    fields = row.boxes.split()
-    if len(fields) % FIELDS_PER_BOX:
-        raise AnnotationError("bad_csv_row", f"{row.where}: {len(fields)} fields, expected "
-                                             f"`synset xmin ymin xmax ymax` repeated")
-    objects = []
-    for i in range(0, len(fields), FIELDS_PER_BOX):
-        name, *coords = fields[i:i + FIELDS_PER_BOX]
-        where = f"{row.where}: box {i // FIELDS_PER_BOX}"
-        values = [_number(c) for c in coords]
-        wrong = [tag for tag, v in zip(_COORDS, values) if v is None]
-        if wrong:
-            raise AnnotationError("bad_csv_row", f"{where}: {', '.join(wrong)} not a number "
-                                                 "(the box is not four numbers)")
-        wrong = [tag for tag, v in zip(_COORDS, values) if not _finite(v)]
-        if wrong:
-            raise AnnotationError("bad_csv_row", f"{where}: {', '.join(wrong)} not finite")
-        xmin, ymin, xmax, ymax = values
-        if xmin > xmax or ymin > ymax:
-            raise AnnotationError("inverted_box", f"{where}: inverted box xmin {xmin:g} xmax {xmax:g} "
-                                                  f"ymin {ymin:g} ymax {ymax:g}")
-        objects.append(Object(name, xmin, ymin, xmax, ymax))
-    return Annotation(0, 0, tuple(objects))
-
-
-_COORDS = ("xmin", "ymin", "xmax", "ymax")
-
-
-def _number(text: str) -> float | None:
     try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def _finite(v: float) -> bool:
-    return v - v == 0.0  # False for inf and nan
+        boxes = kaggle_loc.parse_prediction(row.boxes, row.where)
+    except InputError as exc:
+        raise AnnotationError(exc.code, str(exc)) from None
+    return Annotation(0, 0, tuple(Object(*box) for box in boxes))

@@ -163,13 +163,23 @@ class _Job:
 _SPLIT_CODE = {"train": 1, "val": 2}
 
 
-def _make_one(job: _Job) -> tuple[str, str]:
+def _layout(job: _Job) -> tuple[np.random.Generator, int, int, list[_Object]]:
+    """An image's generator, size and objects: a pure function of (seed, split, index)."""
     cfg = job.cfg
     rng = np.random.default_rng([cfg.seed, _SPLIT_CODE[job.split], job.index])
     w = int(round(cfg.width * rng.uniform(0.8, 1.0)))
     h = int(round(cfg.height * rng.uniform(0.8, 1.0)))
+    return rng, w, h, _draw_objects(rng, w, h, cfg.classes)
+
+
+def _val_stem(index: int) -> str:
+    return f"ILSVRC2012_val_{index + 1:08d}"
+
+
+def _make_one(job: _Job) -> tuple[str, str]:
+    cfg = job.cfg
+    rng, w, h, objects = _layout(job)
     syn = synsets(cfg.classes)
-    objects = _draw_objects(rng, w, h, cfg.classes)
     if job.split == "train":
         if objects:
             main = max(objects, key=lambda o: (o.box[2] - o.box[0]) * (o.box[3] - o.box[1]))
@@ -180,7 +190,7 @@ def _make_one(job: _Job) -> tuple[str, str]:
             rel, stem = NEGATIVE_DIR, f"ILSVRC2014_train_{job.index:08d}"
         database = "ILSVRC_2013"
     else:
-        folder, rel, stem, database = "ILSVRC2013_val", "", f"ILSVRC2012_val_{job.index + 1:08d}", "ILSVRC_2013"
+        folder, rel, stem, database = "ILSVRC2013_val", "", _val_stem(job.index), "ILSVRC_2013"
     root = os.path.join(cfg.out, "ILSVRC")
     xml_path = os.path.join(root, "Annotations", "DET", job.split, rel, stem + ".xml")
     jpg_path = os.path.join(root, "Data", "DET", job.split, rel, stem + ".JPEG")
@@ -210,6 +220,24 @@ def write_synset_map(cfg: SynthConfig) -> str:
     return path
 
 
+SOLUTION = "LOC_val_solution.csv"
+
+
+def write_val_solution(cfg: SynthConfig) -> str:
+    """The val split's ground truth as Kaggle's LOC_val_solution.csv, beside ILSVRC/ (where the
+    Kaggle download has it): every object's synset and pixel box (the XML's), for `detrec
+    score`. An image without objects has an empty PredictionString (no ground truth)."""
+    from detrec.core import kaggle_loc
+
+    syn = synsets(cfg.classes)
+    path = os.path.join(cfg.out, SOLUTION)
+    rows = ((_val_stem(i), [(syn[o.cls][0], *o.box) for o in _layout(_Job("val", i, cfg))[3]])
+            for i in range(cfg.val))
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        kaggle_loc.write_submission(f, rows)
+    return path
+
+
 def generate(cfg: SynthConfig, progress=None) -> dict:
     """Writes the tree under `cfg.out/ILSVRC/`; returns counts. Deterministic for a seed."""
     if cfg.classes < 1 or cfg.train < 0 or cfg.val < 0:
@@ -230,4 +258,4 @@ def generate(cfg: SynthConfig, progress=None) -> dict:
                 progress(1)
     map_path = write_synset_map(cfg)
     return {"root": os.path.join(cfg.out, "ILSVRC"), "train": cfg.train, "val": cfg.val,
-            "classes": cfg.classes, "synset_map": map_path}
+            "classes": cfg.classes, "synset_map": map_path, "solution": write_val_solution(cfg)}

@@ -51,7 +51,8 @@ def test_auto_picks_each_layout_by_its_folders(trees):
         assert sources.resolve(given, "train", "auto") == sources.SplitSource(ilsvrc, "train", "cls-loc")
         assert sources.resolve(given, "val", "auto").layout == "cls-loc"  # no Annotations/ at all
     data = os.path.join(ilsvrc, "Data", "CLS-LOC")  # one level too deep: the tree above is meant
-    assert sources.resolve(data, "val", "auto") == sources.SplitSource(ilsvrc, "val", "cls-loc")
+    # (this val has neither XML nor a solution CSV: a split without labels, as Kaggle's test)
+    assert sources.resolve(data, "val", "auto") == sources.SplitSource(ilsvrc, "val", "cls-loc", labelled=False)
     assert sources.resolve(data, "train", "folder") == sources.SplitSource(data, "train", "folder")
     assert sources.resolve(trees["voc"], "train", "auto").layout == "voc"
     assert sources.resolve(trees["folder"], "train", "auto") == sources.SplitSource(trees["folder"], "train", "folder")

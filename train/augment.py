@@ -53,3 +53,18 @@ def pad_boxes(boxes: tf.Tensor, labels: tf.Tensor, max_boxes: int) -> tuple[tf.T
     boxes = tf.pad(boxes, [[0, missing], [0, 0]])
     labels = tf.pad(labels, [[0, missing]])
     return tf.ensure_shape(boxes, [max_boxes, 4]), tf.ensure_shape(labels, [max_boxes])
+
+
+def largest_box_of(boxes: tf.Tensor, box_labels: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The largest box whose label is the image's: ([..., M, 4], [..., M], [...]) -> (box [..., 4],
+    found [...]); found is False (and the box zeros) where no box of positive area has that label."""
+    # One extra row that matches nothing, so that an image without boxes has a row to pick.
+    pad = [[0, 0]] * (len(labels.shape)) + [[0, 1]]
+    boxes = tf.pad(boxes, pad + [[0, 0]])
+    box_labels = tf.pad(box_labels, pad, constant_values=-1)
+    area = tf.nn.relu(boxes[..., 2] - boxes[..., 0]) * tf.nn.relu(boxes[..., 3] - boxes[..., 1])
+    mine = tf.equal(box_labels, tf.cast(labels, box_labels.dtype)[..., None]) & (area > 0)
+    best = tf.argmax(tf.where(mine, area, -1.0), axis=-1)
+    box = tf.gather(boxes, best, batch_dims=len(labels.shape))
+    found = tf.reduce_any(mine, axis=-1)
+    return tf.where(found[..., None], box, 0.0), found

@@ -45,4 +45,5 @@ def run_config_dict(cfg: TrainConfig, classes: Sequence[ClassInfo]) -> dict:
         "synsets": [c.synset for c in classes], "preprocess": cfg.preprocess,
         "batch_size": cfg.batch_size, "steps_per_epoch": cfg.steps_per_epoch, "seed": cfg.seed,
         "mixed_precision": cfg.mixed_precision, "epochs": cfg.epochs, "lr": cfg.lr,
+        "task": cfg.model.task,
     }

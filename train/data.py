@@ -98,7 +98,7 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
               image_size: int, decoder: str, preprocess: str, seed: int,
               skip_corrupt: bool = False, data_service: str | None = None,
               with_keys: bool = False, dali: input_lib.DaliTuning = input_lib.DaliTuning(),
-              steps_per_epoch: int | None = None) -> tuple[Data, int]:
+              steps_per_epoch: int | None = None, task: str = registry.DEFAULT_TASK) -> tuple[Data, int]:
     """`Data` from a detrec dataset through detrec.train.input, and the train steps per epoch.
 
     tf.data training goes through `strategy.distribute_datasets_from_function` (each input
@@ -116,6 +116,8 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
       dali: DALI's threads and hardware-decoder settings (ignored by tf.data).
       steps_per_epoch: the trainer's steps per epoch (`--steps-per-epoch`; default: the
         data's, the returned count). DALI needs it: its stream runs on across epochs.
+      task: what the batches must carry besides images and labels (detrec.train.tasks:
+        "localize" adds every example's boxes, and its training crops keep its object).
 
     Raises:
       UserError: a bad dataset or split, a batch that does not divide over the replicas or
@@ -138,6 +140,8 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
     if batch_size % replicas:
         raise UserError(f"--batch-size {batch_size} is not a multiple of the {replicas} replicas")
     workers, _ = worker_position(strategy)
+    for name in ("train", "val"):  # records without a class (CLS-LOC test) train nothing
+        dataset_info.check_labelled(info, name, data_dir, "--data")
     train_split = input_lib.split_shards(info, data_dir, "train")
     # Who reads a disjoint part: each pipeline of a per-replica line (DALI), else each worker.
     readers, who = (replicas, "replica") if line.PER_REPLICA else (workers, "worker")
@@ -157,14 +161,16 @@ def make_data(strategy: tf.distribute.Strategy, data_dir: str, *, batch_size: in
         for split in (train_split, val_split):
             input_lib.check_framing(split)
     counter = input_lib.SkipCounter() if skip_corrupt else None
+    what = registry.task(task)
     # batch_size is global here: dataset_fn / replica_stream give each pipeline its share.
     train_config = input_lib.InputConfig(batch_size=batch_size, image_size=image_size, training=True,
                                          decoder=decoder, preprocess=preprocess, repeat=True,
                                          skip_corrupt=skip_corrupt, counter=counter, with_keys=with_keys,
-                                         dali=dali)
+                                         dali=dali, with_boxes=what.WITH_BOXES,
+                                         min_object_covered=what.MIN_OBJECT_COVERED)
     val_config = input_lib.InputConfig(batch_size=batch_size, image_size=image_size, training=False,
                                        decoder=decoder, preprocess=preprocess, skip_corrupt=skip_corrupt,
-                                       counter=counter, dali=dali)
+                                       counter=counter, dali=dali, with_boxes=what.WITH_BOXES)
     # Kept across epochs: the DALI streams, the validation dataset, the batch due next.
     live: dict[str, object] = {}
     run_steps = steps_per_epoch or steps

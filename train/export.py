@@ -38,7 +38,7 @@ def export_model(model: keras.Model, model_dir: str, cfg: TrainConfig,
     model.save(tmp)
     fs.replace(tmp, final)
     labels = {
-        "model": cfg.model.name, "image_size": cfg.model.image_size,
+        "model": cfg.model.name, "task": cfg.model.task, "image_size": cfg.model.image_size,
         "preprocess": cfg.preprocess, "epoch": best_epoch, "val_top1": val_top1,
         "classes": [dataclasses.asdict(c) for c in classes],
     }

@@ -1,9 +1,10 @@
 """The networks detrec trains: the article's semi-AlexNet and three keras.applications backbones.
 
 Every model maps a batch of images as the input pipeline produces them (float, [B, S, S, 3])
-to K+1 logits (background is class 0). Logits, not probabilities: the loop uses a numerically
-stable softmax cross-entropy, and the last layer is float32 even under a mixed-precision
-policy so the loss never runs in float16/bfloat16.
+to pooled features, and its task's head (detrec.train.tasks) maps those to its outputs: K+1
+logits (background is class 0) for "classify", the logits and a box for "localize". Logits,
+not probabilities: the loop uses a numerically stable softmax cross-entropy, and the heads
+are float32 even under a mixed-precision policy so the loss never runs in float16/bfloat16.
 
 Nothing is downloaded: the applications are built with `weights=None`, or from a weights
 file (a Keras `.h5`/`.weights.h5` of the backbone without its top) at any path
@@ -25,6 +26,7 @@ from keras import layers
 
 from detrec.core import fs
 from detrec.core.errors import UserError
+from detrec.train import registry
 
 # The input pipeline's "inception" preprocessing gives pixels in [-1, 1]; pretrained
 # backbones expect their own input convention. Only pretrained weights care, so the adapters
@@ -40,6 +42,7 @@ class ModelConfig:
     num_classes: int  # K + 1, background included
     image_size: int
     weights: str | None = None
+    task: str = registry.DEFAULT_TASK  # its head is part of the weights' layout
 
 
 @keras.saving.register_keras_serializable(package="detrec")
@@ -61,7 +64,7 @@ def semi_alexnet_min_size() -> int:
     return (size - 1) * 4 + 11  # conv 11x11 stride 4 valid
 
 
-def semi_alexnet(num_classes: int, image_size: int) -> keras.Model:
+def semi_alexnet(num_classes: int, image_size: int, task: str = registry.DEFAULT_TASK) -> keras.Model:
     """The article's `semi_alexnet_v1`, layer for layer, at any input size >= 59.
 
     Kept as published (ReLU everywhere, no normalisation, no dropout) so detrec's result is
@@ -82,8 +85,7 @@ def semi_alexnet(num_classes: int, image_size: int) -> keras.Model:
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(2048, activation="relu", name="fc6")(x)
     x = layers.Dense(2048, activation="relu", name="fc7")(x)
-    logits = layers.Dense(num_classes, dtype="float32", name="logits")(x)
-    return keras.Model(inputs, logits, name="semi_alexnet")
+    return keras.Model(inputs, registry.task(task).head(x, num_classes), name="semi_alexnet")
 
 
 def _resnet50(inputs, weights: str | None):
@@ -118,7 +120,7 @@ def build(config: ModelConfig) -> keras.Model:
     if config.num_classes < 2:
         raise UserError(f"need at least 2 classes (background + 1), got {config.num_classes}")
     if config.name == "semi_alexnet":
-        model = semi_alexnet(config.num_classes, config.image_size)
+        model = semi_alexnet(config.num_classes, config.image_size, config.task)
         if config.weights:  # the whole model, e.g. from another detrec run's export
             with _local_weights(config.weights) as path:
                 try:
@@ -136,8 +138,7 @@ def build(config: ModelConfig) -> keras.Model:
             backbone = _BACKBONES[config.name](inputs, path)
         except (ValueError, OSError) as exc:  # keras: shape mismatch; h5py: not an HDF5 file
             raise UserError(f"{config.weights}: cannot load into {config.name}: {exc}") from None
-    logits = layers.Dense(config.num_classes, dtype="float32", name="logits")(backbone.output)
-    return keras.Model(inputs, logits, name=config.name)
+    return keras.Model(inputs, registry.task(config.task).head(backbone.output, config.num_classes), name=config.name)
 
 
 @contextlib.contextmanager

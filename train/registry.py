@@ -1,5 +1,7 @@
-"""The training side's two extension points by name: image transforms and input lines.
+"""The training side's extension points by name: image transforms, input lines and tasks.
 
+A task (`--task`) is one module of detrec.train.tasks holding what the model learns to
+answer: its output head, its loss, its evaluation sums and what the input must carry (`Task`).
 A transform (`--preprocess`) is one module of detrec.train.transforms holding every side of
 it: the tf.data ops, the DALI graph and its feed's draws, the predict transform, the images'
 default dtype (`Transform`). An input line (`--decoder`) is one module of
@@ -41,6 +43,13 @@ INPUT_LINES: dict[str, tuple[str, str]] = {
     "dali": ("detrec.train.input.dali", "DALI (nvJPEG on a GPU, its CPU decoder without one)"),
     "cpu": ("detrec.train.input.tfdata", "tf.data on the CPU"),
 }
+# name -> (module, one line of --help)
+TASKS: dict[str, tuple[str, str]] = {
+    "classify": ("detrec.train.tasks.classify", "the class of the image's largest object (softmax cross-entropy)"),
+    "localize": ("detrec.train.tasks.localize", "its class and its box (cross-entropy + L1 + GIoU), ILSVRC metrics"),
+}
+DEFAULT_TASK = "classify"
+
 AUTO = "auto"  # the first input line that wants this machine (`InputLine.auto_picks`)
 AUTO_HELP = "DALI where a GPU is visible and DALI loads, else tf.data"
 
@@ -56,9 +65,10 @@ class Transform(Protocol):
 
     # tf.data
     def example(self, encoded: tf.Tensor, size: tuple[int, int], training: bool, seed: tf.Tensor | None,
-                dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                dtype: tf.DType, cover: tuple[tf.Tensor, tf.Tensor] | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """One JPEG -> (image [H, W, 3], window, flipped); `seed` (training only) is the
-        example's stateless seed."""
+        example's stateless seed; `cover` (box, share): a random window keeps at least `share`
+        of the normalised box (None: the window ignores the objects)."""
 
     batch: Callable[[tf.Tensor, tf.DType], tf.Tensor] | None  # per batch after `example` (None: nothing)
 
@@ -67,9 +77,10 @@ class Transform(Protocol):
         """The feed inputs the graph reads besides the JPEG and the label ("window", "flip")."""
 
     def dali_draws(self, seed: int, epoch: int, records: np.ndarray, hw: np.ndarray, size: tuple[int, int],
-                   training: bool) -> tuple[np.ndarray, np.ndarray]:
+                   training: bool, cover: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(windows [n, 4] int32, flips [n] int32) of records whose images are `hw` ([n, 2]):
-        pure functions of their arguments (train/input/draws.py), so resume is exact."""
+        pure functions of their arguments (train/input/draws.py), so resume is exact.
+        `cover` (boxes [n, 4] normalised, NaN rows for none; share): as `example`'s."""
 
     def dali_graph(self, encoded: Any, *, feed: Callable, decode: Callable, size: tuple[int, int],
                    training: bool, out_type: Any) -> Any:
@@ -79,6 +90,30 @@ class Transform(Protocol):
     # predict
     def predict(self, encoded: tf.Tensor, size: tuple[int, int], dtype: tf.DType) -> tf.Tensor:
         """One JPEG as the model saw it in evaluation."""
+
+
+class Task(Protocol):
+    """What a task module defines (detrec.train.tasks.<name>). Batches are (images, labels,
+    *extras): extras are (boxes, box_labels) when WITH_BOXES (detrec.train.input's contract)."""
+
+    WITH_BOXES: bool  # the input must deliver every record's boxes
+    MIN_OBJECT_COVERED: float  # training crops keep this share of the labelled object (0: crops ignore boxes)
+    EVAL_SUMS: tuple[str, ...]  # the per-batch sums `eval_sums` returns, by name
+
+    def head(self, features: Any, num_classes: int) -> Any:
+        """The model's outputs on a backbone's pooled features (Keras tensors)."""
+
+    def logits(self, outputs: Any) -> tf.Tensor:
+        """The class logits among the model's outputs."""
+
+    def loss(self, outputs: Any, labels: tf.Tensor, extras: tuple) -> tf.Tensor:
+        """[B] float32 per-example loss."""
+
+    def eval_sums(self, outputs: Any, labels: tf.Tensor, extras: tuple) -> list[tf.Tensor]:
+        """The batch's sums named by EVAL_SUMS (float64 scalars)."""
+
+    def eval_record(self, sums: dict[str, float]) -> dict[str, float]:
+        """An epoch's validation figures (metrics.json keys, without "val_") from EVAL_SUMS' totals."""
 
 
 class InputLine(Protocol):
@@ -117,6 +152,11 @@ def _load(table: dict[str, tuple[str, str]], name: str, what: str):
 def transform(name: str) -> Transform:
     """The transform module called `name`; ValueError for an unknown one."""
     return _load(TRANSFORMS, name, "preprocess")
+
+
+def task(name: str) -> Task:
+    """The task module called `name`; ValueError for an unknown one."""
+    return _load(TASKS, name, "task")
 
 
 def input_line(name: str) -> InputLine:

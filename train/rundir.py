@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from detrec.core import fs
 from detrec.core.errors import UserError
+from detrec.train import registry
 
 RUN_CONFIG = "run_config.json"
 METRICS = "metrics.json"
@@ -42,7 +43,9 @@ KEYS = "keys"
 # a resume must not swap the file the run started from) or the step and input-position
 # bookkeeping (batch size, steps per epoch, seed).
 RESUME_KEYS = ("model", "num_classes", "image_size", "synsets", "weights", "preprocess", "batch_size",
-               "steps_per_epoch", "seed", "mixed_precision")
+               "steps_per_epoch", "seed", "mixed_precision", "task")
+# What a key absent from an older run_config.json meant when it was written.
+RESUME_DEFAULTS = {"task": registry.DEFAULT_TASK}
 
 
 # The keys every run_config.json detrec has written holds: how a detrec run folder is told
@@ -78,12 +81,13 @@ def check_resumable(model_dir: str, wanted: dict) -> None:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
     diffs = []
     for key in RESUME_KEYS:
-        if stored.get(key) != wanted[key]:
-            shown = (f"{len(stored.get(key) or [])} vs {len(wanted[key])} classes"
-                     if key == "synsets" else f"{stored.get(key)!r} there, {wanted[key]!r} now")
+        there = stored.get(key, RESUME_DEFAULTS.get(key))
+        if there != wanted[key]:
+            shown = (f"{len(there or [])} vs {len(wanted[key])} classes"
+                     if key == "synsets" else f"{there!r} there, {wanted[key]!r} now")
             diffs.append(f"{key}: {shown}")
     if diffs:
-        architecture = {"model", "num_classes", "image_size", "synsets"}
+        architecture = {"model", "num_classes", "image_size", "synsets", "task"}
         what = ("another model" if any(d.split(":")[0] in architecture for d in diffs)
                 else "a run with other settings")
         raise UserError(f"{model_dir} holds a checkpoint of {what} ({'; '.join(diffs)}); "

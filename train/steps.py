@@ -14,28 +14,35 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from detrec.train import registry
+
 
 def make_steps(model: keras.Model, optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
-               *, num_classes: int, jit_compile: bool = False) -> tuple[Callable, Callable]:
-    """(train_step, eval_step), tf.functions taking one (images, labels) batch.
+               *, num_classes: int, task: str = registry.DEFAULT_TASK,
+               jit_compile: bool = False) -> tuple[Callable, Callable]:
+    """(train_step, eval_step), tf.functions taking one (images, labels, *extras) batch
+    (extras: what the task asks of the input, e.g. boxes; detrec.train.tasks).
 
     train_step applies one Adam update and returns [loss sum, correct, examples, non-finite
     gradient replicas]: the last is how many replicas got a gradient that is not finite, which
     poisons the weights even while the loss still looks finite (a NaN that a max-pool hides
     from the logits reaches the weights through the backward pass). Under a
-    LossScaleOptimizer, which skips such steps by design, it is always 0. eval_step returns [loss sum, top-1 hits, top-5 hits, examples] (top-k with
-    k = min(5, num_classes)). Both are summed over the replicas.
+    LossScaleOptimizer, which skips such steps by design, it is always 0. The loss is the
+    task's. eval_step returns [class loss sum, top-1 hits, top-5 hits, examples] (top-k with
+    k = min(5, num_classes)) followed by the task's `EVAL_SUMS`. Both are summed over the replicas.
 
     Args:
       jit_compile: XLA on the per-replica math, as Keras' own jit_compile does.
     """
     top_k = min(5, num_classes)
     skips_bad_steps = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    what = registry.task(task)
 
-    def train_replica(images, labels):
+    def train_replica(images, labels, *extras):
         with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            outputs = model(images, training=True)
+            logits = what.logits(outputs)
+            per_example = what.loss(outputs, labels, extras)
             # Divides by the *global* batch, so summing gradients over replicas is right.
             loss = tf.nn.compute_average_loss(per_example)
             if model.losses:
@@ -52,15 +59,17 @@ def make_steps(model: keras.Model, optimizer: keras.optimizers.Optimizer, strate
                          tf.reduce_sum(tf.cast(correct, tf.float64)),
                          tf.cast(tf.size(labels), tf.float64), bad_grads])
 
-    def eval_replica(images, labels):
-        logits = tf.cast(model(images, training=False), tf.float32)
+    def eval_replica(images, labels, *extras):
+        outputs = model(images, training=False)
+        logits = what.logits(outputs)
         per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
         top1 = tf.equal(tf.argmax(logits, -1), labels)
         topk = tf.math.in_top_k(labels, logits, k=top_k)
         return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float64)),
                          tf.reduce_sum(tf.cast(top1, tf.float64)),
                          tf.reduce_sum(tf.cast(topk, tf.float64)),
-                         tf.cast(tf.size(labels), tf.float64)])
+                         tf.cast(tf.size(labels), tf.float64),
+                         *what.eval_sums(outputs, labels, extras)])
 
     if jit_compile:
         train_replica = tf.function(train_replica, jit_compile=True, autograph=False)
@@ -69,14 +78,12 @@ def make_steps(model: keras.Model, optimizer: keras.optimizers.Optimizer, strate
     # No AutoGraph: the steps have no Python control flow on tensors (see input.common.plain).
     @tf.function(reduce_retracing=True, autograph=False)
     def train_step(batch):
-        images, labels = batch
-        sums = strategy.run(train_replica, args=(images, labels))
+        sums = strategy.run(train_replica, args=tuple(batch))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
 
     @tf.function(reduce_retracing=True, autograph=False)
     def eval_step(batch):
-        images, labels = batch
-        sums = strategy.run(eval_replica, args=(images, labels))
+        sums = strategy.run(eval_replica, args=tuple(batch))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
 
     return train_step, eval_step

@@ -1,4 +1,4 @@
-"""The training loop: Adam on softmax cross-entropy, validation, checkpoints, resume, export.
+"""The training loop: Adam on the task's loss, validation, checkpoints, resume, export.
 
 A custom loop rather than `Model.fit`: every step goes through `strategy.run` and
 `strategy.reduce` (train/steps.py), so the same code runs under the default strategy (one
@@ -42,7 +42,7 @@ from tqdm import tqdm
 from detrec.core import fs
 from detrec.core.crashpoints import crashpoint
 from detrec.core.errors import UserError
-from detrec.train import distribute, models, progress, rundir
+from detrec.train import distribute, models, progress, registry, rundir
 from detrec.train import input as input_lib
 from detrec.train.config import TrainConfig, run_config_dict
 from detrec.train import data as data_lib
@@ -91,6 +91,7 @@ class Trainer:
         self.best = BestRecord()
         self._stop = StopRequested()
         self._any_worker = distribute.any_worker(self.strategy)
+        self.task = registry.task(config.model.task)
 
     # --- set-up -------------------------------------------------------------------------
     def _log(self, message: str) -> None:
@@ -117,7 +118,7 @@ class Trainer:
             self.best_checkpoint, os.path.join(self.ckpt_dir, rundir.BEST), max_to_keep=1)
         self._train_step, self._eval_step = make_steps(
             self.model, optimizer, self.strategy, num_classes=cfg.model.num_classes,
-            jit_compile=cfg.jit_compile)
+            task=cfg.model.task, jit_compile=cfg.jit_compile)
 
     def _restore(self) -> None:
         """Restores the newest readable checkpoint; falls back to older ones if one is damaged.
@@ -232,6 +233,7 @@ class Trainer:
                 "train_loss": sums.mean_loss,
                 "train_accuracy": sums.accuracy,
                 "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+                **{f"val_{key}": value for key, value in val.items() if key not in ("loss", "top1", "top5")},
                 "images_per_sec": sums.images_per_sec,
                 "steps": cfg.steps_per_epoch,
                 "input_wait_fraction": sums.input_wait_fraction,
@@ -249,7 +251,7 @@ class Trainer:
             self._log(
                 f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f} "
                 f"acc {record['train_accuracy']:.3f} | val loss {record['val_loss']:.4f} "
-                f"top1 {record['val_top1']:.3f} top5 {record['val_top5']:.3f} | "
+                f"top1 {record['val_top1']:.3f} top5 {record['val_top5']:.3f}{self._task_figures(record)} | "
                 f"{record['images_per_sec']:.0f} img/s, input wait "
                 f"{100 * record['input_wait_fraction']:.0f}%, {sums.seconds:.1f}s"
                 + (" [best]" if is_best else "") + self._skipped_note())
@@ -283,7 +285,7 @@ class Trainer:
                 for _ in range(s.position):
                     batch = next(iterator)
                     if keys is not None:  # the same batches the interrupted run trained on
-                        keys += self._local_keys(batch[2])
+                        keys += self._local_keys(batch[-1])
                     skip_bar.update(1)
         # Each step's sums stay on the device until the next sync reads them all back at once;
         # kept apart (not summed on the device) so that the first step whose loss is not
@@ -316,9 +318,9 @@ class Trainer:
                     raise UserError("the training input ended early: it yielded no batch "
                                     "(every record unreadable?)") from None
                 waited = time.perf_counter() - start
-                if keys is not None:
-                    keys += self._local_keys(batch[2])
-                    batch = batch[:2]
+                if keys is not None:  # the keys come last, after what the task reads
+                    keys += self._local_keys(batch[-1])
+                    batch = batch[:-1]
                 pending.append(self._train_step(batch))
                 s.position += 1
                 s.total_steps += 1
@@ -359,30 +361,36 @@ class Trainer:
         scalar_summary("train/learning_rate", self._lr(), step=step)
         scalar_summary("train/images_per_sec", rate, step=step)
 
+    def _task_figures(self, record: dict) -> str:
+        """The task's own validation figures for the epoch's line ("" for classify)."""
+        extra = [key for key in record if key.startswith("val_") and key not in ("val_loss", "val_top1", "val_top5")]
+        return "".join(f" {key[4:]} {record[key]:.3f}" for key in extra)
+
     def _epoch_summaries(self, record: dict) -> None:
         step = self.state.total_steps
-        for key in ("train_loss", "train_accuracy", "val_loss", "val_top1", "val_top5",
-                    "images_per_sec", "input_wait_fraction"):
-            scalar_summary(f"epoch/{key}", record[key], step=step)
+        for key, value in record.items():
+            if key not in ("epoch", "steps"):
+                scalar_summary(f"epoch/{key}", value, step=step)
         self.writer.flush()
 
     def _validate(self) -> dict | None:
-        """Loss, top-1 and top-5 over the whole val split; None when interrupted."""
-        totals = tf.zeros([4], tf.float64)
+        """Loss, top-1, top-5 and the task's figures over the whole val split; None when interrupted."""
+        totals = tf.zeros([4 + len(self.task.EVAL_SUMS)], tf.float64)
         with progress.bar(desc="  validate", unit="batch", enabled=self.chief) as bar:
             for batch in self.data.val():
                 totals += self._eval_step(batch)
                 bar.update(1)
                 if self._stopping():
                     return None
-        loss, top1, top5, count = (float(v) for v in totals.numpy())
+        loss, top1, top5, count, *extra = (float(v) for v in totals.numpy())
         self.val_examples = int(count)  # each example exactly once, whatever the strategy
         if count == 0:
             raise UserError("the validation split yielded no example")
         if not math.isfinite(loss):
             raise self._diverged(f"the validation loss is not finite ({loss / count}) after epoch "
                                  f"{self.state.epoch + 1}")
-        return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count}
+        return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count,
+                **self.task.eval_record(dict(zip(self.task.EVAL_SUMS, extra)))}
 
     # --- export -------------------------------------------------------------------------
     def export(self) -> str:

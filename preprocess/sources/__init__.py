@@ -11,6 +11,7 @@ ILSVRC/ (the Kaggle download), or an ImageNet tree's Data/CLS-LOC or Data/DET (s
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 from detrec.core import fs
@@ -48,8 +49,8 @@ def tree_root(root: str, layout: str = AUTO) -> str:
 
 
 def resolve(root: str, split: str, layout: str) -> SplitSource:
-    """Where a split is and in which layout (`auto`: the first source that finds it, in
-    SOURCES order).
+    """Where a split is, in which layout (`auto`: the first source that finds it, in SOURCES
+    order) and whether its tree labels it (Source.labelled).
 
     Raises:
       ValueError: the tree does not have the split in that layout (or in any, for `auto`);
@@ -78,8 +79,10 @@ def resolve(root: str, split: str, layout: str) -> SplitSource:
 
 
 def _checked(found: SplitSource) -> SplitSource:
-    SOURCES[found.layout].check(found)
-    return found
+    """The split checked by its source, and with whether its tree labels it."""
+    source = SOURCES[found.layout]
+    source.check(found)
+    return dataclasses.replace(found, labelled=source.labelled(found))
 
 
 def vocabulary(collected: Vocabulary, found: Mapping[str, SplitSource], splits: Sequence[str]) -> Vocabulary:

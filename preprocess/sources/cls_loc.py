@@ -3,7 +3,9 @@ Data/CLS-LOC/<split>/**.JPEG, with LOC_<split>_solution.csv and LOC_synset_mappi
 or its parent. The XML is optional: an image in a class folder (train/<synset>/) takes the
 folder's class whatever its boxes say (ImageNet labels train by folder: only 42% of train have
 boxes); a flat image (val/) takes its XML, else its solution-CSV row. LOC_synset_mapping.txt,
-when there, fixes the class list (1000 synsets, in its order)."""
+when there, fixes the class list (1000 synsets, in its order). A split with none of these (no
+Annotations/CLS-LOC/<split>, no LOC_<split>_solution.csv, no class folders: test/, whose
+LOC_sample_submission.csv only lists ImageIds) is unlabelled: each image a record without a class."""
 
 from __future__ import annotations
 
@@ -32,7 +34,14 @@ class ClsLoc(Det):
 
     def pairs(self, source: SplitSource) -> Iterator[pairing.Pair | pairing.Rejected]:
         rows, bad_lines = solution_rows(source)
-        return pairing.paired(source.split, self.files(source), rows, bad_lines, by_folder=True)
+        return pairing.paired(source.split, self.files(source), rows, bad_lines, by_folder=True,
+                              unlabelled=not source.labelled)
+
+    def labelled(self, source: SplitSource) -> bool:
+        ann_dir, img_dir = self.folders(source.root, source.split)
+        # Cheapest first: only a split without XML and CSV (test) has its folder listed for classes.
+        return bool(fs.exists(ann_dir) or walk.find_beside(source.root, solutions.file_name(source.split))
+                    or walk.class_folders(fs.dirname(img_dir), source.split))
 
     def fixes_classes(self, found: Mapping[str, SplitSource]) -> bool:
         return bool(walk.find_beside(next(iter(found.values())).root, LOC_SYNSET_MAPPING))

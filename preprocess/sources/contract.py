@@ -9,6 +9,9 @@ folder...), each in a module of its own under preprocess/sources/.
     source.vocabulary(found, splits) the class list the tree fixes itself, None when it fixes none
     source.fixes_classes(found)      whether it does, without reading it (each worker asks)
     source.check(split_source)       what the launcher checks before the job (a ValueError)
+    source.labelled(split_source)    False when the split's tree gives no labels at all (CLS-LOC
+                                     test): its images are records without a class. Asked once
+                                     per split (sources.resolve), kept in SplitSource.labelled
 
 What every source shares is written once, elsewhere: walking by real path and capped reads
 (walk.py), pairing files by name (pairing.py), BOM-tolerant csv-module CSVs (solutions.py),
@@ -32,11 +35,13 @@ NO_BOXES = annotations.Annotation(0, 0, ())
 
 @dataclasses.dataclass(frozen=True)
 class SplitSource:
-    """Where one split's files live, and in which layout (a Source's name)."""
+    """Where one split's files live, in which layout (a Source's name), and whether its tree
+    labels its images (Source.labelled, as sources.resolve found it)."""
 
     root: str
     split: str
     layout: str
+    labelled: bool = True
 
 
 class Unlabelled(Exception):
@@ -70,6 +75,12 @@ class Source:
 
     def check(self, source: SplitSource) -> None:
         return None
+
+    def labelled(self, source: SplitSource) -> bool:
+        """Whether the split's tree labels its images; False: no label file, folder or row
+        of any kind for the split, so `pairs` gives every image without one and `annotate`
+        no boxes (what preprocess writes as records without a class)."""
+        return True
 
 
 class XmlTree(Source):

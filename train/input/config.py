@@ -93,8 +93,15 @@ class InputConfig:
     device_id: int | None = None
     dali: DaliTuning = DaliTuning()
     epoch: int = 0
+    # Training windows keep at least this share of the largest box of the image's class
+    # (Inception's min_object_covered; the "localize" task's crops). 0: windows ignore boxes.
+    min_object_covered: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.min_object_covered <= 1.0:
+            raise ValueError(f"min_object_covered must be in [0, 1], got {self.min_object_covered!r}")
+        if self.min_object_covered and not self.with_boxes:
+            raise ValueError("min_object_covered needs with_boxes=True (the crops follow the boxes)")
         if self.epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {self.epoch}")
         if self.batch_size < 1:

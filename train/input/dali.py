@@ -298,7 +298,8 @@ def make_feed(split: SplitShards, config: InputConfig) -> dali_feed.Feed:
                           size=c.size, batch_size=c.batch_size, span=span,
                           stream_steps=dali_feed.stream_steps(sizes, c.batch_size), with_boxes=c.with_boxes,
                           max_boxes=c.max_boxes, with_keys=c.with_keys, num_classes=split.num_classes,
-                          skip_corrupt=c.skip_corrupt, counter=c.counter)
+                          skip_corrupt=c.skip_corrupt, counter=c.counter,
+                          min_object_covered=c.min_object_covered)
 
 
 def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:

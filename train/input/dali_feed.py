@@ -146,6 +146,16 @@ def _parse(data: bytes, with_boxes: bool, with_keys: bool) -> dict:
     return out
 
 
+def largest_box_of(boxes: np.ndarray, box_labels: np.ndarray, label: int) -> np.ndarray:
+    """`augment.largest_box_of` of one record in numpy: its largest box of positive area labelled
+    `label` (normalised ymin, xmin, ymax, xmax), NaNs when it has none."""
+    area = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
+    mine = (box_labels == label) & (area > 0)
+    if not mine.any():
+        return np.full(4, np.nan, np.float32)
+    return boxes[np.argmax(np.where(mine, area, -1.0))]
+
+
 def map_boxes(boxes: np.ndarray, hw: tuple[int, int], window: np.ndarray, flip: int) -> np.ndarray:
     """`augment.transform_boxes` in numpy float32: boxes through the window, then the flip."""
     h, w = np.float32(hw[0]), np.float32(hw[1])
@@ -177,7 +187,7 @@ class Feed:
     def __init__(self, table: RecordTable, *, seed: int, first_epoch: int, training: bool, preprocess: str,
                  size: tuple[int, int], batch_size: int, span: tuple[int, int], stream_steps: int,
                  with_boxes: bool, max_boxes: int, with_keys: bool, num_classes: int, skip_corrupt: bool = False,
-                 counter: common.SkipCounter | None = None) -> None:
+                 counter: common.SkipCounter | None = None, min_object_covered: float = 0.0) -> None:
         if span[1] <= span[0]:
             raise ValueError(f"a worker with no records (positions {span[0]}..{span[1]})")
         self.table, self.seed, self.first_epoch = table, seed, first_epoch
@@ -185,6 +195,7 @@ class Feed:
         self.batch_size, self.span, self.stream_steps = batch_size, span, stream_steps
         self.with_boxes, self.max_boxes, self.with_keys = with_boxes, max_boxes, with_keys
         self.num_classes, self.skip_corrupt, self.counter = num_classes, skip_corrupt, counter
+        self.min_object_covered = min_object_covered
         self._skipped_in: set[tuple[int, int]] = set()  # (epoch, shard) already counted as a shard
         self.transform = registry.transform(preprocess)
         self.names = ["encoded", "label", *self.transform.dali_inputs(training)]
@@ -277,7 +288,11 @@ class Feed:
                  "label": np.array([row["label"] for row in rows], np.int64)}
         if "window" in self.names or self.with_boxes:
             hw = np.array([jpeg_hw(e) for e in encoded], np.int64).reshape(-1, 2)
-            window, flip = self.transform.dali_draws(self.seed, epoch, records, hw, self.size, self.training)
+            cover = None
+            if self.training and self.min_object_covered:
+                cover = (np.array([largest_box_of(row["boxes"], row["box_labels"], row["label"]) for row in rows],
+                                  np.float32).reshape(-1, 4), self.min_object_covered)
+            window, flip = self.transform.dali_draws(self.seed, epoch, records, hw, self.size, self.training, cover)
         if "window" in self.names:
             parts["window"] = window
         if "flip" in self.names:

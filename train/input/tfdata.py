@@ -272,17 +272,24 @@ def _add_seeds(features: dict, seed: tf.Tensor) -> dict:
                                                            dtype=tf.int64)}
 
 
-def _example_fn(size, training, transform, dtype, with_boxes, with_keys, max_boxes) -> Callable:
+def _example_fn(size, training, transform, dtype, with_boxes, with_keys, max_boxes, min_object_covered) -> Callable:
     """Parsed features -> (image, label[, boxes, box_labels][, key]), the image by `transform`."""
 
     def fn(features):
         encoded = features[schema.ENCODED]
-        image, window, flip = transform.example(encoded, size, training, features.get(_SEED), dtype)
-        out = [tf.ensure_shape(image, [size[0], size[1], 3]), features[schema.CLASS_LABEL]]
         if with_boxes:
             coords = [tf.sparse.to_dense(features[k]) for k in (schema.YMIN, schema.XMIN, schema.YMAX, schema.XMAX)]
-            boxes = augment.transform_boxes(tf.stack(coords, axis=-1), augment.jpeg_shape(encoded), window, flip)
-            out += augment.pad_boxes(boxes, tf.sparse.to_dense(features[schema.OBJECT_LABEL]), max_boxes)
+            boxes, box_labels = tf.stack(coords, axis=-1), tf.sparse.to_dense(features[schema.OBJECT_LABEL])
+        cover = None
+        if training and min_object_covered:
+            box, found = augment.largest_box_of(boxes, box_labels, features[schema.CLASS_LABEL])
+            # No box of its class: the whole image with no share to keep, the draw of classify.
+            cover = (tf.where(found, box, [0.0, 0.0, 1.0, 1.0]), tf.where(found, min_object_covered, 0.0))
+        image, window, flip = transform.example(encoded, size, training, features.get(_SEED), dtype, cover)
+        out = [tf.ensure_shape(image, [size[0], size[1], 3]), features[schema.CLASS_LABEL]]
+        if with_boxes:
+            boxes = augment.transform_boxes(boxes, augment.jpeg_shape(encoded), window, flip)
+            out += augment.pad_boxes(boxes, box_labels, max_boxes)
         if with_keys:
             out.append(tf.ensure_shape(tf.io.decode_raw(features[schema.SHA256], tf.uint8), [64]))
         return tuple(out)
@@ -329,7 +336,8 @@ def make_dataset(split: SplitShards, config: InputConfig) -> tf.data.Dataset:
     if c.training:
         # Parsed records (JPEG bytes, label) are shuffled, not decoded pixels: ~100 KB each.
         ds = ds.shuffle(c.shuffle_buffer, seed=c.seed, reshuffle_each_iteration=True)
-    ds = ds.map(plain(_example_fn(c.size, c.training, transform, dtype, c.with_boxes, c.with_keys, c.max_boxes)),
+    ds = ds.map(plain(_example_fn(c.size, c.training, transform, dtype, c.with_boxes, c.with_keys, c.max_boxes,
+                                    c.min_object_covered)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if c.skip_corrupt:
         # A record with sound framing and CRCs whose image does not decode (crafted, or

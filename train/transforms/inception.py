@@ -37,8 +37,12 @@ _WHOLE_IMAGE = [[[0.0, 0.0, 1.0, 1.0]]]  # a plain list: importing this module r
 
 
 # --- tf.data ------------------------------------------------------------------------------
-def random_window(hw: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+def random_window(hw: tf.Tensor, seed: tf.Tensor, cover: tuple[tf.Tensor, tf.Tensor] | None = None) -> tf.Tensor:
     """A random-resized-crop window (y, x, h, w) inside an image of size `hw`, int32.
+
+    `cover` (box, share): the window keeps at least `share` of `box` ((ymin, xmin, ymax, xmax)
+    normalised; Inception's min_object_covered); None, or a share of 0 with the whole image
+    as the box, draws as without it.
 
     Stateless (seeded per example by the caller), so a seeded pipeline draws the same
     windows whatever the parallelism; falls back to the whole image after MAX_ATTEMPTS.
@@ -52,11 +56,12 @@ def random_window(hw: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     distribution of windows that no accuracy measurement has shown to matter; so the fused
     op stays and the difference is part of the input contract.
     """
+    box, share = (_WHOLE_IMAGE, 0.0) if cover is None else (tf.reshape(cover[0], [1, 1, 4]), cover[1])
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.concat([hw, [3]], axis=0),
-        bounding_boxes=_WHOLE_IMAGE,
+        bounding_boxes=box,
         seed=seed,
-        min_object_covered=0.0,
+        min_object_covered=share,
         aspect_ratio_range=ASPECT_RATIO_RANGE,
         area_range=AREA_RANGE,
         max_attempts=MAX_ATTEMPTS,
@@ -65,9 +70,10 @@ def random_window(hw: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.stack([begin[0], begin[1], size[0], size[1]])
 
 
-def decode_train(encoded: tf.Tensor, size: tuple[int, int], seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def decode_train(encoded: tf.Tensor, size: tuple[int, int], seed: tf.Tensor,
+                 cover: tuple[tf.Tensor, tf.Tensor] | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Random-resized crop + random flip; returns (float32 [h, w, 3] in 0..255, window, flipped)."""
-    window = random_window(augment.jpeg_shape(encoded), seed)
+    window = random_window(augment.jpeg_shape(encoded), seed, cover)
     # Decode only the window: rows below it are never entropy-decoded and columns outside it
     # never reach the IDCT. This is how training outruns a full decode of every image.
     image = tf.io.decode_and_crop_jpeg(encoded, window, channels=3, dct_method=augment.DCT_METHOD)
@@ -91,10 +97,10 @@ def normalize_inception(image: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
 
 
 def example(encoded: tf.Tensor, size: tuple[int, int], training: bool, seed: tf.Tensor | None,
-            dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            dtype: tf.DType, cover: tuple[tf.Tensor, tf.Tensor] | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Float32 0..255 pixels: `batch` normalises them a batch at a time."""
     if training:
-        return decode_train(encoded, size, seed)
+        return decode_train(encoded, size, seed, cover)
     image, window = decode_eval(encoded, size)
     return image, window, tf.constant(False)
 
@@ -112,7 +118,8 @@ def flips(seed: int, epoch: int, records: np.ndarray) -> np.ndarray:
     return (draws.uniform(seed, epoch, draws.FLIP, records) < 0.5).astype(np.int32)
 
 
-def crop_windows(seed: int, epoch: int, records: np.ndarray, hw: np.ndarray) -> np.ndarray:
+def crop_windows(seed: int, epoch: int, records: np.ndarray, hw: np.ndarray,
+                 cover: tuple[np.ndarray, float] | None = None) -> np.ndarray:
     """Random-resized-crop windows [y, x, h, w] (int32, [n, 4]) of records whose images are
     `hw` ([n, 2] height, width): DALI's random_crop_generator algorithm, drawn from
     u(..., AREA/RATIO, r, a) for attempts a < MAX_ATTEMPTS and u(..., ANCHOR_X/Y, r)
@@ -122,6 +129,11 @@ def crop_windows(seed: int, epoch: int, records: np.ndarray, hw: np.ndarray) -> 
 
     Arithmetic in float32, as DALI's; a degenerate size (<= 0, a header we could not read)
     gets a 1x1 window, which the decoder then judges.
+
+    `cover` (boxes [n, 4] normalised (ymin, xmin, ymax, xmax), NaN rows for none; share): a
+    record with a box takes the first attempt that fits and keeps `share` of its box, with
+    its own anchor per attempt (u(..., ANCHOR_Y/X, r, a)); else the whole image, as
+    TensorFlow's sampler falls back. Records without one draw as above.
     """
     records = np.asarray(records, np.int64)
     h_img = np.maximum(np.asarray(hw, np.int64)[:, 0], 1)
@@ -168,15 +180,42 @@ def crop_windows(seed: int, epoch: int, records: np.ndarray, hw: np.ndarray) -> 
     y = np.floor(uniform(seed, epoch, draws.ANCHOR_Y, records) * (h_img - crop_h + 1)).astype(np.int64)
     x = np.floor(uniform(seed, epoch, draws.ANCHOR_X, records) * (w_img - crop_w + 1)).astype(np.int64)
     windows = np.stack([y, x, crop_h, crop_w], axis=1)
+    if cover is not None:
+        boxes, share = np.asarray(cover[0], np.float32), np.float32(cover[1])
+        boxed = np.isfinite(boxes).all(axis=1)
+        if boxed.any():
+            windows[boxed] = _covering_windows(seed, epoch, records[boxed], h_img[boxed], w_img[boxed], h[boxed],
+                                               w[boxed], fits[boxed], boxes[boxed], share)
     bad = (np.asarray(hw)[:, 0] <= 0) | (np.asarray(hw)[:, 1] <= 0)
     windows[bad] = (0, 0, 1, 1)
     return windows.astype(np.int32)
 
 
+def _covering_windows(seed, epoch, records, h_img, w_img, h, w, fits, boxes, share) -> np.ndarray:
+    """`crop_windows` for records with a box to keep: [n, 4] int64 windows."""
+    attempts = np.arange(MAX_ATTEMPTS, dtype=np.int64)[None, :]
+    y = np.floor(draws.uniform(seed, epoch, draws.ANCHOR_Y, records[:, None], attempts)
+                 * np.maximum(h_img[:, None] - h + 1, 1)).astype(np.int64)
+    x = np.floor(draws.uniform(seed, epoch, draws.ANCHOR_X, records[:, None], attempts)
+                 * np.maximum(w_img[:, None] - w + 1, 1)).astype(np.int64)
+    scale = np.stack([h_img, w_img, h_img, w_img], axis=1).astype(np.float32)
+    y0, x0, y1, x1 = (c[:, None] for c in (boxes * scale).T)
+    inter = (np.clip(np.minimum(y + h, y1) - np.maximum(y, y0), 0, None)
+             * np.clip(np.minimum(x + w, x1) - np.maximum(x, x0), 0, None))
+    area = (y1 - y0) * (x1 - x0)
+    keeps = fits & (inter >= share * area)
+    first = np.argmax(keeps, axis=1)
+    rows = np.arange(len(records))
+    found = keeps[rows, first]
+    whole = np.stack([np.zeros_like(h_img), np.zeros_like(w_img), h_img, w_img], axis=1)
+    chosen = np.stack([y[rows, first], x[rows, first], h[rows, first], w[rows, first]], axis=1)
+    return np.where(found[:, None], chosen, whole)
+
+
 def dali_draws(seed: int, epoch: int, records: np.ndarray, hw: np.ndarray, size: tuple[int, int],
-               training: bool) -> tuple[np.ndarray, np.ndarray]:
+               training: bool, cover: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     if training:
-        return crop_windows(seed, epoch, records, hw), flips(seed, epoch, records)
+        return crop_windows(seed, epoch, records, hw, cover), flips(seed, epoch, records)
     return np.concatenate([np.zeros_like(hw), hw], axis=1), np.zeros(len(records), np.int32)
 
 

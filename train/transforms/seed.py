@@ -52,7 +52,8 @@ def seed_transform(encoded: tf.Tensor, size: tuple[int, int],
 
 
 def example(encoded: tf.Tensor, size: tuple[int, int], training: bool, seed: tf.Tensor | None,
-            dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            dtype: tf.DType, cover=None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    # `cover` is ignored: the window is the centred one whatever the objects.
     image, window = seed_transform(encoded, size, dtype)
     return image, window, tf.constant(False)
 
@@ -74,7 +75,7 @@ def centred_windows(hw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def dali_draws(seed: int, epoch: int, records: np.ndarray, hw: np.ndarray, size: tuple[int, int],
-               training: bool) -> tuple[np.ndarray, np.ndarray]:
+               training: bool, cover=None) -> tuple[np.ndarray, np.ndarray]:
     return centred_windows(hw, size), np.zeros(len(records), np.int32)
 
 
