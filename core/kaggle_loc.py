@@ -4,39 +4,24 @@
 (pixels of the image): LOC_<split>_solution.csv holds the ground truth in it, a submission
 (LOC_sample_submission.csv is the template) up to five guesses an image.
 
-Also the CSV reading every CSV of detrec shares (preprocess.csv_rows names it there; it lives
-here because core, which writes and scores these files, may import nothing outside core):
-streamed, with the csv module (quoted fields, CRLF), a BOM passed over, no line read past
-MAX_CSV_LINE (a CSV that is a link to /dev/zero, or one endless line, cannot fill memory),
-bytes that are not UTF-8 replaced, each row named `file:line` by its first line (a quoted field
-may span lines). A line that cannot be used is a BadLine, never fatal: the caller decides.
-Messages quote no file content but image ids.
+Read through detrec.core.csv_rows, as every CSV of detrec is: a line that cannot be used is a
+BadLine, never fatal: the caller decides. Messages quote no file content but image ids.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from typing import IO, Iterable, Iterator, Sequence
 
 from detrec.core import fs
+from detrec.core.csv_rows import BadLine, capped_lines, rows as csv_rows
 from detrec.core.localization import MAX_GUESSES
 from detrec.core.errors import InputError, UserError
 
-MAX_CSV_LINE = 1 << 16  # real rows are < 4 KB
 HEADER, BOXES_HEADER = "ImageId", "PredictionString"
 FIELDS_PER_BOX = 5  # synset xmin ymin xmax ymax
 
 Guess = tuple[str, float, float, float, float]  # synset, xmin, ymin, xmax, ymax
-
-
-@dataclasses.dataclass(frozen=True)
-class BadLine:
-    """A line that cannot be used (not a row, or one naming its image twice): reported, never fatal."""
-
-    where: str
-    code: str
-    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,55 +31,6 @@ class Row:
     where: str
     image_id: str
     guesses: tuple[Guess, ...]
-
-
-# --- CSV lines, shared by every CSV reader ----------------------------------------------------
-def capped_lines(raw: IO[bytes], path: str, too_long: list[BadLine]) -> Iterator[str]:
-    """The file's lines as text, none read past MAX_CSV_LINE: a longer line is skipped to its
-    end, yielded as "" (so line numbers stay right) and reported in `too_long`."""
-    number = 0
-    while True:
-        line = raw.readline(MAX_CSV_LINE)
-        if not line:
-            return
-        number += 1
-        if len(line) == MAX_CSV_LINE and not line.endswith(b"\n"):
-            while line and not line.endswith(b"\n"):
-                line = raw.readline(MAX_CSV_LINE)
-            where = f"{path}:{number}"
-            too_long.append(BadLine(where, "bad_csv_line", f"{where}: line longer than {MAX_CSV_LINE} bytes"))
-            yield ""
-            continue
-        yield line.decode("utf-8", "replace")
-
-
-def csv_rows(lines: Iterable[str], path: str) -> Iterator[tuple[str, list[str]] | BadLine]:
-    """(`file:line`, stripped fields) of every row that is not blank, or a BadLine for one the
-    csv module cannot read (an unclosed quote, a field over its limit)."""
-    reader = csv.reader(_without_bom(lines))
-    end = 0
-    while True:
-        start = end + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            end = reader.line_num
-            yield BadLine(f"{path}:{start}", "bad_csv_line", f"{path}:{start}: not a CSV row ({exc})")
-            continue
-        end = reader.line_num
-        fields = [f.strip() for f in fields]
-        if any(fields):
-            yield f"{path}:{start}", fields
-
-
-def _without_bom(lines: Iterable[str]) -> Iterator[str]:
-    it = iter(lines)
-    for line in it:
-        yield line.removeprefix("\ufeff")
-        break
-    yield from it
 
 
 # --- PredictionString -------------------------------------------------------------------------

@@ -89,18 +89,21 @@ def main(argv: list[str] | None = None) -> int:
     stage("7/7 score it as the competition does, against the tree's LOC_val_solution.csv")
     check(cli.main(["score", "--solution", solution, "--submission", submission]), "score")
 
+    with open(os.path.join(model_dir, "export", "labels.json")) as f:
+        exported = json.load(f)["epoch"]  # the best epoch by val top-1: the model predict used
     with open(os.path.join(model_dir, "metrics.json")) as f:
-        last = json.load(f)["epochs"][-1]
+        last = json.load(f)["epochs"][exported - 1]
     print("\n=== report ===")
     print(f"source tree     {root}")
     print(f"shards          {data} (dataset_info.json, labels.txt, errors-*.jsonl, *.idx)")
     print(f"contact sheet   {sheet}")
     print(f"model           {model_dir} (checkpoints/, export/, logs/, metrics.json)")
     print(f"predictions     {drawn} (boxes drawn), {submission}")
-    print(f"final epoch     val top-1 {last['val_top1']:.3f}, top-5 {last['val_top5']:.3f}, "
+    print(f"exported model  epoch {exported}: val top-1 {last['val_top1']:.3f}, top-5 {last['val_top5']:.3f}, "
           f"{last['images_per_sec']:.0f} img/s")
     print(f"localisation    accuracy {last['val_loc_accuracy']:.3f} (top-1 class and IoU >= 0.5), "
-          f"mean IoU {last['val_mean_iou']:.3f}, top-5 localisation error {last['val_top5_loc_error']:.4f}")
+          f"mean IoU {last['val_mean_iou']:.3f}, top-5 localisation error {last['val_top5_loc_error']:.4f} "
+          "(the trainer's; step 7 scored the submission)")
     print(f"total           {time.perf_counter() - started:.0f}s")
     return 0
 

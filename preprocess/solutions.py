@@ -19,10 +19,10 @@ import dataclasses
 import posixpath
 from typing import Iterable, Mapping
 
-from detrec.core import kaggle_loc
+from detrec.core import csv_rows, kaggle_loc
+from detrec.core.csv_rows import BadLine
 from detrec.core.errors import InputError
-from detrec.core.kaggle_loc import BOXES_HEADER, HEADER, BadLine
-from detrec.preprocess import csv_rows
+from detrec.core.kaggle_loc import BOXES_HEADER, HEADER
 from detrec.preprocess.annotations import AnnotationError, Annotation, Object, shown_id
 
 

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from detrec.core import kaggle_loc, localization
+from detrec.core import csv_rows, kaggle_loc, localization
 from detrec.core.errors import UserError
 from detrec.core.localization import classification_error, image_error, iou
 
@@ -198,7 +198,7 @@ def test_reader_names_each_bad_line_and_goes_on(line, code, why):
 
 
 def test_reader_reports_a_wrong_header_and_a_too_long_line_in_place():
-    long = b"img," + b"n1 0 0 1 1 " * (kaggle_loc.MAX_CSV_LINE // 10)
+    long = b"img," + b"n1 0 0 1 1 " * (csv_rows.MAX_CSV_LINE // 10)
     got = _read(b"ImageId,Boxes\n" + long + b"\nok,\n")
     assert [(type(r).__name__, r.where) for r in got] == [("BadLine", "f.csv:1"), ("BadLine", "f.csv:2"),
                                                           ("Row", "f.csv:3")]

@@ -95,3 +95,20 @@ def test_cli_writes_tree_and_refuses_to_overwrite(tmp_path, capsys):
     assert "wrote 5 images" in capsys.readouterr().out
     assert cli.main(["synth", out, "--train", "3"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_val_solution_lists_every_val_object_as_its_xml_does(synth_tree):
+    """LOC_val_solution.csv beside ILSVRC/ (where Kaggle ships it): one row per val image, in id
+    order, each object's synset and pixel box as in the image's XML; none for an empty image."""
+    from detrec.core import kaggle_loc
+
+    path = os.path.join(os.path.dirname(synth_tree), synth.SOLUTION)
+    with open(path, "rb") as f:
+        rows = list(kaggle_loc.read_rows(f, path))
+    xmls = sorted(glob.glob(os.path.join(synth_tree, "Annotations", "DET", "val", "*.xml")))
+    assert [r.image_id for r in rows] == [os.path.basename(x)[:-4] for x in xmls]
+    for row, xml in zip(rows, xmls):
+        doc = etree.parse(xml)
+        expected = [(o.findtext("name"), *(float(o.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")))
+                    for o in doc.findall("object")]
+        assert sorted(row.guesses) == sorted(expected), row.image_id

@@ -542,7 +542,7 @@ def test_predict_survives_whatever_one_file_raises(export_dir, tmp_path, monkeyp
     for name in ("a.jpg", "b.jpg", "c.jpg"):
         (tmp_path / name).write_bytes(image_factory.jpeg(80, 60))
         paths.append(str(tmp_path / name))
-    real = predict.prepare_image
+    real = predict.prepare  # what predict does to each file's bytes first
 
     def flaky(data, *args):
         if data == open(paths[1], "rb").read():
@@ -550,7 +550,7 @@ def test_predict_survives_whatever_one_file_raises(export_dir, tmp_path, monkeyp
         return real(data, *args)
 
     (tmp_path / "b.jpg").write_bytes(image_factory.jpeg(80, 60, seed=3))
-    monkeypatch.setattr(predict, "prepare_image", flaky)
+    monkeypatch.setattr(predict, "prepare", flaky)
     results = predict.Predictor(export_dir).predict(paths)
     assert results[1].error and not results[1].top
     assert results[0].top and results[2].top and not results[0].error and not results[2].error

@@ -3,8 +3,8 @@
 An image reaches the model along the same road a training image did: `detrec.core.images.
 prepare` (what the Beam job does to every source file: good JPEG bytes kept as they are, any
 other format or CMYK converted to an RGB JPEG with Pillow, an EXIF-rotated photo turned
-upright, one too large for the training decoders downscaled, as `preprocess --downscale`
-does), then the evaluation side of the transform the model was trained with (its `example`
+upright, one above preprocess's pixel limit refused, as preprocess's default refuses it),
+then the evaluation side of the transform the model was trained with (its `example`
 and `batch`, detrec.train.transforms, found by name in detrec.train.registry). Nothing here
 re-implements either step, so predict cannot drift from training. The export's task
 (labels.json "task", detrec.train.tasks; absent: classify) says where the logits are.
@@ -122,13 +122,14 @@ def eval_image(encoded: tf.Tensor, image_size: int, preprocess: str) -> tf.Tenso
 
 
 def prepare(data: bytes) -> images.PreparedImage:
-    """A file's bytes as a record would store them (`images.prepare`, downscaling a picture too
-    large for the training decoders, as `preprocess --downscale` does).
+    """A file's bytes as a record would store them (`images.prepare` with preprocess's defaults:
+    a picture above its pixel limit is refused, as preprocess refuses it, not decoded smaller:
+    a header may claim a size its data does not hold).
 
     Raises:
       ImageError: not an image that can become a record.
     """
-    return images.prepare(data, _decodes, downscale=True)
+    return images.prepare(data, _decodes)
 
 
 def prepare_image(data: bytes, image_size: int, preprocess: str) -> tf.Tensor:

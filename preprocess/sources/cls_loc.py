@@ -13,8 +13,8 @@ import logging
 import os
 from typing import Iterator, Mapping, Sequence
 
-from detrec.core import fs
-from detrec.preprocess import csv_rows, pairing, solutions, vocab as vocab_lib, walk
+from detrec.core import csv_rows, fs
+from detrec.preprocess import pairing, solutions, vocab as vocab_lib, walk
 from detrec.preprocess.sources.contract import SplitSource
 from detrec.preprocess.sources.det import Det
 

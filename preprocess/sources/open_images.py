@@ -21,8 +21,8 @@ import math
 import struct
 from typing import Iterator, Mapping, Sequence
 
-from detrec.core import fs
-from detrec.preprocess import annotations, csv_rows, pairing, vocab as vocab_lib, walk
+from detrec.core import csv_rows, fs
+from detrec.preprocess import annotations, pairing, vocab as vocab_lib, walk
 from detrec.preprocess.plan import Item
 from detrec.preprocess.sources.contract import Source, SplitSource, Unlabelled
 
