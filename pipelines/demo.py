@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=2000, help="synthetic train images")
     parser.add_argument("--val", type=int, default=400, help="synthetic val images")
     parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--batch-size", type=int, help="training batch (default: detrec train's)")
     args = parser.parse_args(argv)

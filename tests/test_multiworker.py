@@ -154,7 +154,8 @@ def test_two_workers_train_identically_on_disjoint_shards_and_resume_together(da
 @pytest.mark.slow  # ~30 s: one 2-process run
 def test_two_workers_through_the_data_service(dataset_dir, tmp_path):
     """Each trainer worker sends its own share of the shards through the service (a
-    dispatcher and two service workers in this process): same checks as without it."""
+    dispatcher and two service workers in this process): same checks as without it, under
+    --task localize (the boxes and the object-keeping crops travel with the service's graph)."""
     dispatcher = data_service.start_dispatcher(port=0)
     address = data_service.dispatcher_address(dispatcher)
     servers = [data_service.start_worker(address, port=0, worker_address="localhost:%port%") for _ in range(2)]
@@ -168,7 +169,7 @@ def test_two_workers_through_the_data_service(dataset_dir, tmp_path):
         # the epoch ends, then drops it: sample the counts while the cluster runs, not after.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             run = pool.submit(run_cluster, dataset_dir, model_dir, str(tmp_path), "--epochs", "1",
-                              "--data-service", address)
+                              "--data-service", address, "--task", "localize")
             most_tasks = [0, 0]
             while True:
                 most_tasks = [max(seen, server._num_tasks()) for seen, server in zip(most_tasks, servers)]
@@ -182,6 +183,7 @@ def test_two_workers_through_the_data_service(dataset_dir, tmp_path):
         for server in (*servers, dispatcher):
             server.stop()
     assert metrics(model_dir)["total_steps"] == STEPS
+    assert 0 <= metrics(model_dir)["epochs"][0]["val_loc_accuracy"] <= 1
     assert_identical_weights(model_dir, STEPS)
     assert_each_worker_trained_its_shards_once(dataset_dir, model_dir, 1)
 

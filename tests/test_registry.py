@@ -28,7 +28,8 @@ def members(protocol) -> set[str]:
 
 
 @pytest.mark.parametrize("table,load,protocol", [(registry.TRANSFORMS, registry.transform, registry.Transform),
-                                                  (registry.INPUT_LINES, registry.input_line, registry.InputLine)])
+                                                  (registry.INPUT_LINES, registry.input_line, registry.InputLine),
+                                                  (registry.TASKS, registry.task, registry.Task)])
 def test_every_entry_defines_its_protocol(table, load, protocol):
     assert len(members(protocol)) >= 7
     for name, (module, _) in table.items():
@@ -44,6 +45,8 @@ def test_unknown_names_are_refused_naming_the_choices():
         registry.resolve_decoder("gpu")
     with pytest.raises(ValueError, match="decoder"):
         registry.input_line("auto")  # auto is resolved, never loaded
+    with pytest.raises(ValueError, match=r"task must be one of \('classify', 'localize'\), got 'detect'"):
+        registry.task("detect")
 
 
 def test_auto_and_availability_go_through_the_table(monkeypatch):
@@ -63,13 +66,15 @@ def test_auto_and_availability_go_through_the_table(monkeypatch):
 def test_the_cli_lists_the_registries_without_tensorflow():
     code = ("import sys, argparse; from detrec.pipelines import train_cmd; p = argparse.ArgumentParser(); "
             "train_cmd.configure(p); a = {x.dest: x for x in p._actions}; "
-            "print(list(a['decoder'].choices), list(a['preprocess'].choices)); "
-            "print('tensorflow' in sys.modules); print(a['decoder'].help); print(a['preprocess'].help)")
+            "print(list(a['decoder'].choices), list(a['preprocess'].choices), list(a['task'].choices)); "
+            "print('tensorflow' in sys.modules); print(a['decoder'].help); print(a['preprocess'].help); "
+            "print(a['task'].help)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    choices, imported, decoder_help, preprocess_help = out.stdout.strip().splitlines()
-    assert choices == f"{['auto', *registry.INPUT_LINES]} {list(registry.TRANSFORMS)}"
+    choices, imported, decoder_help, preprocess_help, task_help = out.stdout.strip().splitlines()
+    assert choices == f"{['auto', *registry.INPUT_LINES]} {list(registry.TRANSFORMS)} {list(registry.TASKS)}"
     assert imported == "False"
-    for table, text in ((registry.INPUT_LINES, decoder_help), (registry.TRANSFORMS, preprocess_help)):
+    for table, text in ((registry.INPUT_LINES, decoder_help), (registry.TRANSFORMS, preprocess_help),
+                        (registry.TASKS, task_help)):
         for name, (_, line) in table.items():
             assert f"{name}: {line}" in text
 
