@@ -40,8 +40,13 @@ def outputs_of(box: tuple, ranking: list[int], classes: int = 8) -> dict:
     return {"logits": tf.constant(logits), "box": tf.constant([box], tf.float32)}
 
 
+@tf.function(reduce_retracing=True)
+def _eval_sums(outputs, labels, boxes, box_labels):
+    return localize.eval_sums(outputs, labels, (boxes, box_labels))
+
+
 def sums(outputs: dict, label: int, boxes, labels) -> dict[str, float]:
-    values = localize.eval_sums(outputs, tf.constant([label], tf.int64), (boxes, labels))
+    values = _eval_sums(outputs, tf.constant([label], tf.int64), boxes, labels)
     return dict(zip(localize.EVAL_SUMS, (float(v) for v in values)))
 
 
@@ -237,7 +242,7 @@ class BoxStream:
         yield self.batch(99)
 
 
-def run(model_dir, stream, task="localize", epochs=2):
+def run(model_dir, stream, task="localize", epochs=1):
     cfg = TrainConfig(model_dir=model_dir, model=models.ModelConfig("semi_alexnet", len(CLASSES), SIZE, task=task),
                       epochs=epochs, batch_size=BATCH, steps_per_epoch=STEPS, seed=1)
     stream.trainer = Trainer(cfg, Data(train=stream.train, val=stream.val, classes=CLASSES), out=io.StringIO())

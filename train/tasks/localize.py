@@ -91,7 +91,7 @@ def eval_sums(outputs, labels: tf.Tensor, extras: tuple) -> list[tf.Tensor]:
     scores = logits(outputs)
     # The competition's five guesses are object classes: background is never one (a submission
     # names none, `detrec predict --submission`), so it is left out of the ranking here too.
-    guesses = tf.math.top_k(scores[:, 1:], k=min(MAX_GUESSES, scores.shape[-1] - 1)).indices + 1  # [B, k]
+    guesses = tf.math.top_k(scores[:, 1:], k=tf.minimum(MAX_GUESSES, tf.shape(scores)[-1] - 1)).indices + 1  # [B, k]
     real = box_labels > 0  # padding rows have label 0 (background)
     iou, _ = iou_and_giou(predicted[:, None, :], boxes)  # [B, M]
     of_class = real & tf.equal(box_labels, labels[:, None])
