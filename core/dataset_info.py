@@ -25,6 +25,10 @@ colour profile other than sRGB (converted to sRGB when re-encoded, else kept ins
 stored as is: see core/colour.py). Files written before these keys existed load with them
 empty (0).
 
+`options` records the preprocess flags the dataset was made with. `"shorter_side": N` (with
+`"resize_quality"`, written only when set) says its pixels are not all the originals: every image
+whose shorter side was over N is stored re-encoded with that side N (`DatasetInfo.shorter_side`).
+
 A split whose tree gives no labels (CLS-LOC test) says `"labelled": false`: its records have
 no class (label_sources {"none": N}); it is for predict, never for training (`check_labelled`).
 The key is written only then, so a labelled dataset's file is what it was, and absent means labelled.
@@ -94,6 +98,13 @@ class DatasetInfo:
     background_id: int = schema.BACKGROUND_ID
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     classes_from: str = ""  # where the class list came from (a synset map, class folders, the data)
+
+    @property
+    def shorter_side(self) -> int:
+        """`detrec preprocess --shorter-side`: images with a longer shorter side are stored resized
+        to it; 0 when every image keeps its own size."""
+        value = self.options.get("shorter_side", 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
     def split(self, name: str, where: str = "dataset") -> SplitInfo:
         """A split by name; UserError listing the ones there are."""

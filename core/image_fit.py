@@ -25,6 +25,12 @@ output fits, so memory stays within the limit for any size a JPEG header can cla
 formats have no scaled decode: they are decoded whole and resized, so they are shrunk only up
 to DECODE_LIMIT pixels (twice MAX_PIXELS: ~1.4 GB for RGBA while it lasts); past that they are
 too large, downscale or not.
+
+Resizing to a shorter side (`--shorter-side N`): a picture whose shorter side is over N gets
+exactly N there, its longer side scaled alike and rounded to the nearest pixel (halves up),
+so a 640x480 photo becomes 341x256. A JPEG is decoded at the coarsest DCT scale whose output
+is still at least that size (Pillow's draft mode: less to decode, no detail below the target
+lost), then resized with Lanczos (core/images.py, after its orientation and colours).
 """
 
 from __future__ import annotations
@@ -72,6 +78,16 @@ def target_size(width: int, height: int, max_pixels: int = MAX_PIXELS) -> tuple[
     while not fits(w, h, max_pixels):  # float rounding may leave it one pixel over
         w, h = (w - 1, h) if w >= h else (w, h - 1)
     return w, h
+
+
+def shorter_side_size(width: int, height: int, side: int) -> tuple[int, int] | None:
+    """(width, height) with the shorter side `side`, the aspect kept and the longer side
+    rounded to the nearest pixel (halves up); None when the shorter side is `side` or less."""
+    short, long = min(width, height), max(width, height)
+    if short <= side:
+        return None
+    scaled = (2 * long * side + short) // (2 * short)  # integers: no float rounding at .5
+    return (scaled, side) if width >= height else (side, scaled)
 
 
 def open_lazily(data: bytes, kind: str, unchecked: bool = False) -> Image.Image:

@@ -20,8 +20,14 @@ as `decodes`, so this module needs no TensorFlow: the Beam job passes its scaled
 
 Size: every picture's width and height are read from its header before anything decodes it,
 and one past what the training decoders accept (core/image_fit.py: pixels, and a JPEG's
-longest side) is rejected, or shrunk with `downscale`. Only JPEGs of the kinds every decoder
-here reads (8-bit baseline or progressive Huffman) are kept as they are. Messages never quote
+longest side) is rejected, or shrunk with `downscale`. With `shorter_side` N (`detrec
+preprocess --shorter-side N`), a picture whose shorter side is over N is stored with its
+shorter side N (core/image_fit.py: aspect kept, halves rounded up), re-encoded at
+`resize_quality` with 4:2:0 chroma, `converted_from` "<format>-resized"; a smaller one is kept
+as it is. Whatever else it needs (orientation, CMYK, another format, a colour profile, a size
+over `max_pixels` with `downscale`: the smaller size wins) happens in that same re-encode, never
+in two JPEG generations. Only JPEGs of the kinds every decoder here reads (8-bit baseline or
+progressive Huffman) are kept as they are. Messages never quote
 a file's content: the file may be anything (a link to /etc/passwd named .JPEG).
 
 EXIF orientation: one rule for the whole product
@@ -58,7 +64,11 @@ from PIL import Image, ImageOps
 from detrec.core import colour, image_fit, jpeg_segments, schema
 from detrec.core.errors import InputError
 
-CONVERT_QUALITY = 95
+CONVERT_QUALITY = 95  # a conversion at the source's size: close to the source's pixels
+RESIZE_QUALITY = 90  # --resize-quality's default (FFCV's): its pixels are already not the source's
+# Chroma at half resolution both ways: libjpeg's default, Pillow's and OpenCV's (FFCV writes
+# through OpenCV); stated, so a Pillow upgrade cannot change what a record holds.
+SUBSAMPLING = "4:2:0"
 
 _MAGIC = (
     (b"\xff\xd8\xff", "jpeg"),
@@ -193,31 +203,42 @@ def exif_orientation(data: bytes) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else NORMAL
 
 
-def _to_rgb_jpeg(data: bytes, source: str, shrink_to: int | None = None) -> PreparedImage:
+def _to_rgb_jpeg(data: bytes, source: str, shrink_to: int | None = None, resize_to: tuple[int, int] | None = None,
+                 quality: int = CONVERT_QUALITY) -> PreparedImage:
     """Re-encodes any picture Pillow reads as an upright sRGB JPEG without EXIF, its pixels as
     a viewer shows them (core/colour.py: scaled, on white, its profile applied); with
-    `shrink_to`, decoded into at most that many pixels (image_fit.shrink)."""
+    `shrink_to`, decoded into at most that many pixels (image_fit.shrink); with `resize_to`
+    ((width, height) in the source's frame), resized to exactly that size, last: in 8-bit
+    sRGB, upright, on white (Pillow resizes a palette by nearest neighbour, and colours
+    bleed from under transparency)."""
     kind = source.split("-", 1)[0]  # "png", "jpeg-cmyk", "jpeg-downscaled"...: the format first
     original = (0, 0)
     try:
-        with image_fit.open_lazily(data, kind, unchecked=shrink_to is not None) as img:
-            if shrink_to is None:
-                img.load()
-            else:
+        # Sizes past Pillow's own bomb check were checked against ours already (_fit).
+        with image_fit.open_lazily(data, kind, unchecked=bool(shrink_to or resize_to)) as img:
+            if shrink_to is not None:
                 original = img.size
                 img = image_fit.shrink(img, shrink_to)
+            else:
+                if resize_to is not None:
+                    original = img.size
+                    img.draft(img.mode, resize_to)  # a JPEG: the coarsest DCT scale still >= resize_to
+                img.load()
             orientation = img.getexif().get(ORIENTATION_TAG, NORMAL)
             orientation = orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else NORMAL
             if orientation != NORMAL:
                 img = ImageOps.exif_transpose(img)
             rgb, profiled = colour.to_rgb(img)
+            if resize_to is not None:
+                rgb = rgb.resize(resize_to[::-1] if orientation in _TRANSPOSING else resize_to,
+                                 Image.Resampling.LANCZOS)
     except Image.DecompressionBombError:
         raise ImageError("image_too_large", f"{source} image: more than {image_fit.MAX_PIXELS:,} pixels") from None
     except Exception as exc:  # Pillow raises many types on malformed data; one file's problem
         raise ImageError("undecodable_image", f"{source} image does not decode: {_pillow_reason(exc)}") from None
     buf = io.BytesIO()
     try:
-        rgb.save(buf, "JPEG", quality=CONVERT_QUALITY)  # no exif=: the tag must not travel on
+        rgb.save(buf, "JPEG", quality=quality, subsampling=SUBSAMPLING)  # no exif=: the tag must not travel on
     except Exception as exc:  # an encoder error is this picture's problem too
         raise ImageError("undecodable_image", f"{source} image does not encode: {_pillow_reason(exc)}") from None
     return PreparedImage(buf.getvalue(), rgb.width, rgb.height, f"{source}-to-srgb" if profiled else source,
@@ -247,6 +268,27 @@ def _shrink_to(size: tuple[int, int], max_pixels: int, downscale: bool, kind: st
         raise ImageError("image_too_large", f"image too large: {size[0]}x{size[1]} {kind}, over the "
                                             f"{image_fit.DECODE_LIMIT:,} pixels decoded to downscale")
     return max_pixels
+
+
+def _fit(data: bytes, kind: str, size: tuple[int, int], max_pixels: int, downscale: bool, shorter_side: int,
+         quality: int) -> Callable[[], PreparedImage] | None:
+    """How a picture of `size` is made smaller, decided from its header alone: None when it is
+    kept at its size, else the one re-encode that shrinks it (called after any decode check).
+    Over --shorter-side: "<kind>-resized", to the shorter side or, when `max_pixels` allows
+    fewer pixels still (with `downscale`), to those; over `max_pixels` alone: "<kind>-downscaled".
+
+    Raises:
+      ImageError: `image_too_large` (_shrink_to), before anything is decoded.
+    """
+    shrink_to = _shrink_to(size, max_pixels, downscale, kind)
+    resize_to = image_fit.shorter_side_size(*size, shorter_side) if shorter_side else None
+    if resize_to is not None:
+        if shrink_to is not None and resize_to[0] * resize_to[1] > shrink_to:  # the smaller limit wins
+            resize_to = image_fit.target_size(*size, shrink_to)
+        return lambda: _to_rgb_jpeg(data, f"{kind}-resized", resize_to=resize_to, quality=quality)
+    if shrink_to is not None:
+        return lambda: _to_rgb_jpeg(data, f"{kind}-downscaled", shrink_to)
+    return None
 
 
 def _pillow_reason(exc: Exception) -> str:
@@ -309,14 +351,15 @@ def upright_boxes(boxes: tuple[schema.Box, ...], image: PreparedImage,
 
 
 def prepare(data: bytes, decodes: Callable[[bytes], bool] | None = None, max_pixels: int = image_fit.MAX_PIXELS,
-            downscale: bool = False) -> PreparedImage:
+            downscale: bool = False, shorter_side: int = 0, resize_quality: int = RESIZE_QUALITY) -> PreparedImage:
     """Checks an image and returns the JPEG bytes to store.
 
     A picture with an EXIF orientation other than 1 comes back re-encoded upright (see the
     module docstring); `orientation` says which one was applied, so its boxes can follow.
     Its size is read from the header before any decode: past `max_pixels` (or a JPEG's
     longest side) it is rejected, or with `downscale` decoded smaller and re-encoded
-    (`converted_from` "<format>-downscaled", `original_size` the source's size).
+    (`converted_from` "<format>-downscaled", `original_size` the source's size). With
+    `shorter_side`, a larger picture is resized (module docstring; "<format>-resized").
 
     Args:
       data: the source file's bytes.
@@ -327,6 +370,8 @@ def prepare(data: bytes, decodes: Callable[[bytes], bool] | None = None, max_pix
       max_pixels: the most pixels a stored picture may have (image_fit.MAX_PIXELS: what
         the training decoders accept).
       downscale: shrink a larger picture to fit instead of rejecting it.
+      shorter_side: store a picture whose shorter side is longer with that shorter side (0: never).
+      resize_quality: the JPEG quality of a picture resized to `shorter_side`.
 
     Raises:
       ImageError: empty, truncated, undecodable, too large or not an image at all.
@@ -338,15 +383,15 @@ def prepare(data: bytes, decodes: Callable[[bytes], bool] | None = None, max_pix
         # The content itself never goes into the message: the file may be anything.
         raise ImageError("not_an_image", "not an image (no JPEG, PNG, GIF, BMP, TIFF or WebP signature)")
     if kind != "jpeg":
-        shrink_to = _shrink_to(_picture_size(data, kind), max_pixels, downscale, kind)
-        return _to_rgb_jpeg(data, f"{kind}-downscaled" if shrink_to else kind, shrink_to)
+        smaller = _fit(data, kind, _picture_size(data, kind), max_pixels, downscale, shorter_side, resize_quality)
+        return smaller() if smaller else _to_rgb_jpeg(data, kind)
     header = jpeg_header(data)
     data = jpeg_end(data)
-    shrink_to = _shrink_to((header.width, header.height), max_pixels, downscale, kind)
+    smaller = _fit(data, kind, (header.width, header.height), max_pixels, downscale, shorter_side, resize_quality)
     standard = header.sof in _DECODED_AS_IS and header.precision == 8 and header.components in (1, 3)
     decoded = decodes is None or not standard or decodes(data)  # before any conversion: it may reject
-    if shrink_to:
-        return _to_rgb_jpeg(data, "jpeg-downscaled", shrink_to)
+    if smaller:
+        return smaller()
     if header.components == 4:
         return _to_rgb_jpeg(data, "jpeg-cmyk")
     if header.components not in (1, 3) or header.width == 0 or header.height == 0:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from typing import Callable, TypeVar
+
+from detrec.core.errors import UserError
+
+T = TypeVar("T")
 
 
 def whole_number(minimum: int) -> Callable[[str], int]:
@@ -41,6 +45,15 @@ def bounded(kind: type, minimum: float, maximum: float) -> Callable[[str], float
 
     parse.__name__ = f"number in {minimum}..{maximum}"
     return parse
+
+
+def checked(flag: str, parse: Callable[[str], T], text: str) -> T:
+    """`parse(text)` for a flag checked after parsing: its complaint as one UserError line
+    (exit 2), where argparse's own error would print the whole usage block first."""
+    try:
+        return parse(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(f"{flag} {exc}") from None
 
 
 def yes_no(text: str) -> bool:

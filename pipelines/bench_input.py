@@ -18,7 +18,11 @@ Measured in one process on the same images, the pipelines taking turns (img/s):
   (hard-linked into class folders by the image's class, the largest box's): Keras
   `image_dataset_from_directory(...).prefetch(AUTOTUNE)`, and `list_files` + a parallel
   `read_file`/`decode_jpeg`/resize `map` with AUTOTUNE; and detrec's evaluation line (full
-  decode, no shuffle). Every image row yields full float32 batches at --image-size.
+  decode, no shuffle). Every image row yields full float32 batches at --image-size;
+* with --data-small (and --peers): detrec's training and evaluation lines again, on shards of
+  the same tree made with `detrec preprocess --shorter-side N` (N near the training size:
+  fewer pixels to decode per image), against the best peer on the full-size files: what
+  storing images at their training resolution buys (goal 1.5x, page cache warm).
 
 Every row also reports its time to the first batch: the dataset built, an iterator made and
 its first batch out (the files were read before, so the page cache is warm). With --cold as
@@ -38,7 +42,6 @@ TensorFlow itself sees the GPU (its GPU build); on a GPU machine with a CPU-only
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import shutil
 import statistics
@@ -54,7 +57,9 @@ from detrec.train import registry
 HELP = "input pipeline img/s vs the decode ceiling, raw reads and the article's pipeline"
 TARGETS = {"ours_vs_ceiling": 1.0, "ours_vs_article": 2.5, "dali_gpu_img_s": 10_000,
            # issue 27, --peers: both detrec lines at least as fast as the best file pipeline
-           "train_vs_best_peer": 1.0, "eval_vs_best_peer": 1.0, "train_vs_best_peer_cold": 1.0}
+           "train_vs_best_peer": 1.0, "eval_vs_best_peer": 1.0, "train_vs_best_peer_cold": 1.0,
+           # issue 27, --data-small: both lines on --shorter-side shards vs the best peer on full-size files
+           "small_train_vs_best_peer": 1.5, "small_eval_vs_best_peer": 1.5}
 FIRST_BATCH_SLACK = 0.2  # seconds detrec's first batch may take beyond the best peer's (issue 27)
 CEILING_IMAGES = 1000  # JPEGs held in memory for the decode ceiling (~100 MB at 500x375)
 
@@ -78,6 +83,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cold", action="store_true",
                         help="with --peers: also one whole epoch of each of detrec's lines and each peer, the page "
                              "cache dropped before each (needs root)")
+    parser.add_argument("--data-small", metavar="OUT2",
+                        help="with --peers: shards of the same tree made with `detrec preprocess --shorter-side N`; "
+                             "adds detrec's two lines on them, against the best peer on the full-size files")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     add_dali_flags(parser)
 
@@ -137,10 +145,10 @@ def measure(contenders: list[Contender], seconds: float, warmup: float, rounds: 
             c.turn(warmup, seconds / rounds)
 
 
-def _ours(args, decoder: str, training: bool = True, repeat: bool = True):
+def _ours(args, decoder: str, training: bool = True, repeat: bool = True, data: str | None = None):
     from detrec.train import input as input_lib
 
-    return input_lib.make_dataset(args.data, args.split, batch_size=args.batch_size,
+    return input_lib.make_dataset(data or args.data, args.split, batch_size=args.batch_size,
                                   image_size=args.image_size, training=training, decoder=decoder,
                                   repeat=repeat, dtype="float32", dali=dali_tuning(args))
 
@@ -187,13 +195,7 @@ def _raw(files: list[str]):
 
 def article_pairs(root: str, split: str) -> list[tuple[str, str]]:
     """(xml, jpeg) pairs of an ILSVRC DET split, the way the article listed them."""
-    ann = os.path.join(root, "Annotations", "DET", split)
-    data = os.path.join(root, "Data", "DET", split)
-    pairs = []
-    for xml in sorted(glob.glob(os.path.join(ann, "**", "*.xml"), recursive=True)):
-        jpeg = os.path.join(data, os.path.relpath(xml, ann)[:-4] + ".JPEG")
-        if os.path.exists(jpeg):
-            pairs.append((xml, jpeg))
+    pairs = [(xml, jpeg) for xml, jpeg in benchutil.det_pairs(root, split) if os.path.exists(jpeg)]
     if not pairs:
         raise UserError(f"{root}: no Annotations/DET/{split}/**.xml with a Data/DET/{split} image")
     return pairs
@@ -304,6 +306,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise UserError("--peers reads the JPEG files themselves: give --source, the tree the shards came from")
     if args.cold and not args.peers:
         raise UserError("--cold compares detrec with its peers: give --peers (and --source) too")
+    small = _small_data(args)
     if args.decoder != "dali":
         contenders.append(Contender("tfdata", "ours: tf.data (crop-decode)", lambda: _ours(args, "cpu"), count_images,
                                     make_epoch=lambda: _ours(args, "cpu", repeat=False)))
@@ -311,6 +314,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             contenders.append(Contender("tfdata_eval", "ours: tf.data evaluation line (full decode)",
                                         lambda: _ours(args, "cpu", training=False), count_images,
                                         make_epoch=lambda: _ours(args, "cpu", training=False, repeat=False)))
+        if small:
+            contenders.append(Contender("tfdata_small", f"ours: tf.data (crop-decode), --data-small ({small})",
+                                        lambda: _ours(args, "cpu", data=args.data_small), count_images))
+            contenders.append(Contender("tfdata_eval_small", f"ours: evaluation line, --data-small ({small})",
+                                        lambda: _ours(args, "cpu", training=False, data=args.data_small),
+                                        count_images))
     ceiling, held = _ceiling(args, files)
     contenders.append(Contender("ceiling", "decode ceiling (full decode, in memory)", lambda: ceiling, count_images,
                                 note=f"{held} JPEGs held in memory"))
@@ -338,7 +347,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                                         make_epoch=lambda: _list_files_peer(args, folder, repeat=False)))
     if dali_device:
         contenders.append(Contender("dali", f"ours: DALI on {dali_device}", lambda: _ours(args, "dali"), count_images))
-    _read_once(files, folder)
+    warm = files + (dataset_info.shard_files(dataset_info.load(args.data_small), args.data_small, args.split)
+                    if small else [])
+    if folder:
+        warm += [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
+    benchutil.read_once(warm)  # every shard and peer file: each row then starts with a warm page cache
     try:
         measure(contenders, args.seconds, args.warmup, args.rounds)
         cold = cold_epochs(contenders, args.rounds) if args.cold else None
@@ -445,15 +458,21 @@ def cold_epochs(contenders: list[Contender], rounds: int) -> dict:
     return {"rows": rows, "note": "; ".join(sorted(notes)) or None}
 
 
-def _read_once(files: list[str], folder: str | None) -> None:
-    """Reads every shard and peer file once: each row then starts with a warm page cache."""
-    paths = list(files)
-    if folder:
-        paths += [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
-    for path in paths:
-        with open(path, "rb") as f:
-            while f.read(1 << 20):
-                pass
+def _small_data(args) -> str:
+    """What --data-small's shards were resized to ("shorter side N"), "" without it; UserError
+    when it is given without --peers or was not made with --shorter-side."""
+    if not args.data_small:
+        return ""
+    if not args.peers:
+        raise UserError("--data-small is measured against the peers on the full-size files: give --peers "
+                        "(and --source) too")
+    from detrec.core import dataset_info
+
+    side = dataset_info.load(args.data_small).shorter_side
+    if not side:
+        raise UserError(f"--data-small {args.data_small}: its dataset_info.json records no --shorter-side; "
+                        "make it with `detrec preprocess --shorter-side N`")
+    return f"shorter side {side}"
 
 
 def _peers_report(rows: list[dict]) -> dict | None:
@@ -464,8 +483,9 @@ def _peers_report(rows: list[dict]) -> dict | None:
     best = max(("keras", "list_files"), key=lambda key: by[key]["rate"])
     ours_first = max(by["tfdata"]["first_batch_s"], by["tfdata_eval"]["first_batch_s"])
     best_first = min(by["keras"]["first_batch_s"], by["list_files"]["first_batch_s"])
+    ours = {"train": "tfdata", "eval": "tfdata_eval", "small_train": "tfdata_small", "small_eval": "tfdata_eval_small"}
     return {"best_peer": best,
-            "ratios": {"train_vs_best_peer": by["tfdata"]["rate"] / by[best]["rate"],
-                       "eval_vs_best_peer": by["tfdata_eval"]["rate"] / by[best]["rate"]},
+            "ratios": {f"{line}_vs_best_peer": by[key]["rate"] / by[best]["rate"]
+                       for line, key in ours.items() if key in by},
             "first_batch_s": {"ours": ours_first, "best_peer": best_first},
             "first_batch_met": ours_first <= best_first + FIRST_BATCH_SLACK}

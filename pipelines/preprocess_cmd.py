@@ -3,6 +3,7 @@
     detrec preprocess --input ROOT --output OUT [--splits train,val]
         [--layout auto|det|cls-loc|voc|coco|open-images|folder] [--synset-map FILE]
         [--num-shards train=64,val=8] [--target-shard-mb 128] [--verify-images full|header]
+        [--max-image-mb MB] [--max-pixels N [--downscale]] [--shorter-side N [--resize-quality Q]]
         [--shared-filesystem] [any Apache Beam pipeline option]
 
 Unknown flags go to PipelineOptions (the wordcount.py pattern), so the same command runs on
@@ -34,7 +35,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from detrec.core import dataset_info, fs, image_fit, schema
+from detrec.core import dataset_info, fs, image_fit, images, schema
 from detrec.core.errors import IOFailure, UserError, one_line
 from detrec.preprocess import (beam_compat, decode_check, malloc_arenas, output_folder, plan, sources,
                                vocab as vocab_lib, walk)
@@ -70,6 +71,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--downscale", type=argtypes.yes_no, nargs="?", const=True, default=False,
                         help="shrink images over --max-pixels to fit (re-encoded, counted as converted) "
                         "instead of rejecting them")
+    # Checked in _run (argtypes.checked): a bad value is one line, not argparse's usage block.
+    parser.add_argument("--shorter-side", metavar="N", help="store images whose shorter side is over N pixels "
+                        "resized to N (aspect kept; re-encoded, counted as converted: no longer the source's bytes "
+                        "nor all its pixels); smaller images keep their bytes. Default: every image at its own size")
+    parser.add_argument("--resize-quality", metavar="Q", help="JPEG quality (1-100, 4:2:0 chroma) of the images "
+                        f"--shorter-side resizes (default {images.RESIZE_QUALITY})")
     parser.add_argument("--shared-filesystem", type=argtypes.yes_no, nargs="?", const=True, default=False,
                         help="the runner's workers see this machine's local --input and --output at the same "
                         "paths (NFS, a cluster's shared disk); without it, runners whose workers may run "
@@ -202,7 +209,19 @@ def job_config(args: argparse.Namespace, num_shards: dict[str, int], owned_worke
                      layout=args.layout, synset_map=args.synset_map or "", num_shards=num_shards,
                      target_shard_mb=args.target_shard_mb, verify_images=args.verify_images,
                      max_image_mb=args.max_image_mb, max_pixels=args.max_pixels, downscale=args.downscale,
-                     owned_workers=owned_workers)
+                     **resize_options(args), owned_workers=owned_workers)
+
+
+def resize_options(args: argparse.Namespace) -> dict[str, int]:
+    """JobConfig's shorter_side and resize_quality from their flags (one UserError line when bad)."""
+    if args.shorter_side is None:
+        if args.resize_quality is not None:
+            raise UserError("--resize-quality sets the quality of images --shorter-side resizes: give --shorter-side too")
+        return {}
+    quality = images.RESIZE_QUALITY if args.resize_quality is None else args.resize_quality
+    return {"shorter_side": argtypes.checked("--shorter-side", argtypes.bounded(int, 1, image_fit.MAX_SIDE),
+                                             args.shorter_side),
+            "resize_quality": argtypes.checked("--resize-quality", argtypes.bounded(int, 1, 100), str(quality))}
 
 
 def split_seconds(result, splits: list[str]) -> dict[str, float] | None:
@@ -285,9 +304,9 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         raise UserError(f"--target-shard-mb must be a positive number of MB, got {args.target_shard_mb}")
     options = pipeline_options(extra)
     dry_run = bool(options.get_all_options().get("dry_run"))
+    config = job_config(args, num_shards, owned_workers=beam_compat.runs_here(options))  # checks its flags
     validate(args, options, dry_run)
     _log_progress()
-    config = job_config(args, num_shards, owned_workers=beam_compat.runs_here(options))
     if dry_run:
         return _execute(args, options, config, dry_run)
     with _held(args.output, beam_compat.runs_here(options)) as previous:

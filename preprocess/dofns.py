@@ -291,7 +291,8 @@ class WriteShard(_DetrecDoFn):
     """
 
     def __init__(self, output: str, verify: str, max_image_mb: float = DEFAULT_MAX_IMAGE_MB,
-                 max_pixels: int = image_fit.MAX_PIXELS, downscale: bool = False, owned_worker: bool = False):
+                 max_pixels: int = image_fit.MAX_PIXELS, downscale: bool = False, shorter_side: int = 0,
+                 resize_quality: int = images.RESIZE_QUALITY, owned_worker: bool = False):
         super().__init__(owned_worker)
         self._output = output
         self._verify = verify
@@ -299,6 +300,8 @@ class WriteShard(_DetrecDoFn):
         self._max_bytes = int(max_image_mb * (1 << 20))
         self._max_pixels = max_pixels
         self._downscale = downscale
+        self._shorter_side = shorter_side
+        self._resize_quality = resize_quality
 
     def process(self, plan: ParsedPlan, vocab: Vocabulary) -> Iterator:
         key = plan.key
@@ -362,7 +365,8 @@ class WriteShard(_DetrecDoFn):
         if isinstance(data, Rejected):
             return data
         try:
-            image = images.prepare(data, self._decodes, self._max_pixels, self._downscale)
+            image = images.prepare(data, self._decodes, self._max_pixels, self._downscale, self._shorter_side,
+                                   self._resize_quality)
         except images.ImageError as exc:
             return Rejected.of(pair, "image", exc.code, f"{pair.image}: {exc}")
         del data

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from detrec.core import fs, schema
 from detrec.core.crashpoints import crashpoint
@@ -38,23 +38,31 @@ def _remove_stale(output: str, splits: Iterable[str], keep: set[str]) -> list[st
     return removed
 
 
-def _carry_over(output: str, previous: DatasetInfo | None, splits: list[str],
-                classes: tuple) -> dict[str, SplitInfo]:
+def _resized(options: Mapping) -> tuple:
+    """What --shorter-side did to a dataset's pixels (its options): () when nothing."""
+    return (options["shorter_side"], options.get("resize_quality")) if options.get("shorter_side") else ()
+
+
+def _carry_over(output: str, previous: DatasetInfo | None, splits: list[str], classes: tuple,
+                options: Mapping) -> dict[str, SplitInfo]:
     """The previous dataset's splits this run did not write: kept (and listed again) when
-    their labels mean what this run's do, else removed with their files."""
+    their labels mean what this run's do and their pixels were stored alike (dataset_info's
+    options say so of every split), else removed with their files."""
     kept: dict[str, SplitInfo] = {}
     for name, entry in (previous.splits.items() if previous else ()):
         if name in splits:
             continue
-        if previous.classes == classes:
+        if previous.classes == classes and _resized(previous.options) == _resized(options):
             kept[name] = entry
             continue
         files = [f for s in entry.shards for f in (s.file, s.file + schema.INDEX_SUFFIX)] + [entry.errors_file]
         for file in filter(None, files):
             if fs.exists(fs.join(output, file)):
                 fs.remove(fs.join(output, file))
-        log.warning("removed split %s of the previous dataset: its labels used another class list "
-                    "(convert it again with --splits %s)", name, ",".join([*splits, name]))
+        why = ("its labels used another class list" if previous.classes != classes else
+               "its images were stored with another --shorter-side/--resize-quality")
+        log.warning("removed split %s of the previous dataset: %s (convert it again with --splits %s)",
+                    name, why, ",".join([*splits, name]))
     return kept
 
 
@@ -79,7 +87,7 @@ def finalize(
 ) -> DatasetInfo:
     """Writes labels.txt, errors-<split>.jsonl, removes stale files, writes dataset_info.json."""
     fs.write_atomic(fs.join(output, schema.LABELS_FILE), vocab.labels_txt())
-    info_splits = _carry_over(output, previous, splits, vocab.classes())
+    info_splits = _carry_over(output, previous, splits, vocab.classes(), options)
     for split in splits:
         errors = sorted((r for r in rejected if r.split == split),
                         key=lambda r: (r.annotation, r.image, r.stage, r.code))

@@ -13,7 +13,7 @@ from typing import Mapping
 
 import apache_beam as beam
 
-from detrec.core import fs, image_fit
+from detrec.core import fs, image_fit, images
 from detrec.core.dataset_info import DatasetInfo
 from detrec.preprocess import plan, sources, vocab as vocab_lib
 from detrec.preprocess.dofns import (
@@ -40,6 +40,10 @@ class JobConfig:
     max_image_mb: float = DEFAULT_MAX_IMAGE_MB
     max_pixels: int = image_fit.MAX_PIXELS
     downscale: bool = False
+    # Pictures whose shorter side is over this are stored resized to it (0: every picture at its
+    # own size), re-encoded at resize_quality (core/images.py).
+    shorter_side: int = 0
+    resize_quality: int = images.RESIZE_QUALITY
     # The dataset already in `output` (output_folder.check): its other splits are kept when
     # this run's class list is the same, so a `--splits train` rerun leaves a whole dataset.
     previous: DatasetInfo | None = None
@@ -52,7 +56,10 @@ class JobConfig:
         return {"splits": list(self.splits), "layout": self.layout, "synset_map": self.synset_map,
                 "num_shards": dict(self.num_shards), "target_shard_mb": self.target_shard_mb,
                 "verify_images": self.verify_images, "max_image_mb": self.max_image_mb,
-                "max_pixels": self.max_pixels, "downscale": self.downscale}
+                "max_pixels": self.max_pixels, "downscale": self.downscale,
+                # Only when set: a dataset of original pixels records what it always did.
+                **({"shorter_side": self.shorter_side, "resize_quality": self.resize_quality}
+                   if self.shorter_side else {})}
 
 
 class BuildShards(beam.PTransform):
@@ -81,7 +88,8 @@ class BuildShards(beam.PTransform):
         written = (
             parsed.plans
             | "WriteShards" >> beam.ParDo(WriteShard(output, cfg.verify_images, cfg.max_image_mb, cfg.max_pixels,
-                                                     cfg.downscale, owned_worker=cfg.owned_workers),
+                                                     cfg.downscale, cfg.shorter_side, cfg.resize_quality,
+                                                     owned_worker=cfg.owned_workers),
                                           beam.pvalue.AsSingleton(vocab))
             .with_outputs(REJECTED, main="shards")
         )
