@@ -350,6 +350,14 @@ def upright_boxes(boxes: tuple[schema.Box, ...], image: PreparedImage,
     return tuple(out)
 
 
+def reframed(converted_from: str) -> bool:
+    """Whether a record's pixels are in another frame than its source file's (turned upright,
+    downscaled or resized), so that a box on them is not one on the source: what `converted_from`
+    names. (A CMYK or non-JPEG source turned upright is not named so: its record says only that
+    it was converted.)"""
+    return any(kind in converted_from for kind in ("-exif-rotated", "-downscaled", "-resized"))
+
+
 def prepare(data: bytes, decodes: Callable[[bytes], bool] | None = None, max_pixels: int = image_fit.MAX_PIXELS,
             downscale: bool = False, shorter_side: int = 0, resize_quality: int = RESIZE_QUALITY) -> PreparedImage:
     """Checks an image and returns the JPEG bytes to store.

@@ -186,6 +186,9 @@ def _add_row(rows: dict[str, np.ndarray], result, from_records: bool, classes: d
     from detrec.core import kaggle_loc, localization, schema
 
     image_id = _image_id(result, from_records)
+    if result.reframed:  # Kaggle scores boxes in the source's pixels, which the record no longer has
+        return (f"its record was stored {result.reframed} by preprocess, so its box is in the record's pixels, "
+                "not the source's; left out of the submission (predict the source file for it)")
     if image_id in rows:
         return f"ImageId {image_id!r} is already in the submission (another image of that name); left out"
     ids = [p.id for p in result.top if p.id != schema.BACKGROUND_ID][:localization.MAX_GUESSES]

@@ -201,12 +201,12 @@ def test_classify_output_is_unchanged(known_model_dir, tmp_path, capsys):
 
 
 # --- a split's records ---------------------------------------------------------------------------
-def record(source_id: str, width: int, height: int, labelled: bool) -> bytes:
+def record(source_id: str, width: int, height: int, labelled: bool, converted_from: str = "") -> bytes:
     data = jpeg(width, height)
     label = dict(class_label=0, class_text="background") if labelled else dict(
         class_label=None, class_text="", label_source=schema.LABEL_NONE)
     return schema.encode(schema.Record(encoded=data, height=height, width=width, filename=f"{source_id}.JPEG",
-                                       source_id=source_id, objects=(), **label))
+                                       source_id=source_id, objects=(), converted_from=converted_from, **label))
 
 
 def shard(path: str, payloads: list[bytes], bad_crc: int | None = None) -> ShardInfo:
@@ -221,12 +221,13 @@ def shard(path: str, payloads: list[bytes], bad_crc: int | None = None) -> Shard
 @pytest.fixture(scope="module")
 def records_dir(tmp_path_factory) -> str:
     """Split "test" of 2 shards: img_b (200x100, labelled), img_a (100x50, no class keys), a
-    record whose data fails its CRC, then img_c (50x100), a payload that is no Example."""
+    record whose data fails its CRC, then img_c (50x100, resized by preprocess --shorter-side),
+    a payload that is no Example."""
     out = str(tmp_path_factory.mktemp("records"))
     first = shard(os.path.join(out, schema.shard_name("test", 0, 2)),
                   [record("img_b", 200, 100, True), record("img_a", 100, 50, False), record("lost", 80, 80, True)],
                   bad_crc=2)
-    second = shard(os.path.join(out, schema.shard_name("test", 1, 2)), [record("img_c", 50, 100, False), b"junk"])
+    second = shard(os.path.join(out, schema.shard_name("test", 1, 2)), [record("img_c", 50, 100, False, "jpeg-resized"), b"junk"])
     classes = (ClassInfo(0, "background", "background"),) + tuple(
         ClassInfo(i, f"n0000000{i}", f"class {i}") for i in range(1, len(LOGITS)))
     info = DatasetInfo(num_classes=len(LOGITS), classes=classes,
@@ -254,11 +255,13 @@ def test_data_predicts_every_readable_record_of_a_split(inception_dir, records_d
     assert f"{shard0} record 2: corrupt record" in captured.err
     assert f"{shard1} record 1: not a detrec record" in captured.err
     assert "Traceback" not in captured.err
+    # img_c's pixels are not its source's (resized): its box cannot be scored against the
+    # source's annotations, so it has no row, and says why
+    assert "img_c: its record was stored jpeg-resized by preprocess" in captured.err
     guesses = lambda box: " ".join(f"n0000000{i} {box}" for i in (5, 2, 3, 1, 6))  # noqa: E731
     assert out.read_text() == ("ImageId,PredictionString\n"
                                f"img_a,{guesses('20 5 60 25')}\n"
-                               f"img_b,{guesses('40 10 120 50')}\n"
-                               f"img_c,{guesses('10 10 30 50')}\n")
+                               f"img_b,{guesses('40 10 120 50')}\n")
 
 
 def test_data_mistakes_are_one_line(inception_dir, records_dir, tmp_path, capsys):

@@ -28,7 +28,8 @@ data fails its CRC costs that record (the reader resumes after it). Boxes are in
 stored pixels (image/height, image/width). What preprocess changed (`image/detrec/
 converted_from`) is not undone, since a record keeps neither the EXIF tag nor the source's
 size: a photo turned upright ("jpeg-exif-rotated") is answered in the upright frame, a
-downscaled one ("*-downscaled") in the smaller one; other conversions (format, CMYK, colour)
+downscaled or resized one ("*-downscaled", "*-resized": `preprocess --shorter-side`) in the
+smaller one; other conversions (format, CMYK, colour)
 keep the frame. To score such images against annotations of the source files, predict the
 files themselves.
 
@@ -61,7 +62,7 @@ BATCH = 32
 # every file a training run could have been given.
 MAX_FILE_MB = 128
 # What predict reads of a record: no class keys (an unlabelled split has none).
-RECORD_KEYS = (schema.ENCODED, schema.SOURCE_ID, schema.HEIGHT, schema.WIDTH)
+RECORD_KEYS = (schema.ENCODED, schema.SOURCE_ID, schema.HEIGHT, schema.WIDTH, schema.CONVERTED_FROM)
 # images.upright_point turns a point by an orientation; these undo it (the others undo themselves).
 _INVERSE_ORIENTATION = {6: 8, 8: 6}
 
@@ -89,6 +90,7 @@ class Result:
     top: tuple[Prediction, ...] = ()
     error: str = ""
     box: Box | None = None
+    reframed: str = ""  # a record's converted_from when preprocess turned or shrank its source
     picture: bytes = dataclasses.field(default=b"", repr=False)
     picture_box: Box | None = None
 
@@ -270,7 +272,8 @@ class Predictor:
         except Exception as exc:  # noqa: BLE001 - one file's problem, whatever it is (module docstring)
             return Result(path, error=file_error(exc))
 
-    def _ready_record(self, name: str, encoded: bytes, height: int, width: int) -> _Ready | Result:
+    def _ready_record(self, name: str, encoded: bytes, height: int, width: int,
+                      converted_from: str = "") -> _Ready | Result:
         if height <= 0 or width <= 0:
             return Result(name, error=f"the record's size {width}x{height} is not a picture's")
         try:
@@ -278,7 +281,7 @@ class Predictor:
         except Exception as exc:  # noqa: BLE001 - one record's problem, whatever it is
             return Result(name, error=file_error(exc))
         # The record's stored pixels are the frame its boxes are reported in.
-        return _Ready(name, image, window, images.PreparedImage(encoded, width, height))
+        return _Ready(name, image, window, images.PreparedImage(encoded, width, height, converted_from))
 
     def _answer(self, items: list[_Ready | Result], top: int, keep_pictures: bool) -> list[Result]:
         """Runs the model on the ready items of a batch; the others are already answered."""
@@ -305,12 +308,14 @@ class Predictor:
         if not np.isfinite(box).all():
             return Result(r.name, error="the model's box for it is not a finite number")
         shown = window_box(box, r.window, r.picture.height, r.picture.width)
-        return Result(r.name, ranked, box=source_box(shown, r.picture), picture=picture, picture_box=shown)
+        reframed = r.picture.converted_from if images.reframed(r.picture.converted_from) else ""
+        return Result(r.name, ranked, box=source_box(shown, r.picture), picture=picture, picture_box=shown,
+                      reframed=reframed)
 
 
 # --- records ------------------------------------------------------------------------------
-def _records(split: input_lib.SplitShards) -> Iterator[tuple[str, bytes, int, int] | Result]:
-    """(name, JPEG, height, width) of each record of `split`, or a Result saying why a record
+def _records(split: input_lib.SplitShards) -> Iterator[tuple[str, bytes, int, int, str] | Result]:
+    """(name, JPEG, height, width, converted_from) of each record of `split`, or a Result saying why a record
     (or a whole shard) cannot be read."""
     full_spec = schema.parse_spec()
     spec = {key: full_spec[key] for key in RECORD_KEYS}
@@ -348,7 +353,7 @@ def _shard_records(path: str, count: int) -> Iterator[tuple[str, bytes | None]]:
             index += 1
 
 
-def _parse(pending: list[tuple[str, bytes]], spec: dict) -> Iterable[tuple[str, bytes, int, int] | Result]:
+def _parse(pending: list[tuple[str, bytes]], spec: dict) -> Iterable[tuple[str, bytes, int, int, str] | Result]:
     """Parses records a batch at a time; when a batch fails, one by one, so that a record that
     is not an Example of this schema costs itself only."""
     if not pending:
@@ -363,5 +368,6 @@ def _parse(pending: list[tuple[str, bytes]], spec: dict) -> Iterable[tuple[str, 
     out = []
     for i, (where, _) in enumerate(pending):
         name = parsed[schema.SOURCE_ID][i].decode("utf-8", "replace") or where
-        out.append((name, parsed[schema.ENCODED][i], int(parsed[schema.HEIGHT][i]), int(parsed[schema.WIDTH][i])))
+        out.append((name, parsed[schema.ENCODED][i], int(parsed[schema.HEIGHT][i]), int(parsed[schema.WIDTH][i]),
+                    parsed[schema.CONVERTED_FROM][i].decode("utf-8", "replace")))
     return out
