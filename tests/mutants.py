@@ -1,7 +1,7 @@
 """`make mutants`: which one-line bugs would the fast loop (`pytest -m "not slow"`) let through?
 
 Each mutant below is a bug a user would feel, written as one exact text replacement in
-core/, preprocess/, train/ or the inspector. For each, a scratch copy of the working tree gets
+core/, preprocess/, train/, the inspector or the CLI. For each, a scratch copy of the working tree gets
 the mutation, and the fast loop runs there until its first failure (`-x`): first the test
 files that name the mutated module, on their own, so that a kill comes early, then the rest.
 A mutant whose run passes survived: some behaviour a user relies on has no fast test. Not
@@ -63,6 +63,14 @@ MUTANTS = (
            "converted_images=sum(1 for s in mine if s.converted),", "converted_images counts shards, not images"),
     Mutant("M19", "train/predict.py", 'best = np.argsort(-row, kind="stable")[:k]', 'best = np.argsort(row, kind="stable")[:k]',
            "predict's top-k in reverse"),
+    Mutant("M20", "train/tasks/localize.py", "found = real & guessed & (iou >= IOU_THRESHOLD)",
+           "found = real & guessed & (iou > IOU_THRESHOLD)", "an IoU of exactly 0.5 is a miss in the top-5 error"),
+    Mutant("M21", "train/tasks/localize.py", "return ce + tf.where(has, box_loss, 0.0)", "return ce + box_loss",
+           "images without a box of their class still train a box (toward zeros)"),
+    Mutant("M22", "pipelines/predict_cmd.py", "ordered = sorted(rows)", "ordered = list(rows)",
+           "submission rows in prediction order, not ImageId order"),
+    Mutant("M23", "preprocess/labels.py", "if not labelled:\n        return NO_LABELS", "if False:\n        return NO_LABELS",
+           "an unlabelled split's images get a class (background) again"),
 )
 
 
