@@ -240,22 +240,27 @@ class NotARegularFile(OSError):
     forever (a FIFO) or never end (/dev/zero), so it is never read."""
 
 
-def read_capped(path: str, limit: int) -> bytes:
-    """At most `limit` + 1 bytes of a file: more than `limit` come back only when it is larger.
+def open_regular(path: str) -> IO[bytes]:
+    """A file opened for reading bytes. A local path is opened without blocking and must be a
+    regular file (a link to one is fine), so neither a FIFO nor a link to /dev/zero can hang or
+    fill the reader (NotARegularFile). Object stores hold only regular files."""
+    if is_url(path):
+        return open(path, "rb")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotARegularFile(f"{path}: not a regular file (a FIFO, device, socket or folder)")
+    return builtins.open(fd, "rb", closefd=True)
 
-    The cap holds however large the file is or grows while being read. A local path is opened
-    without blocking and must be a regular file (a link to one is fine), so neither a FIFO nor
-    a link to /dev/zero can hang or fill the reader (NotARegularFile). Object stores hold only
-    regular files.
-    """
+
+def read_capped(path: str, limit: int) -> bytes:
+    """At most `limit` + 1 bytes of a file (`open_regular`'s): more than `limit` come back only
+    when it is larger. The cap holds however large the file is or grows while being read."""
     if is_url(path):
         with open(path, "rb") as f:
             return f.read(limit + 1)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with builtins.open(fd, "rb", closefd=True) as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise NotARegularFile(f"{path}: not a regular file (a FIFO, device, socket or folder)")
+    with open_regular(path) as f:
+        info = os.fstat(f.fileno())
         # Asked for `limit` + 1 bytes, Python allocates them all up front (128 MB for an image,
         # ~35 us an image): ask for the size seen, and read on to the cap only if it grew.
         want = min(info.st_size, limit) + 1

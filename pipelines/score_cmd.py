@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import json
 import os
-import stat
 from typing import IO, Iterator, Mapping, Sequence
 
 from detrec.core import fs, kaggle_loc, localization
@@ -140,17 +139,15 @@ def _opened(path: str, flag: str) -> Iterator[IO[bytes]]:
             yield f
         return
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        f = fs.open_regular(path)
     except FileNotFoundError:
         raise UserError(f"{flag} {path}: no such file") from None
+    except fs.NotARegularFile:
+        raise UserError(f"{flag} {path}: a folder, not a CSV file" if os.path.isdir(path) else
+                        f"{flag} {path}: not a regular file (a FIFO, device or socket)") from None
     except OSError as exc:
         raise UserError(f"{flag} {path}: cannot be read ({exc.strerror or exc})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise UserError(f"{flag} {path}: a folder, not a CSV file" if stat.S_ISDIR(mode) else
-                        f"{flag} {path}: not a regular file (a FIFO, device or socket)")
-    with open(fd, "rb", closefd=True) as f:
+    with f:
         try:
             yield f
         except OSError as exc:  # the disk's trouble while reading, not the user's
